@@ -1,0 +1,303 @@
+"""Run configuration: frozen dataclasses loaded from YAML (data only) and overridden by flags.
+
+A config is validated when it is built: unknown keys are refused with a suggestion, and
+values of the wrong type or out of range are refused with the key and value named.
+``RunConfig.to_dict()`` is what is saved beside every run and inside every bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medpredict.errors import ConfigError, did_you_mean
+
+TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples are and which columns mean what.
+
+    Attributes:
+        source: a manifest (CSV/Parquet), a MedMNIST ``.npz``, an image folder with one
+            sub-folder per class, or a clinical table.
+        target: the column holding the label.
+        image_column / patient_column: column names; ``None`` detects common spellings.
+        task: ``auto`` infers binary/multiclass from the target's distinct values.
+        val_fraction / test_fraction: patient fractions for splits the data does not give.
+        channels: 1 for grey, 3 for colour; images are converted on reading.
+        clinical_columns: record columns fed to tabular and fusion models.
+        max_per_split: keep at most this many rows per split (quick checks); ``None`` keeps all.
+    """
+
+    source: str = ""
+    target: str = "label"
+    image_column: str | None = None
+    patient_column: str | None = None
+    task: str = "auto"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    channels: int = 1
+    clinical_columns: tuple[str, ...] = ()
+    max_per_split: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("data.task", self.task, TASKS)
+        _range("data.val_fraction", self.val_fraction, 0.0, 0.9)
+        _range("data.test_fraction", self.test_fraction, 0.0, 0.9)
+        _choice("data.channels", self.channels, (1, 3))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation applied to training images only (MONAI transforms).
+
+    ``strength`` scales every magnitude at once (0 turns augmentation off), which is
+    what the tuner searches over.
+    """
+
+    strength: float = 1.0
+    rotate_deg: float = 10.0
+    scale: float = 0.10
+    translate: float = 0.06
+    contrast: float = 0.25
+    noise_std: float = 0.02
+    hflip: bool = False
+    probability: float = 0.8
+
+    def __post_init__(self) -> None:
+        _range("augment.strength", self.strength, 0.0, 4.0)
+        _range("augment.probability", self.probability, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Deterministic preprocessing, identical at training and inference, stored in the bundle.
+
+    Attributes:
+        image_size: side in pixels images are resized to (square); for 3-D, every side.
+        spatial_dims: 2 for images, 3 for volumes.
+        normalize: ``zscore`` uses the training set's mean/std (stored in the bundle);
+            ``unit`` keeps [0, 1].
+    """
+
+    image_size: int = 28
+    spatial_dims: int = 2
+    normalize: str = "zscore"
+
+    def __post_init__(self) -> None:
+        _range("preprocess.image_size", self.image_size, 8, 1024)
+        _choice("preprocess.spatial_dims", self.spatial_dims, (2, 3))
+        _choice("preprocess.normalize", self.normalize, ("zscore", "unit"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, from the table in ``medpredict.models``.
+
+    Attributes:
+        name: a key of ``medpredict.models.MODELS``.
+        weights: optional path to user-supplied starting weights (safetensors).
+        dropout: dropout before the classifier head.
+    """
+
+    name: str = "tiny-resnet"
+    weights: str | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _range("model.dropout", self.dropout, 0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop.
+
+    Attributes:
+        schedule: ``onecycle`` or ``cosine`` learning-rate schedule over all epochs.
+        class_weighting: ``balanced`` weights the loss by inverse class frequency.
+        patience: epochs without a better validation AUC before stopping early.
+        deterministic: ask PyTorch for deterministic kernels (slower on GPU).
+        device: ``auto`` picks CUDA when present, else CPU.
+        amp: mixed precision; only ever used on a GPU.
+        max_minutes: stop after this wall time (checkpoint kept); ``None`` for no limit.
+        threads: CPU threads for PyTorch; ``None`` leaves PyTorch's default.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    class_weighting: str = "balanced"
+    label_smoothing: float = 0.0
+    patience: int = 6
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    max_minutes: float | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _range("train.epochs", self.epochs, 1, 10_000)
+        _range("train.batch_size", self.batch_size, 1, 65_536)
+        _range("train.lr", self.lr, 1e-7, 10.0)
+        _range("train.weight_decay", self.weight_decay, 0.0, 10.0)
+        _choice("train.schedule", self.schedule, ("onecycle", "cosine", "constant"))
+        _choice("train.class_weighting", self.class_weighting, ("balanced", "none"))
+        _range("train.label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _range("train.patience", self.patience, 1, 10_000)
+        _choice("train.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, overrides: dict[str, Any]) -> RunConfig:
+        """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``."""
+        return from_dict(merge_overrides(self.to_dict(), overrides))
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _range(key: str, value: Any, low: float, high: float) -> None:
+    if value is None:
+        return
+    if not low <= value <= high:
+        raise ConfigError(f"{key} = {value!r} is out of range; expected a value in [{low}, {high}].")
+
+
+def _choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{key} = {value!r} is not allowed.{did_you_mean(str(value), map(str, choices))} "
+            f"Choose one of: {', '.join(map(str, choices))}."
+        )
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted-key overrides (``"train.lr": 0.01``) onto a nested dict copy."""
+    merged = _to_plain(base)
+    for dotted, value in overrides.items():
+        node = merged
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"Unknown config section '{part}' in '{dotted}'.{did_you_mean(part, node)}")
+            node = node[part]
+        node[parts[-1]] = value
+    return merged
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config section '{prefix or 'top level'}' must be a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"Unknown config key '{full}'.{did_you_mean(key, names)} Known keys: {sorted(names)}.")
+        kwargs[key] = _coerce(hints[key], value, full)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}.")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}.")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}.")
+        try:
+            number = hint(value) if hint is float else _as_int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {'an integer' if hint is int else 'a number'}, got {value!r}.") from None
+        return number
+    if hint is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{key} must be text, got {value!r}.")
+        return str(value)
+    return value
+
+
+def _as_int(value: Any) -> int:
+    as_float = float(value)
+    if not as_float.is_integer():
+        raise ValueError(value)
+    return int(as_float)
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a nested dict."""
+    return _build(RunConfig, values, "")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML config (data only, ``yaml.safe_load``) and apply dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file not found: {path}. Give the path of a YAML file.")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+        values = loaded or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
+    return from_dict(merge_overrides(values, overrides or {}))
