@@ -1,0 +1,129 @@
+"""ONNX export: parity with PyTorch, dynamic batch, metadata, int8 quantisation report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from medpredict import export  # noqa: E402
+from medpredict.errors import BundleError, ConfigError  # noqa: E402
+from medpredict.onnx_model import OnnxBackend  # noqa: E402
+
+
+class TinyCNN(torch.nn.Module):
+    """A few-hundred-parameter CNN with batch norm, the layers real models use."""
+
+    def __init__(self, channels: int = 1, classes: int = 2) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(4, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        self.head = torch.nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Fusion(torch.nn.Module):
+    """Image + record model, called as model(image, record)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = TinyCNN(classes=3)
+        self.record = torch.nn.Linear(5, 3)
+
+    def forward(self, image: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
+        return self.image(image) + self.record(record)
+
+
+@pytest.fixture
+def model() -> TinyCNN:
+    torch.manual_seed(0)
+    net = TinyCNN()
+    net.eval()
+    return net
+
+
+def _images(n: int, seed: int = 0, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, size, size), dtype=np.float32)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_export_matches_pytorch_and_batch_axis_is_dynamic(model, tmp_path, exporter):
+    path = tmp_path / "m.onnx"
+    # exported with batch 2, checked with batch 7: a fixed batch axis would fail here
+    report = export.export_onnx(
+        model, path, [_images(2)], parity_inputs=[_images(7, seed=1)], exporter=exporter
+    )
+    assert path.is_file()
+    assert report.max_abs_diff < 1e-4
+    assert report.parity_samples == 7
+    assert report.input_shapes == [[-1, 1, 16, 16]]
+    backend = OnnxBackend(path)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(_images(3, seed=2))), 1).numpy()
+    np.testing.assert_allclose(backend.predict_proba(_images(3, seed=2)), expected, atol=1e-5)
+
+
+def test_export_of_a_two_input_model(tmp_path):
+    torch.manual_seed(1)
+    net = Fusion().eval()
+    rec = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    report = export.export_onnx(net, tmp_path / "f.onnx", [_images(4), rec], exporter="torchscript")
+    assert report.input_names == ["image", "record"]
+    assert OnnxBackend(tmp_path / "f.onnx").logits(_images(4), rec).shape == (4, 3)
+
+
+def test_metadata_is_stored_in_the_graph(model, tmp_path):
+    export.export_onnx(
+        model,
+        tmp_path / "m.onnx",
+        [_images(2)],
+        exporter="torchscript",
+        metadata={"weights_sha256": "abc", "medpredict.labels": "normal,pneumonia"},
+    )
+    meta = OnnxBackend(tmp_path / "m.onnx").metadata
+    assert meta["medpredict.weights_sha256"] == "abc"
+    assert meta["medpredict.labels"] == "normal,pneumonia"
+    assert meta["medpredict.producer"] == "medpredict"
+
+
+def test_parity_failure_is_refused(model, tmp_path, monkeypatch):
+    # Simulate an exporter that silently changed the maths.
+    monkeypatch.setattr(export, "parity_max_abs_diff", lambda *a, **k: 0.5)
+    with pytest.raises(BundleError, match="differs from PyTorch by 0.5"):
+        export.export_onnx(model, tmp_path / "m.onnx", [_images(2)], exporter="torchscript")
+
+
+def test_unknown_exporter_gets_a_suggestion(model, tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'dynamo'"):
+        export.export_onnx(model, tmp_path / "m.onnx", [_images(2)], exporter="dynamoo")
+
+
+def test_int8_quantisation_reports_accuracy_change(model, tmp_path):
+    export.export_onnx(model, tmp_path / "m.onnx", [_images(2)], exporter="torchscript")
+    x = _images(40, seed=3)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x)).argmax(1).numpy()  # fp32 is right on every sample
+    q = export.quantize_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx", [x], labels=labels)
+    assert (tmp_path / "m8.onnx").is_file()
+    assert q.accuracy_fp32 == 1.0
+    assert q.accuracy_change == pytest.approx(q.accuracy_int8 - 1.0)
+    assert 0.0 <= q.max_abs_prob_diff < 0.2
+    assert q.samples == 40
+    assert "accuracy_change" in q.to_dict()
+    # the quantised graph really uses integer kernels
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m8.onnx")).graph.node}
+    assert ops & {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}

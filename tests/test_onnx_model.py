@@ -1,0 +1,174 @@
+"""ONNX Runtime backend and the bring-your-own-model descriptor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from medpredict.errors import BundleError, ConfigError, DataError  # noqa: E402
+from medpredict.onnx_model import (  # noqa: E402
+    OnnxBackend,
+    OnnxPredictor,
+    is_descriptor,
+    load_descriptor,
+    occlusion_map,
+)
+
+
+class KerasLike(torch.nn.Module):
+    """Stands in for a TensorFlow model: NHWC input in [0, 255], one sigmoid output.
+
+    The 'finding' is brightness of the image's top-left quadrant, so the occlusion map
+    has a known answer.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quadrant = x[:, :16, :16, :].mean(dim=(1, 2, 3)) / 255.0
+        return torch.sigmoid(12.0 * (quadrant - 0.5)).unsqueeze(1)
+
+
+@pytest.fixture
+def keras_yaml(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            KerasLike(),
+            (torch.rand(1, 32, 32, 3) * 255,),
+            str(tmp_path / "keras.onnx"),
+            input_names=["input_1"],
+            output_names=["dense"],
+            dynamic_axes={"input_1": {0: "n"}, "dense": {0: "n"}},
+            dynamo=False,
+        )
+    spec = {
+        "model": "keras.onnx",
+        "name": "keras-demo",
+        "version": "7",
+        "input": {"size": [32, 32], "channels": 3, "layout": "NHWC", "scale": [0, 255]},
+        "output": {"activation": "none"},
+        "labels": ["normal", "pneumonia"],
+        "positive_label": "pneumonia",
+        "threshold": 0.4,
+        "card": {"intended_use": "test only"},
+    }
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _image(bright_top_left: bool, size: int = 64) -> np.ndarray:
+    img = np.full((1, size, size), 0.1, np.float32)
+    if bright_top_left:
+        img[:, : size // 2, : size // 2] = 0.95
+    return img
+
+
+def test_backend_softmax_rows_sum_to_one(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    torch.onnx.export(
+        net,
+        (torch.rand(2, 1, 4, 4),),
+        str(tmp_path / "l.onnx"),
+        input_names=["image"],
+        dynamic_axes={"image": {0: "n"}},
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("n")},),
+    )
+    backend = OnnxBackend(tmp_path / "l.onnx")
+    probs = backend.predict_proba(np.random.default_rng(0).random((5, 1, 4, 4), dtype=np.float32))
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    # torch in, torch out: the call a Predictor makes on its model
+    out = backend(torch.rand(2, 1, 4, 4))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    with pytest.raises(DataError, match="refused inputs of shape"):
+        backend.logits(np.zeros((2, 1, 5, 5), np.float32))
+
+
+def test_backend_refuses_missing_or_corrupt_files(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        OnnxBackend(tmp_path / "nope.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(BundleError, match="not a loadable ONNX model"):
+        OnnxBackend(tmp_path / "bad.onnx")
+
+
+def test_descriptor_loads_and_resolves_the_model_path(keras_yaml):
+    d = load_descriptor(keras_yaml)
+    assert (d.height, d.width, d.channels, d.layout) == (32, 32, 3, "NHWC")
+    assert d.model.endswith("keras.onnx") and d.task == "binary"
+    assert is_descriptor(keras_yaml)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"input": {"size": [32, 32], "layuot": "NHWC"}}, "Did you mean 'layout'"),  # typo in a key
+        ({"positive_label": "pneumonai"}, "Did you mean 'pneumonia'"),  # typo in a label
+        ({"input": {"size": [32, 32], "layout": "HWC"}}, "Unknown input layout"),  # unknown layout
+        ({"threshold": 1.5}, "threshold"),  # not a probability
+        ({"labels": ["only"]}, "at least two"),  # one class is not a classifier
+        ({"input": {"channels": 3}}, "input.height"),  # size missing
+    ],
+)
+def test_descriptor_errors_name_the_problem(keras_yaml, change, message):
+    spec = yaml.safe_load(keras_yaml.read_text())
+    spec.update(change)
+    keras_yaml.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=message):
+        load_descriptor(keras_yaml)
+
+
+def test_descriptor_naming_a_missing_onnx_file(keras_yaml):
+    spec = yaml.safe_load(keras_yaml.read_text())
+    spec["model"] = "gone.onnx"
+    keras_yaml.write_text(yaml.safe_dump(spec))
+    with pytest.raises(BundleError, match="gone.onnx"):
+        load_descriptor(keras_yaml)
+
+
+def test_preprocess_applies_layout_scale_and_size(keras_yaml):
+    pred = OnnxPredictor.from_path(keras_yaml)
+    batch = pred.preprocess([np.ones((1, 64, 64), np.float32)])
+    assert batch.shape == (1, 32, 32, 3)  # NHWC, grey repeated to RGB, resized
+    assert batch.max() == pytest.approx(255.0)
+
+
+def test_single_sigmoid_output_becomes_two_class_probabilities(keras_yaml):
+    pred = OnnxPredictor.from_path(keras_yaml)
+    probs = pred.predict_proba_batch(pred.preprocess([_image(True), _image(False)]))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    assert probs[0, 1] > 0.9 and probs[1, 1] < 0.1  # pneumonia column is the model's output
+
+
+def test_predict_returns_predictions_at_the_locked_threshold(keras_yaml):
+    pytest.importorskip("medpredict.predict")
+    pred = OnnxPredictor.from_path(keras_yaml)
+    out = pred.predict(images=[_image(True), _image(False)])
+    assert [p.label for p in out] == ["pneumonia", "normal"]
+    assert out[0].threshold == 0.4
+    assert set(out[0].probabilities) == {"normal", "pneumonia"}
+    assert 0.0 <= out[0].uncertainty["entropy"] <= 1.0
+    with pytest.raises(DataError, match="images only"):
+        pred.predict(images=[_image(True)], records=[{"age": 3}])
+
+
+def test_explain_occlusion_points_at_the_finding(keras_yaml):
+    pred = OnnxPredictor.from_path(keras_yaml)
+    heat = pred.explain(_image(True))
+    assert heat.shape == (64, 64) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert heat[:32, :32].mean() > 3 * heat[32:, 32:].mean()
+
+
+def test_occlusion_map_of_a_pixel_sum():
+    img = np.zeros((1, 8, 8), np.float32)
+    img[0, 6:, 6:] = 1.0
+    heat = occlusion_map(img, lambda b: b[:, 0, 6:, 6:].sum(axis=(1, 2)), patch=2)
+    assert heat[7, 7] == 1.0 and heat[0, 0] == 0.0
