@@ -1,0 +1,172 @@
+"""DICOM output: SR and secondary capture land in the source study and read back."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+hd = pytest.importorskip("highdicom")
+pydicom = pytest.importorskip("pydicom")
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from medpredict import dicom_out  # noqa: E402
+from medpredict.errors import DataError  # noqa: E402
+
+MODEL = {"model_name": "pneumonia-cnn", "model_version": "1.2.0"}
+PATIENT_NAME = "Doe^Jane"
+PATIENT_ID = "MRN-0042"
+
+
+@pytest.fixture
+def source(tmp_path) -> Dataset:
+    """A small synthetic chest CR, written to disk and read back like a real file."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        PATIENT_NAME,
+        PATIENT_ID,
+        "19700101",
+        "F",
+    )
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "101010", "1", "A1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CR", 1, 1
+    ds.PatientOrientation = ["L", "F"]
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4096).tobytes()
+    path = tmp_path / "cr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+@pytest.fixture
+def prediction() -> dict:
+    return {
+        "probabilities": {"normal": 0.3, "pneumonia": 0.7},
+        "label": "pneumonia",
+        "score": 0.7,
+        "threshold": 0.45,
+        "uncertainty": {"entropy": 0.88},
+    }
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def test_sr_is_in_the_source_study_and_holds_the_result(source, prediction):
+    sr = _roundtrip(dicom_out.structured_report(source, prediction, positive_label="pneumonia", **MODEL))
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sr.PatientID == source.PatientID  # filed under the same patient by the PACS
+    assert sr.Modality == "SR"
+    text = str(sr)
+    assert "Probability of pneumonia" in text and "Probability of normal" in text
+    values = _numeric_values(sr)
+    assert values["Probability of pneumonia"] == pytest.approx(0.7)
+    assert values["Probability of normal"] == pytest.approx(0.3)
+    assert values["Decision threshold"] == pytest.approx(0.45)
+    assert values["Uncertainty (entropy)"] == pytest.approx(0.88)
+    assert "pneumonia-cnn" in text and "1.2.0" in text
+    # the evidence points at the source image
+    refs = [
+        r.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    ]
+    assert refs == [source.SOPInstanceUID]
+
+
+def test_sr_finding_is_the_label_at_the_threshold(source, prediction):
+    prediction["label"] = "normal"
+    sr = dicom_out.structured_report(source, prediction, positive_label="pneumonia", **MODEL)
+    parsed = hd.sr.srread(io.BytesIO(_bytes(sr)))
+    groups = parsed.content.get_image_measurement_groups()
+    assert len(groups) == 1
+    group = groups[0]
+    evaluations = group.get_qualitative_evaluations()
+    assert [e.value.meaning for e in evaluations] == ["normal"]
+    assert group.finding_type.meaning == "pneumonia"
+
+
+def test_secondary_capture_is_in_the_study_with_caption(source):
+    heat = np.zeros((64, 64, 3), np.uint8)
+    heat[:32, :32] = (255, 0, 0)
+    caption = dicom_out.caption_for(
+        {"probabilities": {"a": 0.1, "b": 0.9}, "label": "b", "score": 0.9, "threshold": 0.5}, **MODEL
+    )
+    sc = _roundtrip(dicom_out.overlay_capture(source, heat, caption=caption))
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "YES"
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    pixels = sc.pixel_array
+    assert pixels.shape[1] == 64 and pixels.shape[0] > 64  # caption band below the picture
+    assert tuple(pixels[5, 5]) == (255, 0, 0)
+    assert pixels[64:].max() > 200  # white caption text in the band
+    assert "p=0.90" in caption and "threshold 0.50" in caption
+
+
+def test_large_overlays_are_shrunk(source):
+    big = np.zeros((3000, 1500, 3), np.uint8)
+    out = dicom_out.captioned(big, "x", max_side=1000)
+    assert out.shape[1] == 500 and out.shape[0] > 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"drop": "StudyInstanceUID"}, "lacks"),  # cannot link to a study
+        ({"prediction": {"label": "x"}}, "needs 'probabilities'"),  # not a prediction
+        ({"positive": "covid"}, "not one of the predicted labels"),  # unknown finding
+    ],
+)
+def test_bad_inputs_are_refused(source, prediction, change, message):
+    if "drop" in change:
+        del source[change["drop"]]
+    with pytest.raises(DataError, match=message):
+        dicom_out.structured_report(
+            source, change.get("prediction", prediction), positive_label=change.get("positive"), **MODEL
+        )
+
+
+def test_overlay_must_be_rgb_uint8(source):
+    with pytest.raises(DataError, match=r"\(H, W, 3\) uint8"):
+        dicom_out.overlay_capture(source, np.zeros((8, 8), np.float32), caption="x")
+
+
+def _bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _numeric_values(sr: Dataset) -> dict[str, float]:
+    """Walk the SR content tree and collect NUM items by concept meaning."""
+    found: dict[str, float] = {}
+
+    def walk(items):
+        for item in items:
+            if item.get("ValueType") == "NUM":
+                name = item.ConceptNameCodeSequence[0].CodeMeaning
+                found[name] = float(item.MeasuredValueSequence[0].NumericValue)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return found
