@@ -14,6 +14,7 @@ the PACS files them in the same study. Nothing here logs those attributes.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -205,19 +206,23 @@ def overlay_capture(
         raise DataError(f"The overlay must be an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}.")
     pixels = captioned(rgb, caption, max_side=max_side)
     orientation = tuple(source.get("PatientOrientation") or ()) or ("", "")
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        patient_orientation=orientation if len(orientation) == 2 else ("", ""),
-    )
+    with warnings.catch_warnings():
+        # highdicom warns about odd person names copied from the source, quoting the name;
+        # that would put a (referring physician's) name into logs.
+        warnings.simplefilter("ignore", UserWarning)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            patient_orientation=orientation if len(orientation) == 2 else ("", ""),
+        )
     sc.SeriesDescription = "AI heat map overlay"
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
