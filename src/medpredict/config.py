@@ -216,9 +216,9 @@ def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         node = merged
         parts = dotted.split(".")
         for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"Unknown config section '{part}' in '{dotted}'.{did_you_mean(part, node)}")
-            node = node[part]
+            node = node.setdefault(part, {})  # unknown sections are refused when the config is built
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{dotted}' sets a key inside '{part}', which is not a section.")
         node[parts[-1]] = value
     return merged
 

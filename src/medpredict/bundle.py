@@ -1,0 +1,185 @@
+"""The model bundle: everything inference needs, in one folder, checked on load.
+
+Layout of ``runs/<name>/model/``::
+
+    weights.safetensors   network weights (safetensors: loading never runs code)
+    bundle.json           format version, resolved config, labels, task, input kind,
+                          preprocessing, threshold, calibration, conformal, metrics
+    cleaner.json          fitted table cleaner (record and fused models only)
+    model_card.md/.json   the model card, when evaluation has written one
+    checksums.json        SHA-256 of every file above (and an HMAC when a key is set)
+
+Loading recomputes every checksum and refuses a bundle whose files were changed, are
+missing, or whose format version this medpredict does not understand. When the
+environment variable ``MEDPREDICT_BUNDLE_KEY`` is set, bundles are also signed with an
+HMAC of the checksum list, so a tamperer cannot simply rewrite ``checksums.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from medpredict import __version__
+from medpredict.atomic import atomic_dir, write_json
+from medpredict.errors import BundleError
+
+FORMAT = "medpredict-bundle"
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+META = "bundle.json"
+CHECKSUMS = "checksums.json"
+KEY_ENV = "MEDPREDICT_BUNDLE_KEY"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle: its folder, metadata and weights."""
+
+    path: Path
+    meta: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """Parse an optional JSON file of the bundle (already checksum-verified)."""
+        file = self.path / name
+        return json.loads(file.read_text(encoding="utf-8")) if file.exists() else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _signature(files: dict[str, str], key: str) -> str:
+    message = json.dumps(files, sort_keys=True).encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """(Re)write ``checksums.json`` for every file in ``folder``; signs it if a key is set."""
+    files = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    manifest: dict[str, Any] = {"algorithm": "sha256", "files": files}
+    key = os.environ.get(KEY_ENV)
+    if key:
+        manifest["hmac_sha256"] = _signature(files, key)
+    write_json(folder / CHECKSUMS, manifest)
+
+
+def save_bundle(
+    folder: str | Path,
+    *,
+    state_dict: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    json_files: dict[str, Any] | None = None,
+    text_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a complete bundle atomically: a crash leaves the previous bundle intact.
+
+    Args:
+        folder: the bundle folder, usually ``runs/<name>/model``.
+        state_dict: network weights.
+        meta: the content of ``bundle.json`` (format fields are added here).
+        json_files / text_files: extra files such as ``cleaner.json`` or ``model_card.md``.
+    """
+    folder = Path(folder)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "medpredict_version": __version__, **meta}
+    with atomic_dir(folder) as tmp:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        write_json(tmp / META, meta)
+        for name, obj in (json_files or {}).items():
+            write_json(tmp / name, obj)
+        for name, text in (text_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        write_checksums(tmp)
+    return folder
+
+
+def add_files(folder: str | Path, *, json_files: dict[str, Any] | None = None, text_files: dict[str, str] | None = None) -> None:
+    """Add or replace files in an existing, verified bundle and re-sign it (e.g. the model card)."""
+    folder = resolve_bundle_dir(folder)
+    verify(folder)
+    for name, obj in (json_files or {}).items():
+        write_json(folder / name, obj)
+    for name, text in (text_files or {}).items():
+        from medpredict.atomic import write_text
+
+        write_text(folder / name, text)
+    write_checksums(folder)
+
+
+def resolve_bundle_dir(path: str | Path) -> Path:
+    """Accept a run folder (``runs/x``) or the bundle folder itself (``runs/x/model``)."""
+    path = Path(path)
+    if (path / META).exists():
+        return path
+    if (path / "model" / META).exists():
+        return path / "model"
+    raise BundleError(
+        f"No model bundle at {path}: expected {path}/model/{META}. Give a run folder written by 'medpredict train'."
+    )
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """Check every file against ``checksums.json`` (and the HMAC when a key is set)."""
+    sums_path = folder / CHECKSUMS
+    if not sums_path.exists():
+        raise BundleError(f"The bundle {folder} has no {CHECKSUMS}; it is incomplete or not a medpredict bundle.")
+    try:
+        sums = json.loads(sums_path.read_text(encoding="utf-8"))
+        files: dict[str, str] = sums["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{sums_path} is unreadable ({exc}); the bundle is damaged.") from exc
+    for name, expected in files.items():
+        file = folder / name
+        if Path(name).name != name or not file.is_file():
+            raise BundleError(f"The bundle {folder} is missing {name}; restore it or train again.")
+        if _sha256(file) != expected:
+            raise BundleError(
+                f"{file} does not match its checksum: the bundle was modified after it was written. "
+                "Refusing to load it; restore the original bundle."
+            )
+    key = os.environ.get(KEY_ENV)
+    if key:
+        signature = sums.get("hmac_sha256")
+        if not signature or not hmac.compare_digest(signature, _signature(files, key)):
+            raise BundleError(
+                f"The bundle {folder} is not signed with the key in {KEY_ENV}; refusing to load it."
+            )
+    return files
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle.
+
+    Raises:
+        BundleError: missing, tampered, unsigned (when a key is set) or of another format version.
+    """
+    folder = resolve_bundle_dir(path)
+    verify(folder)
+    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{folder}/{META} is not a medpredict bundle (format {meta.get('format')!r}).")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"The bundle {folder} has format version {version}; this medpredict {__version__} reads version "
+            f"{FORMAT_VERSION}. Use the medpredict version that wrote it ({meta.get('medpredict_version')})."
+        )
+    try:
+        state_dict = load_file(str(folder / WEIGHTS))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"Cannot read {folder / WEIGHTS}: {exc}") from exc
+    return Bundle(path=folder, meta=meta, state_dict=state_dict)

@@ -1,0 +1,242 @@
+"""The single inference path: ``Predictor.from_bundle(path)``.
+
+The CLI's ``predict`` and ``evaluate``, the REST service and the PACS node all call this
+class, so they cannot disagree. A prediction carries calibrated probabilities, the label
+at the locked threshold, and its uncertainty (normalised entropy and the conformal
+prediction set; a set that is not exactly one class means "refer to a clinician").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medpredict.bundle import Bundle, load_bundle
+from medpredict.errors import BundleError, DataError
+
+log = logging.getLogger(__name__)
+
+ImageInput = np.ndarray | str | os.PathLike[str]
+
+
+@dataclass
+class Prediction:
+    """One prediction. ``score`` is the positive-class probability of a binary model."""
+
+    probabilities: dict[str, float]
+    label: str
+    score: float | None
+    threshold: float | None
+    uncertainty: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "label": self.label, "score": self.score, "threshold": self.threshold,
+            "probabilities": self.probabilities, "uncertainty": self.uncertainty,
+        }
+
+
+class Predictor:
+    """A loaded bundle ready to predict. Build it with :meth:`from_bundle`."""
+
+    def __init__(self, bundle: Bundle, model: torch.nn.Module, device: torch.device) -> None:
+        self.bundle = bundle
+        self.meta = bundle.meta
+        self.model = model.eval()
+        self.device = device
+        self._calibrator = None
+        self._conformal = None
+        if self.meta.get("calibration"):
+            from medpredict.calibration import calibrator_from_dict
+
+            self._calibrator = calibrator_from_dict(self.meta["calibration"])
+        if self.meta.get("conformal"):
+            from medpredict.conformal import SplitConformal
+
+            self._conformal = SplitConformal.from_dict(self.meta["conformal"])
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
+        """Load and verify the bundle at ``path`` (a run folder or its ``model/`` folder).
+
+        Raises:
+            BundleError: the bundle is missing, tampered with, or of an unknown kind.
+        """
+        bundle = load_bundle(path)
+        spec = bundle.meta.get("model", {})
+        if bundle.meta.get("input_kind") != "image" or spec.get("kind") != "image":
+            raise BundleError(f"{bundle.path} holds a '{bundle.meta.get('input_kind')}' model; this predictor reads image models.")
+        from medpredict.models import build_model
+        from medpredict.models.normalised import InputNormalised
+
+        net = build_model(
+            spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+            spatial_dims=spec["spatial_dims"], dropout=spec.get("dropout", 0.0),
+        )
+        model = InputNormalised(net)
+        try:
+            model.load_state_dict(bundle.state_dict)
+        except RuntimeError as exc:
+            raise BundleError(f"The weights in {bundle.path} do not fit model '{spec['name']}': {exc}") from exc
+        torch_device = torch.device(device)
+        return cls(bundle, model.to(torch_device), torch_device)
+
+    # What a deployed model needs to say about itself.
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
+
+    @property
+    def input_kind(self) -> str:
+        return str(self.meta["input_kind"])
+
+    @property
+    def threshold(self) -> float:
+        stored = self.meta.get("threshold")
+        return float(stored["threshold"]) if stored else 0.5
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["preprocess"]["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.meta["preprocess"]["channels"])
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.meta["preprocess"]["spatial_dims"])
+
+    @property
+    def version(self) -> str:
+        sums = self.bundle.read_json("checksums.json") or {}
+        digest = sums.get("files", {}).get("weights.safetensors", "")[:12]
+        return f"{self.meta.get('name', 'model')}@{digest}"
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The model card if evaluation wrote one, else the essentials from the bundle."""
+        card = self.bundle.read_json("model_card.json")
+        if card:
+            return card
+        return {
+            "name": self.meta.get("name"), "version": self.version, "task": self.task, "labels": self.labels,
+            "input": self.meta.get("preprocess"), "threshold": self.meta.get("threshold"),
+            "validation_metrics": self.meta.get("val_metrics"), "data": self.meta.get("data"),
+            "intended_use": "Research use. Not a medical device; predictions must be reviewed by a clinician.",
+        }
+
+    def prepare(self, image: ImageInput) -> torch.Tensor:
+        """Read (if a path) and preprocess one image to the model's input ``(C, *size)`` in [0, 1]."""
+        from medpredict.transforms import preprocess
+
+        if isinstance(image, str | os.PathLike):
+            from medpredict.readers import read_image
+
+            image = read_image(image, channels=self.channels, spatial_dims=self.spatial_dims)
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim == self.spatial_dims:
+            array = array[None]
+        if array.ndim != self.spatial_dims + 1:
+            raise DataError(
+                f"Expected a {self.spatial_dims}-D image (channels first), got an array of shape {array.shape}."
+            )
+        if not np.isfinite(array).all():
+            raise DataError("The image holds NaN or infinite values.")
+        from medpredict.config import PreprocessConfig
+
+        config = PreprocessConfig(image_size=self.image_size, spatial_dims=self.spatial_dims)
+        return preprocess(np.clip(array, 0.0, 1.0), config, self.channels)
+
+    @torch.no_grad()
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+        """Calibrated probabilities ``(N, K)`` for a prepared batch ``(N, C, *size)`` in [0, 1]."""
+        logits = self.model(batch.to(self.device)).float().cpu().numpy()
+        if self.task == "multilabel":
+            return 1.0 / (1.0 + np.exp(-logits))
+        if self.task == "regression":
+            return logits
+        if self._calibrator is not None:
+            return np.asarray(self._calibrator.transform(logits))
+        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+    def predict(
+        self, images: Sequence[ImageInput] | None = None, records: Sequence[dict[str, Any]] | None = None,
+        *, batch_size: int = 64,
+    ) -> list[Prediction]:
+        """Predict for a list of images (arrays from the readers, or paths).
+
+        Raises:
+            DataError: an input is unreadable or of the wrong shape (names it).
+        """
+        if records:
+            raise DataError(f"This is an image model ({self.meta.get('name')}); it takes no clinical records.")
+        images = list(images or [])
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = torch.stack([self.prepare(item) for item in chunk])
+            probs = self.predict_proba(batch)
+            for item, row in zip(chunk, probs, strict=True):
+                source = str(item) if isinstance(item, str | os.PathLike) else None
+                out.append(self._to_prediction(row, source))
+        return out
+
+    def _to_prediction(self, row: np.ndarray, source: str | None) -> Prediction:
+        labels = self.labels
+        if self.task == "regression":
+            return Prediction({}, f"{float(row[0]):.4g}", float(row[0]), None, {}, source)
+        probabilities = {name: float(p) for name, p in zip(labels, row, strict=True)}
+        if self.task == "multilabel":
+            chosen = [n for n, p in probabilities.items() if p >= 0.5]
+            return Prediction(probabilities, "|".join(chosen) or "none", None, 0.5, {}, source)
+        score = float(row[1]) if self.task == "binary" else None
+        index = int(score >= self.threshold) if score is not None else int(np.argmax(row))
+        uncertainty = self._uncertainty(row)
+        return Prediction(probabilities, labels[index], score, self.threshold if score is not None else None, uncertainty, source)
+
+    def _uncertainty(self, row: np.ndarray) -> dict[str, Any]:
+        clipped = np.clip(row, 1e-12, 1.0)
+        entropy = float(-(clipped * np.log(clipped)).sum() / np.log(len(row)))
+        result: dict[str, Any] = {"entropy": round(entropy, 4)}
+        if self._conformal is not None:
+            members = self._conformal.predict_sets(row[None])[0]
+            result["conformal_set"] = [name for name, keep in zip(self.labels, members, strict=True) if keep]
+            result["conformal_coverage"] = round(1 - float(self._conformal.alpha), 3)
+            result["refer_to_clinician"] = int(members.sum()) != 1
+        return result
+
+    def explain(self, image: ImageInput, class_index: int | None = None) -> np.ndarray:
+        """Grad-CAM heatmap ``(H, W)`` in [0, 1] at the model's input size.
+
+        ``class_index`` defaults to the positive class of a binary model, else the predicted class.
+        """
+        from medpredict.explain import gradcam
+
+        prepared = self.prepare(image)
+        if class_index is None:
+            probs = self.predict_proba(prepared[None])[0]
+            class_index = 1 if self.task == "binary" else int(np.argmax(probs))
+        return gradcam(self.model, prepared[None].to(self.device), class_index)
+
+
+def load_predictor(path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """A predictor for a medpredict bundle, or for a bring-your-own ONNX model's YAML descriptor."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        from medpredict.onnx_model import load_predictor as load_onnx
+
+        return load_onnx(path, **kwargs)
+    return Predictor.from_bundle(path, **kwargs)
