@@ -42,7 +42,7 @@ def write_dicom(
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -167,6 +167,24 @@ def test_multiframe_gives_middle_frame_in_2d_and_all_frames_in_3d(tmp_path: Path
     assert volume[0, 0].max() < volume[0, 1].min() < volume[0, 2].min()
 
 
+def test_per_frame_functional_groups_rescale_and_window_each_frame(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    def group(intercept: int, center: int) -> Dataset:
+        rescale, window, item = Dataset(), Dataset(), Dataset()
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 1, intercept, "US"
+        window.WindowCenter, window.WindowWidth = center, 11
+        item.PixelValueTransformationSequence, item.FrameVOILUTSequence = [rescale], [window]
+        return item
+
+    frames = np.full((2, 3, 3), 100, dtype=np.uint16)
+    groups = [group(0, 100), group(-50, 40)]  # frame 1: value 50, window centred at 40
+    path = write_dicom(tmp_path / "enh.dcm", frames, PerFrameFunctionalGroupsSequence=groups)
+    volume = read_image(path, spatial_dims=3)[0]
+    assert volume[0, 0, 0] == pytest.approx((100 - 99.5) / 10 + 0.5)
+    assert volume[1, 0, 0] == 1.0  # 50 lies above 40 + 11 / 2
+
+
 def test_rgb_and_ybr_full_come_out_as_the_same_rgb(tmp_path: Path) -> None:
     from pydicom.pixels import convert_color_space
 
@@ -177,6 +195,23 @@ def test_rgb_and_ybr_full_come_out_as_the_same_rgb(tmp_path: Path) -> None:
     from_ybr = read_image(write_dicom(tmp_path / "ybr.dcm", ybr, photometric="YBR_FULL"), channels=3)
     np.testing.assert_allclose(from_rgb, np.moveaxis(rgb, -1, 0) / 255, atol=1e-6)
     np.testing.assert_allclose(from_ybr, from_rgb, atol=3 / 255)
+
+
+def test_palette_colour_goes_through_its_lookup_tables(tmp_path: Path) -> None:
+    indices = np.arange(16, dtype=np.uint8).reshape(4, 4)
+
+    def table(step: int) -> bytes:  # 16-bit entries: index i -> min(255, i * step) * 257
+        return np.array([min(255, i * step) * 257 for i in range(256)], dtype="<u2").tobytes()
+
+    luts = {}
+    for colour, step in (("Red", 16), ("Green", 0), ("Blue", 8)):
+        luts[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+        luts[f"{colour}PaletteColorLookupTableData"] = table(step)
+    path = write_dicom(tmp_path / "pal.dcm", indices, photometric="PALETTE COLOR", **luts)
+    out = read_image(path, channels=3)
+    np.testing.assert_allclose(out[0], np.minimum(255, indices * 16) / 255, atol=1e-6)
+    assert out[1].max() == 0.0
+    np.testing.assert_allclose(out[2], indices * 8 / 255, atol=1e-6)
 
 
 def test_file_without_pixel_data_names_the_file(tmp_path: Path) -> None:
