@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up medpredict with its test tools, the Debian servers its integration tests use
+# (Orthanc with DICOMweb, Chromium), and run the default test suite.
+# Extra arguments go to pytest (e.g. ./scripts/test.sh -m slow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh dev
+
+need=()
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc orthanc-dicomweb)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "test: ${need[*]} missing and cannot be installed here; their tests will be skipped" >&2
+  fi
+fi
+exec .venv/bin/python -m pytest "$@"

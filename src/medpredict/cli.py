@@ -1,0 +1,245 @@
+"""The ``medpredict`` command: parses flags and calls the library, nothing more.
+
+User errors (:class:`medpredict.errors.MedpredictError`) are printed as one message and
+exit with status 2, without a traceback. Each sub-command is registered by one
+``_add_<name>`` function below and runs one library call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medpredict import __version__
+from medpredict.errors import ConfigError, MedpredictError
+
+log = logging.getLogger("medpredict")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parse_set(values: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got '{item}'.")
+        overrides[key.strip()] = yaml.safe_load(raw)
+    return overrides
+
+
+# --- train -------------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model; writes runs/<name>/ with a bundle")
+    p.add_argument("config", nargs="?", help="YAML config (flags override it)")
+    p.add_argument("--data", help="manifest CSV, MedMNIST .npz or image folder")
+    p.add_argument("--target", help="target column of a manifest (default: label)")
+    p.add_argument("--model", help="network name, e.g. tiny-resnet, brief-cnn, resnet18")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--max-minutes", type=float, help="wall-time budget for training")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels")
+    p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. augment.strength=0.5")
+    p.set_defaults(handler=_train)
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the train flags (shared by ``train`` and ``tune``)."""
+    flags = {
+        "data.source": args.data, "data.target": args.target, "model.name": args.model,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+        "preprocess.image_size": args.image_size, "data.channels": args.channels, "train.seed": args.seed,
+        "train.device": args.device, "train.max_minutes": args.max_minutes,
+        "train.deterministic": True if args.deterministic else None,
+    }
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.out:
+        out = Path(args.out)
+        overrides["out_dir"], overrides["name"] = str(out.parent), out.name
+    overrides.update(_parse_set(args.set))
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medpredict.config import load_config
+    from medpredict.training import train
+
+    config = load_config(args.config, train_overrides(args))
+    result = train(config, resume=args.resume)
+    metrics = result.val_metrics
+    headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float))
+    print(f"Trained {config.model.name}: best epoch {result.fit.best_epoch}, validation {headline or metrics}")
+    print(f"Run folder: {result.run_dir}  (bundle in {result.bundle_dir})")
+    return 0
+
+
+# --- evaluate ----------------------------------------------------------------------------
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics with CIs, calibration, thresholds and report.html")
+    p.add_argument("run", help="run folder (or a bring-your-own ONNX descriptor .yaml)")
+    p.add_argument("--data", help="evaluate on another dataset (external validation); default: the run's data")
+    p.add_argument("--target", help="target column of --data (default: the run's)")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--out", help="output folder (default: the run folder)")
+    p.add_argument("--lang", default="en", help="report language: en or zh")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report by")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medpredict.evaluate import evaluate
+
+    subgroups = tuple(c.strip() for c in args.subgroups.split(",") if c.strip())
+    result = evaluate(
+        args.run, data=args.data, target=args.target, split=args.split, out=args.out,
+        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups,
+    )
+    print(result.summary())
+    return 0
+
+
+# --- predict -----------------------------------------------------------------------------
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict for images, folders, DICOM files or a manifest")
+    p.add_argument("run", help="run folder (or a bring-your-own ONNX descriptor .yaml)")
+    p.add_argument("inputs", nargs="+", help="image files, folders, DICOM files or a manifest CSV")
+    p.add_argument("--out", required=True, help="output folder for predictions.csv/json and overlays")
+    p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlay PNGs")
+    p.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medpredict.predict_files import predict_files
+
+    result = predict_files(args.run, args.inputs, args.out, overlays=not args.no_overlays)
+    print(result.summary())
+    return 0
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="data-quality checks and dataset downloads")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="data-quality report: files, balance, duplicates, leakage")
+    check.add_argument("source", help="manifest CSV, MedMNIST .npz, image folder or clinical table")
+    check.add_argument("--target", default="label", help="target column (default label)")
+    check.add_argument("--out", help="report folder (default: data_check/ beside the current folder)")
+    check.set_defaults(handler=_data_check)
+    fetch = data_sub.add_parser("fetch", help="download a public dataset and verify its MD5")
+    fetch.add_argument("name", help="dataset name, e.g. pneumoniamnist")
+    fetch.add_argument("--dest", default="data", help="destination folder (default ./data)")
+    fetch.add_argument("--url", help="download from this URL (a mirror) instead of the catalogue's")
+    fetch.add_argument("--md5", help="expected MD5 (required with --url for names not in the catalogue)")
+    fetch.set_defaults(handler=_data_fetch)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from medpredict.datacheck import check_images
+    from medpredict.manifest import load_manifest
+
+    out = Path(args.out or "data_check")
+    manifest = load_manifest(args.source, target=args.target)
+    result = check_images(manifest, out)
+    report = result.report
+    print(f"{report['rows']} images, {report['patients']} patients, classes {report['labels']}, splits {report['splits']}")
+    dup = report["exact_duplicates"]
+    print(f"Byte-identical images: {dup['groups']} groups ({dup['redundant_files']} redundant files), "
+          f"{dup['groups_across_splits']} across splits")
+    near = report["near_duplicates"]
+    print(f"Near-identical images: {near['groups']} groups, {near['groups_across_splits']} across splits")
+    for line in report["problems"]:
+        print(f"PROBLEM: {line}")
+    for line in report["warnings"]:
+        print(f"warning: {line}")
+    print(f"Report: {result.html_path} and {result.json_path}")
+    return 0 if result.ok else 1
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from medpredict.fetch import fetch
+
+    path = fetch(args.name, args.dest, url=args.url, md5=args.md5)
+    print(f"Downloaded and verified: {path}")
+    return 0
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole path on the shipped PneumoniaMNIST: train, evaluate, explain")
+    p.add_argument("--data-dir", help="folder holding medmnist/pneumoniamnist.npz (default: $MEDPREDICT_DATA_DIR, then ../shared/data)")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medpredict.demo import run_demo
+
+    result = run_demo(data_dir=args.data_dir, out=args.out, epochs=args.epochs)
+    print(result.summary())
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train, _add_evaluate, _add_predict, _add_data, _add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medpredict",
+        description="Medical images and clinical records to prediction models a hospital can trust.",
+    )
+    parser.add_argument("--version", action="version", version=f"medpredict {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("medpredict").setLevel(level)
+    try:
+        return int(args.handler(args))
+    except MedpredictError as exc:
+        print(f"medpredict: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medpredict: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
