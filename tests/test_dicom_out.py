@@ -58,7 +58,7 @@ def prediction() -> dict:
         "label": "pneumonia",
         "score": 0.7,
         "threshold": 0.45,
-        "uncertainty": {"entropy": 0.88},
+        "uncertainty": {"entropy": 0.88, "conformal_set": ["pneumonia"], "refer_to_clinician": False},
     }
 
 

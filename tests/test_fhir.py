@@ -25,7 +25,7 @@ def prediction() -> dict:
         "label": "pneumonia",
         "score": 0.8,
         "threshold": 0.45,
-        "uncertainty": {"entropy": 0.72},
+        "uncertainty": {"entropy": 0.72, "conformal_set": ["pneumonia"], "refer_to_clinician": False},
     }
 
 
@@ -74,7 +74,16 @@ def test_observation_value_and_interpretation(prediction, label, interpretation)
     assert res["valueQuantity"]["code"] == "1"
     assert res["interpretation"][0]["coding"][0]["code"] == interpretation
     texts = {c["code"]["text"] for c in res["component"]}
-    assert {"probability of normal", "probability of pneumonia", "uncertainty: entropy"} == texts
+    assert {
+        "probability of normal",
+        "probability of pneumonia",
+        "uncertainty: entropy",
+        "uncertainty: conformal_set",
+        "uncertainty: refer_to_clinician",
+    } == texts
+    values = {c["code"]["text"]: c for c in res["component"]}
+    assert values["uncertainty: conformal_set"]["valueString"] == "{pneumonia}"
+    assert values["uncertainty: refer_to_clinician"]["valueBoolean"] is False
     assert res["category"][0]["coding"][0]["code"] == "imaging"
 
 

@@ -120,6 +120,8 @@ def structured_report(
         for label, prob in probs.items()
     ]
     for name, value in (p.get("uncertainty") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # sets and flags (conformal set, referral) stay out of the numeric report
         measurements.append(
             hd.sr.Measurement(
                 name=hd.sr.CodedConcept(

@@ -399,10 +399,10 @@ def export_run(
     Raises:
         BundleError: the run holds no loadable bundle, or the export fails parity.
     """
+    from medpredict.bundle import resolve_bundle_dir
     from medpredict.predict import Predictor
 
-    run = Path(run)
-    bundle_dir = run / "model" if (run / "model").is_dir() else run
+    bundle_dir = resolve_bundle_dir(run)
     predictor = Predictor.from_bundle(bundle_dir)
     model = getattr(predictor, "model", None)
     if model is None:
@@ -447,6 +447,9 @@ def _input_shapes(predictor: Any) -> list[tuple[int, ...]]:
     shapes = getattr(predictor, "input_shapes", None)
     if shapes:
         return [tuple(int(v) for v in s) for s in shapes]
+    size, channels, dims = (getattr(predictor, k, None) for k in ("image_size", "channels", "spatial_dims"))
+    if size and channels and dims:
+        return [(int(channels), *([int(size)] * int(dims)))]
     raise BundleError(
         "The predictor does not expose 'input_shapes' (one per-sample shape per model input, "
         "e.g. [(1, 28, 28)]); export needs them to build example inputs."

@@ -105,7 +105,7 @@ def risk_assessment(
     ]
     uncertainty = p.get("uncertainty") or {}
     if uncertainty:
-        notes.append("Uncertainty: " + ", ".join(f"{k} = {float(v):.3f}" for k, v in uncertainty.items()))
+        notes.append("Uncertainty: " + ", ".join(f"{k} = {_text(v)}" for k, v in uncertainty.items()))
     notes.append("Decision support only; to be reviewed by a clinician.")
     data: dict[str, Any] = {
         "resourceType": "RiskAssessment",
@@ -170,17 +170,7 @@ def observation(
         for label, prob in probs.items()
     ]
     for name, value in (p.get("uncertainty") or {}).items():
-        components.append(
-            {
-                "code": {"text": f"uncertainty: {name}"},
-                # Observation.component has no valueDecimal in R4: a unitless Quantity instead.
-                "valueQuantity": {
-                    "value": round(float(value), 6),
-                    "system": "http://unitsofmeasure.org",
-                    "code": "1",
-                },
-            }
-        )
+        components.append({"code": {"text": f"uncertainty: {name}"}, **_component_value(value)})
     data: dict[str, Any] = {
         "resourceType": "Observation",
         "id": str(uuid.uuid4()),
@@ -271,6 +261,32 @@ def _probability(value: float) -> dict[str, Any]:
         "system": "http://unitsofmeasure.org",
         "code": "1",
     }
+
+
+def _component_value(value: Any) -> dict[str, Any]:
+    """An Observation.component value[x] for a number, flag, or list (e.g. a conformal set)."""
+    if isinstance(value, bool):
+        return {"valueBoolean": value}
+    if isinstance(value, int | float):
+        # Observation.component has no valueDecimal in R4: a unitless Quantity instead.
+        return {
+            "valueQuantity": {
+                "value": round(float(value), 6),
+                "system": "http://unitsofmeasure.org",
+                "code": "1",
+            }
+        }
+    return {"valueString": _text(value)}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return f"{float(value):.3f}"
+    if isinstance(value, list | tuple | set):
+        return "{" + ", ".join(str(v) for v in value) + "}"
+    return str(value)
 
 
 def _urn(request_id: str) -> str:

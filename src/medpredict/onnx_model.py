@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from medpredict.errors import BundleError, ConfigError, DataError, did_you_mean, require_extra, unknown_choice
+from medpredict.predict import Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +351,7 @@ class OnnxPredictor:
             **descriptor.card,
         }
         self.input_shapes = [(descriptor.channels, descriptor.height, descriptor.width)]
+        self.channels = descriptor.channels
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], **kwargs: Any) -> OnnxPredictor:
@@ -422,8 +424,6 @@ class OnnxPredictor:
         Raises:
             DataError: records were given (external models take images only) or no images.
         """
-        from medpredict.predict import Prediction
-
         if records:
             raise DataError("This external ONNX model takes images only; remove the clinical record.")
         if not images:
@@ -524,16 +524,91 @@ def _resize(chw: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0].numpy()
 
 
+class OnnxBundlePredictor(Predictor):
+    """A medpredict bundle whose network runs in ONNX Runtime (``RUN/onnx/model.onnx``).
+
+    Everything but the network call is the bundle's own Predictor: preprocessing,
+    calibration, threshold, conformal sets. The exported graph contains the input
+    normalisation, so it takes the same ``[0, 1]`` batch as the PyTorch model. ONNX gives no
+    gradients, so :meth:`explain` returns an occlusion map instead of Grad-CAM.
+    """
+
+    explanation = "occlusion sensitivity (ONNX Runtime backend)"
+
+    @classmethod
+    def from_run(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        onnx_path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        int8: bool = False,
+    ) -> OnnxBundlePredictor:
+        """Load the bundle at ``path`` and its exported ONNX model.
+
+        Args:
+            path: a run folder or its ``model/`` bundle folder.
+            onnx_path: the ``.onnx`` file; defaults to ``RUN/onnx/model.onnx`` (or
+                ``model.int8.onnx`` with ``int8``).
+            threads: ONNX Runtime intra-op threads.
+
+        Raises:
+            BundleError: the bundle is invalid, the ONNX file is missing, or it was exported
+                from other weights than the bundle's (a stale export).
+        """
+        from medpredict.bundle import load_bundle
+
+        bundle = load_bundle(path)
+        default = bundle.path.parent / "onnx" / ("model.int8.onnx" if int8 else "model.onnx")
+        onnx_file = Path(onnx_path) if onnx_path is not None else default
+        backend = OnnxBackend(onnx_file, threads=threads)
+        exported_from = backend.metadata.get("medpredict.weights_sha256", "")
+        sums = bundle.read_json("checksums.json") or {}
+        current = sums.get("files", {}).get("weights.safetensors", "")
+        if exported_from and current and exported_from != current:
+            raise BundleError(
+                f"{onnx_file} was exported from other weights than the bundle in {bundle.path}; "
+                "export again with 'medpredict export RUN'."
+            )
+        import torch
+
+        return cls(bundle, backend, torch.device("cpu"))  # type: ignore[arg-type]
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return {**super().card, "explanation": self.explanation, "backend": "onnxruntime"}
+
+    def explain(self, image: Any, class_index: int | None = None) -> np.ndarray:
+        """Occlusion map ``(H, W)`` float32 in [0, 1] at the model's input size."""
+        import torch
+
+        from medpredict.explain import occlusion
+
+        prepared = self.prepare(image)
+        if class_index is None:
+            probs = self.predict_proba(prepared[None])[0]
+            class_index = 1 if self.task == "binary" else int(np.argmax(probs))
+        return occlusion(
+            lambda batch: self.predict_proba(torch.from_numpy(np.asarray(batch, np.float32))),
+            prepared.numpy(),
+            class_index,
+            spatial_dims=self.spatial_dims,
+            progress=False,
+        )
+
+
 def load_predictor(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     """Load whatever ``path`` names: a descriptor YAML -> :class:`OnnxPredictor`, else a bundle.
 
-    A run folder or bundle folder goes to :meth:`medpredict.predict.Predictor.from_bundle`
-    with ``kwargs`` (e.g. ``backend="onnx"`` where the Predictor supports it).
+    With ``backend="onnx"`` a run folder loads as :class:`OnnxBundlePredictor`; other
+    ``kwargs`` go to :meth:`medpredict.predict.Predictor.from_bundle`.
     """
     path = Path(path)
+    backend = kwargs.pop("backend", "torch")
     if path.is_file() and path.suffix.lower() in DESCRIPTOR_SUFFIXES:
         return OnnxPredictor.from_path(path, threads=kwargs.get("threads"))
-    from medpredict.predict import Predictor
-
-    bundle = path / "model" if (path / "model").is_dir() else path
-    return Predictor.from_bundle(bundle, **kwargs)
+    if backend == "onnx":
+        return OnnxBundlePredictor.from_run(path, threads=kwargs.get("threads"))
+    if backend != "torch":
+        raise unknown_choice("backend", backend, ("torch", "onnx"))
+    return Predictor.from_bundle(path, **kwargs)

@@ -235,7 +235,7 @@ def _process_image(
         source.save_as(path, enforce_file_format=False)
         image = read_dicom(path, channels=channels).pixels
     prediction = predictor.predict(images=[image])[0]
-    positive = _positive_label(predictor)
+    positive = positive_label(predictor)
     sr = dicom_out.structured_report(
         source, prediction, model_name=name, model_version=version, positive_label=positive
     )
@@ -273,7 +273,7 @@ def _write_fhir(
         model_name=name,
         model_version=version,
         input_kind="image",
-        positive_label=_positive_label(predictor),
+        positive_label=positive_label(predictor),
         sources=[f"ImagingStudy/{short_id(str(source.StudyInstanceUID))}"],
     )
     path = Path(folder) / f"{short_id(str(source.SOPInstanceUID))}.fhir.json"
@@ -403,7 +403,8 @@ def model_identity(predictor: Any) -> tuple[str, str]:
     return name, version
 
 
-def _positive_label(predictor: Any) -> str | None:
+def positive_label(predictor: Any) -> str | None:
+    """The class a binary predictor's threshold applies to (card's ``positive_label``, else the last)."""
     labels = list(getattr(predictor, "labels", []) or [])
     card = getattr(predictor, "card", None) or {}
     positive = card.get("positive_label")

@@ -1,0 +1,639 @@
+"""The FastAPI app: health, model card, predictions for images and records, and the web page.
+
+Routes (all under the API key except ``/health``, the page and its static files, and the
+OpenAPI docs, which hold no data):
+
+* ``GET  /health``                 liveness and model version.
+* ``GET  /api/v1/model``           the model card, labels, threshold, input kind.
+* ``POST /api/v1/predict``         multipart: ``file`` (PNG/JPEG/DICOM) and/or ``record``
+  (a JSON object as a form field); ``?explain=false`` skips the heat map, ``?fhir=true``
+  adds a FHIR R4 Bundle.
+* ``POST /api/v1/predict/record``  JSON body ``{"record": {...}}`` for record models.
+* ``POST /api/v1/predict/batch``   multipart: several ``files``; no heat maps.
+* ``GET  /``                       the web page.
+
+Safety: the key is compared in constant time; request bodies are counted while they
+stream in and cut off with 413 past the limit (before the whole body is read); uploaded
+file names are never used; uploads are identified by their bytes (magic numbers), not by
+their names or content types; input errors answer 4xx with a reason; each request is
+written to the audit log (:mod:`medpredict.service.audit`) with an input hash only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# This module is the service: FastAPI is imported here, at the top, because the route
+# signatures need its types at definition time. ``medpredict.service`` imports this module
+# only on first use, after checking that the ``serve`` extra is installed.
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from medpredict.errors import ConfigError, DataError, MedpredictError, require_extra
+from medpredict.service.audit import AuditLog, input_digest
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "MEDPREDICT_API_KEY"
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+_PUBLIC_PATHS = ("/health", "/", "/favicon.ico", "/docs", "/redoc", "/openapi.json")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How the service behaves.
+
+    Attributes:
+        api_key: the shared secret clients send as ``X-API-Key`` (or ``Authorization: Bearer``).
+        max_upload_bytes: the largest request body accepted; larger ones get 413.
+        max_batch: the most files in one batch request.
+        min_side / max_side: accepted image sizes in pixels (after reading).
+        overlay_side: the longest side of the returned overlay PNG.
+        audit_path: the SQLite audit log; ``None`` keeps it in memory.
+        modalities: DICOM modalities the model accepts (e.g. ``("CR", "DX")``); empty accepts all.
+    """
+
+    api_key: str
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    max_batch: int = 16
+    min_side: int = 16
+    max_side: int = 8192
+    overlay_side: int = 512
+    audit_path: str | None = None
+    modalities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.api_key or len(self.api_key) < 8:
+            raise ConfigError(
+                f"The API key must be at least 8 characters; set {API_KEY_ENV} or pass --api-key."
+            )
+        if self.max_upload_bytes < 1024:
+            raise ConfigError(f"max_upload_bytes = {self.max_upload_bytes} is too small; use at least 1024.")
+        if not 1 <= self.max_batch <= 256:
+            raise ConfigError(f"max_batch = {self.max_batch} is out of range; use 1 to 256.")
+
+
+class _TooLarge(Exception):
+    """The request body passed the upload limit while streaming."""
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware answering 413 when a body exceeds ``max_bytes``, counted as it streams."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_413(send, self.max_bytes)
+            return
+        received = 0
+        started = too_large = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if too_large:
+                # The form parser turns our exception into its own 400; answer 413 instead.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _send_413(send, self.max_bytes)
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            if not started:
+                await _send_413(send, self.max_bytes)
+
+
+async def _send_413(send: Any, limit: int) -> None:
+    body = json.dumps({"detail": f"Upload too large: the limit is {limit} bytes."}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``png``, ``jpeg`` or ``dicom`` from the first bytes, or ``None``."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+@dataclass
+class DecodedImage:
+    """An upload read through the readers: ``(C, H, W)`` float32 in [0, 1] and its format."""
+
+    pixels: np.ndarray
+    fmt: str
+    modality: str | None
+
+
+def decode_upload(data: bytes, *, channels: int, settings: ServiceSettings) -> DecodedImage:
+    """Read uploaded bytes with medpredict's readers (never trusting the client's name or type).
+
+    Raises:
+        UnsupportedUpload: not PNG, JPEG or DICOM.
+        DataError: unreadable, wrong modality or out-of-range size.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedUpload("The upload is not a PNG, JPEG or DICOM file (checked by its content).")
+    suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[fmt]
+    modality = None
+    with tempfile.TemporaryDirectory(prefix="medpredict-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"  # our own name: the client's file name is never used
+        path.write_bytes(data)
+        try:
+            if fmt == "dicom":
+                from medpredict.readers.dicom import read_dicom
+
+                dicom = read_dicom(path, channels=channels)
+                pixels, modality = dicom.pixels, (dicom.modality or None)
+            else:
+                from medpredict.readers.images import read_image
+
+                pixels = read_image(path, channels=channels)
+        except MedpredictError as exc:
+            # The reader names the file; ours is a temporary path the client never chose.
+            raise type(exc)(
+                str(exc).replace(f"'{path}'", "The upload").replace(str(path), "the upload")
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile bytes
+            logger.info("Upload could not be decoded (%s)", type(exc).__name__)
+            raise DataError(
+                f"The {fmt.upper()} upload could not be decoded ({type(exc).__name__})."
+            ) from None
+    if settings.modalities and fmt == "dicom" and modality not in settings.modalities:
+        raise DataError(
+            f"This model accepts DICOM modalities {list(settings.modalities)}; "
+            f"the upload is '{modality or 'unknown'}'."
+        )
+    height, width = pixels.shape[-2:]
+    if min(height, width) < settings.min_side or max(height, width) > settings.max_side:
+        raise DataError(
+            f"Image size {height}x{width} is outside the accepted range "
+            f"{settings.min_side}..{settings.max_side} pixels per side."
+        )
+    return DecodedImage(pixels=pixels, fmt=fmt, modality=modality)
+
+
+class UnsupportedUpload(DataError):
+    """The upload is not a file type the service reads (answered with 415)."""
+
+
+def parse_record(text: Any) -> dict[str, Any] | None:
+    """A clinical record from JSON text (or a dict); ``None`` when absent.
+
+    Raises:
+        DataError: not a JSON object of names to numbers, strings, booleans or nulls.
+    """
+    if text is None or text == "" or text == b"":
+        return None
+    if isinstance(text, dict):
+        record = text
+    elif not isinstance(text, str | bytes):
+        raise DataError(
+            f"The record must be a JSON object of column name to value, got {type(text).__name__}."
+        )
+    else:
+        try:
+            record = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(
+                f'The record is not valid JSON ({exc}); send an object such as {{"age": 63}}.'
+            ) from None
+    if not isinstance(record, dict) or not record:
+        raise DataError("The record must be a non-empty JSON object of column name to value.")
+    for key, value in record.items():
+        if not isinstance(value, int | float | str | bool) and value is not None:
+            raise DataError(
+                f"Record field '{key}' must be a number, text, true/false or null; "
+                f"got {type(value).__name__}."
+            )
+    return record
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(predictor: Any, settings: ServiceSettings) -> Any:
+    """Build the FastAPI app around one loaded predictor.
+
+    Args:
+        predictor: a :class:`~medpredict.predict.Predictor` or an
+            :class:`~medpredict.onnx_model.OnnxPredictor` (the same surface).
+        settings: see :class:`ServiceSettings`.
+    """
+    from medpredict.pacs import model_identity
+
+    name, version = model_identity(predictor)
+    audit = AuditLog(settings.audit_path or ":memory:")
+    lock = threading.Lock()  # Grad-CAM hooks the model: one prediction at a time
+    channels = _channels(predictor)
+    input_kind = str(getattr(predictor, "input_kind", "image"))
+
+    app = FastAPI(
+        title="medpredict",
+        version=version,
+        description=f"Predictions from model **{name}** version {version}. Decision support only.",
+    )
+    app.state.audit = audit
+    app.state.predictor = predictor
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Any:
+        path = request.url.path
+        if request.method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith("/static/"):
+            return await call_next(request)
+        if not _key_ok(request.headers, settings.api_key):
+            return JSONResponse(
+                {"detail": "Missing or wrong API key; send it as the X-API-Key header."},
+                status_code=401,
+                headers={"WWW-Authenticate": "ApiKey"},
+            )
+        return await call_next(request)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+
+    @app.exception_handler(MedpredictError)
+    async def medpredict_error(request: Request, exc: MedpredictError) -> Any:
+        status = 415 if isinstance(exc, UnsupportedUpload) else 422
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    def run(
+        route: str,
+        images: list[bytes],
+        record: dict[str, Any] | None,
+        *,
+        explain: bool,
+        fhir: bool,
+        batch: bool = False,
+    ) -> dict[str, Any]:
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        record_bytes = json.dumps(record, sort_keys=True).encode() if record is not None else b""
+        digest = input_digest(*images, record_bytes)
+        kind = "+".join(k for k, present in (("image", images), ("record", record is not None)) if present)
+        try:
+            body = _predict(
+                predictor,
+                lock,
+                settings,
+                channels,
+                input_kind,
+                images,
+                record,
+                explain=explain,
+                fhir=fhir,
+                batch=batch,
+                model=(name, version),
+                request_id=request_id,
+            )
+        except MedpredictError as exc:
+            status = 415 if isinstance(exc, UnsupportedUpload) else 422
+            audit.record(
+                request_id=request_id,
+                route=route,
+                model_name=name,
+                model_version=version,
+                input_sha256=digest,
+                input_kind=kind or "none",
+                status=status,
+                error=type(exc).__name__,
+                latency_ms=(time.perf_counter() - started) * 1e3,
+            )
+            raise HTTPException(
+                status_code=status, detail=str(exc), headers={"X-Request-ID": request_id}
+            ) from None
+        latency = (time.perf_counter() - started) * 1e3
+        outputs = [r["prediction"] for r in body["results"]] if batch else body["prediction"]
+        audit.record(
+            request_id=request_id,
+            route=route,
+            model_name=name,
+            model_version=version,
+            input_sha256=digest,
+            input_kind=kind,
+            status=200,
+            output=outputs,
+            latency_ms=latency,
+        )
+        return {
+            "request_id": request_id,
+            "model": {"name": name, "version": version},
+            "latency_ms": round(latency, 1),
+            **body,
+        }
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        """Liveness; needs no key."""
+        return {"status": "ok", "model_version": version}
+
+    @app.get("/api/v1/model", tags=["model"])
+    def model_card() -> dict[str, Any]:
+        """The model card and what the model takes and returns."""
+        return {
+            "name": name,
+            "version": version,
+            "labels": list(getattr(predictor, "labels", [])),
+            "task": getattr(predictor, "task", None),
+            "input_kind": input_kind,
+            "threshold": getattr(predictor, "threshold", None),
+            "positive_label": _positive(predictor),
+            "accepts": {
+                "image_formats": ["png", "jpeg", "dicom"],
+                "modalities": list(settings.modalities),
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_batch": settings.max_batch,
+            },
+            "card": _jsonable(getattr(predictor, "card", {}) or {}),
+        }
+
+    @app.post("/api/v1/predict", tags=["predict"])
+    def predict(
+        file: UploadFile | None = File(default=None, description="PNG, JPEG or DICOM image"),  # noqa: B008
+        record: str | None = Form(default=None, description="clinical record as a JSON object"),  # noqa: B008
+        explain: bool = True,
+        fhir: bool = False,
+    ) -> dict[str, Any]:
+        """Predict for one image, one record, or both (fusion models)."""
+        images = [file.file.read()] if file is not None else []
+        if images and not images[0]:
+            raise HTTPException(status_code=422, detail="The uploaded file is empty.")
+        return run("predict", images, parse_record(record), explain=explain, fhir=fhir)
+
+    @app.post("/api/v1/predict/record", tags=["predict"])
+    async def predict_record(request: Request, fhir: bool = True) -> Any:
+        """Predict for a clinical record sent as JSON ``{"record": {...}}``; FHIR included by default."""
+        raw = await request.body()
+        try:
+            payload = json.loads(raw or b"null")
+        except ValueError:
+            raise HTTPException(
+                status_code=422, detail='The body is not JSON; send {"record": {...}}.'
+            ) from None
+        if not isinstance(payload, dict) or "record" not in payload:
+            raise HTTPException(status_code=422, detail='Send a JSON object {"record": {...}}.')
+        record = parse_record(payload["record"]) if isinstance(payload["record"], dict) else None
+        if record is None:
+            raise HTTPException(
+                status_code=422, detail='"record" must be a JSON object of column name to value.'
+            )
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(run, "predict/record", [], record, explain=False, fhir=fhir)
+
+    @app.post("/api/v1/predict/batch", tags=["predict"])
+    def predict_batch(
+        files: list[UploadFile] = File(..., description="images"),  # noqa: B008
+        fhir: bool = False,
+    ) -> dict[str, Any]:
+        """Predict for several images at once (no heat maps)."""
+        if len(files) > settings.max_batch:
+            raise HTTPException(
+                status_code=422, detail=f"{len(files)} files; a batch holds at most {settings.max_batch}."
+            )
+        images = [f.file.read() for f in files]
+        return run("predict/batch", images, None, explain=False, fhir=fhir, batch=True)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Any:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _predict(
+    predictor: Any,
+    lock: threading.Lock,
+    settings: ServiceSettings,
+    channels: int,
+    input_kind: str,
+    images: list[bytes],
+    record: dict[str, Any] | None,
+    *,
+    explain: bool,
+    fhir: bool,
+    batch: bool,
+    model: tuple[str, str],
+    request_id: str,
+) -> dict[str, Any]:
+    if not images and record is None:
+        raise DataError("Send an image file, a record, or both.")
+    if input_kind == "image" and record is not None:
+        raise DataError("This model reads images only; leave the record out.")
+    if input_kind == "table" and images:
+        raise DataError("This model reads clinical records only; send a record, not an image.")
+    if input_kind == "fusion" and (not images or record is None):
+        raise DataError("This model needs both an image and a record.")
+    decoded = [decode_upload(data, channels=channels, settings=settings) for data in images]
+    pixels = [d.pixels for d in decoded] or None
+    records = None if record is None else [record] * max(1, len(decoded))
+    with lock:
+        predictions = predictor.predict(images=pixels, records=records)
+        heat = predictor.explain(decoded[0].pixels) if explain and decoded and not batch else None
+    rows = [_prediction_dict(p) for p in predictions]
+    results = []
+    for i, row in enumerate(rows):
+        item: dict[str, Any] = {"prediction": row}
+        if fhir:
+            from medpredict import fhir as fhir_out
+
+            item["fhir"] = fhir_out.prediction_resources(
+                row,
+                model_name=model[0],
+                model_version=model[1],
+                input_kind=input_kind,
+                positive_label=_positive(predictor),
+                request_id=request_id,
+            )
+        if decoded:
+            item["input"] = {
+                "format": decoded[i].fmt,
+                "modality": decoded[i].modality,
+                "size": list(decoded[i].pixels.shape[-2:]),
+            }
+        results.append(item)
+    if batch:
+        return {"results": results}
+    body = results[0]
+    if heat is not None:
+        body["overlay_png"] = _overlay_data_url(decoded[0].pixels, heat, settings.overlay_side)
+        body["explanation"] = str((getattr(predictor, "card", {}) or {}).get("explanation", "Grad-CAM"))
+    return body
+
+
+def _prediction_dict(prediction: Any) -> dict[str, Any]:
+    values = prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction)
+    return _jsonable(values)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _overlay_data_url(pixels: np.ndarray, heat: np.ndarray, side: int) -> str:
+    from PIL import Image
+
+    from medpredict.explain import overlay
+
+    rgb = overlay(pixels, heat)
+    picture = Image.fromarray(rgb, mode="RGB")
+    scale = min(1.0, side / max(picture.size))
+    if scale < 1.0:
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _key_ok(headers: Any, expected: str) -> bool:
+    given = headers.get("x-api-key") or ""
+    auth = headers.get("authorization") or ""
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _channels(predictor: Any) -> int:
+    for source in (
+        getattr(predictor, "channels", None),
+        (getattr(predictor, "card", {}) or {}).get("channels"),
+    ):
+        if source in (1, 3):
+            return int(source)
+    shapes = getattr(predictor, "input_shapes", None)
+    if shapes and shapes[0] and shapes[0][0] in (1, 3):
+        return int(shapes[0][0])
+    return 1
+
+
+def _positive(predictor: Any) -> str | None:
+    from medpredict.pacs import positive_label
+
+    return positive_label(predictor)
+
+
+def serve(
+    model: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_upload_mb: float = 20.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    modalities: tuple[str, ...] = (),
+    backend: str | None = None,
+) -> None:
+    """Load ``model`` (run folder, bundle or BYO-model YAML) and serve it with uvicorn.
+
+    The key comes from ``api_key`` or the ``MEDPREDICT_API_KEY`` environment variable. The
+    audit log defaults to ``audit.sqlite`` beside the model.
+
+    Raises:
+        ConfigError: no API key, or a host that is not a loopback address while
+            ``MEDPREDICT_ALLOW_REMOTE`` is unset.
+    """
+    require_extra("uvicorn", "serve")
+    import uvicorn
+
+    from medpredict.onnx_model import load_predictor
+
+    key = api_key or os.environ.get(API_KEY_ENV, "")
+    if not key:
+        raise ConfigError(f"No API key: set the {API_KEY_ENV} environment variable or pass --api-key.")
+    if host not in ("127.0.0.1", "localhost", "::1") and os.environ.get("MEDPREDICT_ALLOW_REMOTE") != "1":
+        raise ConfigError(
+            f"Refusing to listen on '{host}': serve on 127.0.0.1 behind your hospital's TLS proxy, "
+            "or set MEDPREDICT_ALLOW_REMOTE=1 if that is intended."
+        )
+    base = Path(model)
+    audit = (
+        Path(audit_path)
+        if audit_path is not None
+        else (base if base.is_dir() else base.parent) / "audit.sqlite"
+    )
+    predictor = load_predictor(model, **({"backend": backend} if backend else {}))
+    settings = ServiceSettings(
+        api_key=key,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        audit_path=str(audit),
+        modalities=tuple(modalities),
+    )
+    app = create_app(predictor, settings)
+    logger.info(
+        "Serving %s on http://%s:%d (audit log %s)", model_identity_text(predictor), host, port, audit
+    )
+    uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=False)
+
+
+def model_identity_text(predictor: Any) -> str:
+    from medpredict.pacs import model_identity
+
+    name, version = model_identity(predictor)
+    return f"{name} {version}"

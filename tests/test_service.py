@@ -1,0 +1,272 @@
+"""REST service: key, limits, 4xx reasons, predictions with overlay, FHIR, audit log without identifiers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from fixtures_images import write_dicom, write_png  # noqa: E402
+from medpredict.errors import ConfigError  # noqa: E402
+from medpredict.service.app import ServiceSettings, create_app, serve, sniff_format  # noqa: E402
+
+KEY = "test-key-123456"
+PATIENT_NAME = "Doe^Janet"
+PATIENT_ID = "MRN-778899"
+
+
+def train_tiny_run(root: Path) -> Path:
+    """Train a 2-epoch tiny-resnet on 28 px synthetic 'X-rays' through the library; return the run folder."""
+    from medpredict.config import from_dict
+    from medpredict.training import train
+
+    rng = np.random.default_rng(0)
+    # Given splits (train/val/test folders), one class folder each.
+    for split, count in (("train", 40), ("val", 16), ("test", 8)):
+        for label in ("normal", "pneumonia"):
+            folder = root / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                img = (rng.random((28, 28)) * 90).astype(np.uint8)
+                if label == "pneumonia":
+                    img[4:16, 4:16] += 140  # the 'finding': a bright upper-left region
+                write_png(folder / f"{i}.png", img)
+    config = from_dict(
+        {
+            "name": "tiny",
+            "out_dir": str(root / "runs"),
+            "data": {"source": str(root / "data")},
+            "model": {"name": "tiny-resnet"},
+            "train": {"epochs": 2, "batch_size": 16, "threads": 1, "amp": False},
+        }
+    )
+    return train(config, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    from medpredict.predict import Predictor
+
+    return Predictor.from_bundle(run_dir)
+
+
+@pytest.fixture
+def client(predictor, tmp_path):
+    settings = ServiceSettings(
+        api_key=KEY, max_upload_bytes=256 * 1024, audit_path=str(tmp_path / "audit.sqlite"), max_batch=3
+    )
+    with TestClient(create_app(predictor, settings)) as test_client:
+        yield test_client
+
+
+def _png(bright: bool = True, size: int = 28) -> bytes:
+    img = (np.random.default_rng(1).random((size, size)) * 90).astype(np.uint8)
+    if bright:
+        img[4 * size // 28 : 16 * size // 28, 4 * size // 28 : 16 * size // 28] += 140
+    buffer = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(img).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _dicom(tmp_path: Path, modality: str = "CR") -> bytes:
+    pixels = (np.random.default_rng(2).random((64, 64)) * 4000).astype(np.uint16)
+    path = write_dicom(
+        tmp_path / "x.dcm", pixels, Modality=modality, PatientName=PATIENT_NAME, PatientID=PATIENT_ID
+    )
+    return path.read_bytes()
+
+
+H = {"X-API-Key": KEY}
+
+
+def test_health_is_public_and_everything_else_needs_the_key(client):
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/api/v1/model").status_code == 401
+    assert client.get("/api/v1/model", headers={"X-API-Key": "wrong-key-000"}).status_code == 401
+    assert client.post("/api/v1/predict", files={"file": ("a.png", _png())}).status_code == 401
+    assert client.get("/api/v1/model", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    card = client.get("/api/v1/model", headers=H).json()
+    assert card["labels"] == ["normal", "pneumonia"]
+    assert card["input_kind"] == "image" and 0 < card["threshold"] < 1
+
+
+def test_predict_png_returns_probabilities_label_uncertainty_and_overlay(client, predictor):
+    res = client.post("/api/v1/predict", files={"file": ("../../etc/passwd.png", _png())}, headers=H)
+    assert res.status_code == 200, res.text
+    body = res.json()
+    p = body["prediction"]
+    assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert p["threshold"] == pytest.approx(predictor.threshold)
+    assert p["label"] == ("pneumonia" if p["score"] >= p["threshold"] else "normal")
+    assert 0.0 <= p["uncertainty"]["entropy"] <= 1.0
+    assert body["model"]["version"] == predictor.version
+    # the overlay is a real PNG
+    assert body["overlay_png"].startswith("data:image/png;base64,")
+    png = base64.b64decode(body["overlay_png"].split(",", 1)[1])
+    assert sniff_format(png) == "png"
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(png)).mode == "RGB"
+    # same answer as the library: one inference path
+    from medpredict.readers import read_image
+
+    tmp = Path(client.app.state.settings.audit_path).parent / "same.png"
+    tmp.write_bytes(_png())
+    direct = predictor.predict(images=[read_image(tmp)])[0]
+    assert p["score"] == pytest.approx(direct.score, abs=1e-6)
+
+
+def test_predict_dicom_upload_and_modality_check(client, predictor, tmp_path):
+    res = client.post("/api/v1/predict?explain=false", files={"file": ("x.dcm", _dicom(tmp_path))}, headers=H)
+    assert res.status_code == 200, res.text
+    assert res.json()["input"] == {"format": "dicom", "modality": "CR", "size": [64, 64]}
+    assert "overlay_png" not in res.json()
+    strict = ServiceSettings(api_key=KEY, modalities=("DX",))
+    with TestClient(create_app(predictor, strict)) as other:
+        res = other.post("/api/v1/predict", files={"file": ("x.dcm", _dicom(tmp_path))}, headers=H)
+    assert res.status_code == 422 and "'CR'" in res.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "reason"),
+    [
+        (b"name,age\nx,3\n", 415, "not a PNG, JPEG or DICOM"),  # a CSV sent as an image
+        (b"", 422, "empty"),  # an empty file
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422, "The upload is not a readable image"),  # a truncated PNG
+        ("tiny", 422, "outside the accepted range"),  # a 4x4 image: wrong size
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_reason(client, payload, status, reason):
+    if payload == "tiny":
+        payload = _png(size=4)
+    res = client.post("/api/v1/predict", files={"file": ("x.png", payload)}, headers=H)
+    assert res.status_code == status, res.text
+    assert reason in res.json()["detail"]
+
+
+def test_oversized_upload_is_cut_off_with_413(client):
+    big = b"\x89PNG\r\n\x1a\n" + bytes(400 * 1024)
+    res = client.post("/api/v1/predict", files={"file": ("big.png", big)}, headers=H)
+    assert res.status_code == 413
+    assert "limit" in res.json()["detail"]
+
+    # No Content-Length (chunked): the limit is enforced while streaming.
+    def chunks():
+        yield b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        for _ in range(100):  # 800 KB of file content, never terminated
+            yield b"x" * 8192
+
+    res = client.post(
+        "/api/v1/predict",
+        content=chunks(),
+        headers={**H, "Content-Type": "multipart/form-data; boundary=abc"},
+    )
+    assert res.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ('{"age": 63}', "images only"),  # image model given a record
+        ("{not json", "not valid JSON"),  # malformed JSON
+        ('{"age": [1, 2]}', "must be a number"),  # a list is not a clinical value
+    ],
+)
+def test_bad_records_get_422(client, record, reason):
+    res = client.post(
+        "/api/v1/predict", files={"file": ("x.png", _png())}, data={"record": record}, headers=H
+    )
+    assert res.status_code == 422
+    assert reason in res.json()["detail"]
+
+
+def test_record_route_refuses_non_objects(client):
+    res = client.post(
+        "/api/v1/predict/record", content=b"[1,2]", headers={**H, "Content-Type": "application/json"}
+    )
+    assert res.status_code == 422
+    res = client.post("/api/v1/predict/record", json={"record": {"age": 1}}, headers=H)
+    assert res.status_code == 422 and "records" in res.json()["detail"] or "images" in res.json()["detail"]
+
+
+def test_batch_and_its_limit(client):
+    files = [("files", (f"{i}.png", _png(i % 2 == 0))) for i in range(3)]
+    res = client.post("/api/v1/predict/batch", files=files, headers=H)
+    assert res.status_code == 200, res.text
+    scores = [r["prediction"]["score"] for r in res.json()["results"]]
+    assert len(scores) == 3 and scores[0] == pytest.approx(scores[2])
+    files.append(("files", ("3.png", _png())))
+    assert client.post("/api/v1/predict/batch", files=files, headers=H).status_code == 422
+
+
+def test_fhir_output_on_request(client):
+    res = client.post("/api/v1/predict?fhir=true&explain=false", files={"file": ("x.png", _png())}, headers=H)
+    bundle = res.json()["fhir"]
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(bundle)
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["RiskAssessment", "Observation"]
+
+
+def test_audit_log_has_every_request_and_no_patient_identifiers(client, tmp_path):
+    ok = client.post("/api/v1/predict?explain=false", files={"file": ("x.dcm", _dicom(tmp_path))}, headers=H)
+    bad = client.post("/api/v1/predict", files={"file": ("x.txt", b"hello")}, headers=H)
+    rows = client.app.state.audit.recent()
+    by_id = {r["request_id"]: r for r in rows}
+    assert by_id[ok.json()["request_id"]]["status"] == 200
+    assert json.loads(by_id[ok.json()["request_id"]]["output_json"])["label"] in ("normal", "pneumonia")
+    assert {r["status"] for r in rows} == {200, 415}
+    assert bad.status_code == 415
+    assert all(len(r["input_sha256"]) == 64 for r in rows)
+    # Neither the patient's name nor id is anywhere in the database files (WAL included).
+    audit_path = Path(client.app.state.settings.audit_path)
+    blob = b"".join(p.read_bytes() for p in audit_path.parent.glob(audit_path.name + "*"))
+    for secret in (PATIENT_NAME, PATIENT_ID, "Janet", "778899"):
+        assert secret.encode() not in blob
+    assert b"x.dcm" not in blob  # nor the uploaded file name
+
+
+def test_openapi_lists_the_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/health", "/api/v1/model", "/api/v1/predict", "/api/v1/predict/batch"} <= set(paths)
+
+
+def test_page_is_served(client):
+    res = client.get("/")
+    assert res.status_code == 200 and "api-key" in res.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"api_key": None}, "No API key"),  # no key, no env var
+        ({"api_key": KEY, "host": "0.0.0.0"}, "Refusing to listen"),  # not loopback
+    ],
+)
+def test_serve_refuses_unsafe_settings(run_dir, monkeypatch, kwargs, message):
+    monkeypatch.delenv("MEDPREDICT_API_KEY", raising=False)
+    monkeypatch.delenv("MEDPREDICT_ALLOW_REMOTE", raising=False)
+    with pytest.raises(ConfigError, match=message):
+        serve(run_dir, **kwargs)
+
+
+def test_short_keys_are_refused():
+    with pytest.raises(ConfigError, match="at least 8"):
+        ServiceSettings(api_key="abc")
