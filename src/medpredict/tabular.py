@@ -290,7 +290,10 @@ def cross_validate(
         for key in rows[0]:
             values = [r[key] for r in rows]
             entry[f"{key}_mean"] = float(np.nanmean(values))
-            entry[f"{key}_ci"] = corrected_interval(values, int(n_train), int(n_test))
+            interval = corrected_interval(values, int(n_train), int(n_test))
+            if key in ("auc", "accuracy", "brier"):  # bounded scores keep bounded intervals
+                interval = [float(np.clip(v, 0.0, 1.0)) for v in interval]
+            entry[f"{key}_ci"] = interval
         entry["scores"] = [r[metric] for r in rows]
         entry["seconds_per_fold"] = seconds[name] / len(folds)
         result["models"][name] = entry
@@ -381,6 +384,7 @@ def train_table(
     cleaning: CleaningConfig | None = None,
     baselines: bool = True,
     cv_repeats: int = 0,
+    n_boot: int = 1000,
     progress: bool = True,
 ) -> TableRun:
     """Train a tabular network on a table and write a run folder with its bundle.
@@ -397,6 +401,7 @@ def train_table(
             training rows and report them on the same test rows.
         cv_repeats: if > 0, also run ``cv_repeats`` x 5-fold cross-validation of all
             three models (on all rows) and store it in ``metrics.json``.
+        n_boot: patient-bootstrap replicates for the metric intervals.
 
     Raises:
         DataError: unreadable table, missing target, too few patients to split.
@@ -447,9 +452,15 @@ def train_table(
 
     def evaluate(pred: np.ndarray, rows: np.ndarray, threshold: float | None) -> dict[str, Any]:
         if data.task == "regression":
-            return regression_metrics(data.y[rows], pred, groups=data.groups[rows], seed=seed)
+            return regression_metrics(data.y[rows], pred, groups=data.groups[rows], seed=seed, n_boot=n_boot)
         return classification_metrics(
-            data.y[rows], pred, labels=data.labels, threshold=threshold, groups=data.groups[rows], seed=seed
+            data.y[rows],
+            pred,
+            labels=data.labels,
+            threshold=threshold,
+            groups=data.groups[rows],
+            seed=seed,
+            n_boot=n_boot,
         )
 
     threshold = (fields.get("threshold") or {}).get("threshold") if data.task == "binary" else None

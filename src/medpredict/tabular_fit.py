@@ -152,6 +152,26 @@ def fit_network(
         )
         val = (torch.as_tensor(np.asarray(x_val, dtype=np.float32)), torch.as_tensor(yv))
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on matrices this small, extra threads only add overhead; restored below
+    try:
+        return _loop(model, xt, yt, loss_fn, val, settings, seed, regression, y_mean, y_std)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loop(
+    model: TabularNet,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    loss_fn: nn.Module,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    settings: NetSettings,
+    seed: int,
+    regression: bool,
+    y_mean: float,
+    y_std: float,
+) -> NetFit:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(

@@ -1,0 +1,1 @@
+"""Prediction tasks extracted from electronic health records (currently the MIMIC-IV demo)."""
