@@ -107,7 +107,7 @@ def build_cohort(
     frame["los_days"] = (frame["dischtime"] - frame["admittime"]).dt.total_seconds() / 86400.0
     window = pd.Timedelta(hours=window_hours)
     ended = frame["dischtime"].fillna(frame["deathtime"]) <= frame["admittime"] + window
-    stats = {"admissions": len(frame), "excluded_ended_within_window": int(ended.sum())}
+    stats: dict[str, Any] = {"admissions": len(frame), "excluded_ended_within_window": int(ended.sum())}
     frame = frame.loc[~ended].reset_index(drop=True)
     frame["age"] = frame["anchor_age"] + frame["admittime"].dt.year - frame["anchor_year"]
     frame["window_start"] = frame[["edregtime", "admittime"]].min(axis=1)

@@ -69,15 +69,14 @@ class TabularEncoder(nn.Module):
         self.n_continuous = int(n_continuous)
         self.cardinalities = [int(c) for c in cardinalities]
         self.embeddings = nn.ModuleList(nn.Embedding(c, _embedding_size(c)) for c in self.cardinalities)
-        width = self.n_continuous + sum(e.embedding_dim for e in self.embeddings)
+        self.input_width = self.n_continuous + sum(_embedding_size(c) for c in self.cardinalities)
+        width = self.input_width
         layers: list[nn.Module] = []
         for size in hidden:
             layers += [nn.Linear(width, int(size)), nn.SiLU(), nn.Dropout(dropout)]
             width = int(size)
         self.body = nn.Sequential(*layers)
         self.embedding_dim = width
-
-        self.input_width = self.n_continuous + sum(e.embedding_dim for e in self.embeddings)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, F)`` cleaner output -> ``(N, input_width)``: continuous columns + category embeddings."""
@@ -141,7 +140,9 @@ class TransformerEncoder(nn.Module):
 class TabularNet(nn.Module):
     """An encoder plus a linear head: ``(N, F) -> (N, num_classes)`` logits."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, hparams: dict[str, Any]) -> None:
+    def __init__(
+        self, encoder: TabularEncoder | TransformerEncoder, num_classes: int, hparams: dict[str, Any]
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(int(encoder.embedding_dim), int(num_classes))
