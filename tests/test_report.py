@@ -1,0 +1,205 @@
+"""Tests for medpredict.report: evaluation dict, report.html, metrics.json and the model card."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medpredict.calibration import TemperatureScaler, softmax
+from medpredict.conformal import SplitConformal
+from medpredict.errors import ConfigError
+from medpredict.report import assemble_evaluation, build_report, evaluation_to_json
+from medpredict.report.html import SECTIONS
+from medpredict.thresholds import ThresholdPicker
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _split(rng: np.random.Generator, n_patients: int, per_patient: int = 2) -> tuple[np.ndarray, ...]:
+    """Over-confident binary logits with patient-level signal and a few images per patient."""
+    patient_y = rng.integers(0, 2, n_patients)
+    score = 1.3 * (2 * patient_y - 1) + rng.normal(0, 1.2, n_patients)
+    y = np.repeat(patient_y, per_patient)
+    z = np.repeat(score, per_patient) + rng.normal(0, 0.4, y.size)
+    logits = np.c_[np.zeros(y.size), 5.0 * z]  # about 3x too confident
+    groups = np.repeat([f"P{i:04d}" for i in range(n_patients)], per_patient)
+    return y, logits, groups
+
+
+@pytest.fixture(scope="module")
+def binary_evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    rng = np.random.default_rng(0)
+    y_val, logits_val, groups_val = _split(rng, 200)
+    y, logits, groups = _split(rng, 250)
+    scaler = TemperatureScaler().fit(logits_val, y_val)
+    probs_val, probs = scaler.transform(logits_val), scaler.transform(logits)
+    picker = ThresholdPicker("sensitivity", target=0.9).fit(y_val, probs_val[:, 1])
+    frame = pd.DataFrame({"sex": rng.choice(["F", "M"], y.size), "age": rng.uniform(2, 95, y.size)})
+    png = tmp_path_factory.mktemp("overlay") / "overlay.png"
+    Image.fromarray((rng.random((28, 28, 3)) * 255).astype(np.uint8)).save(png)
+    heat = np.zeros((28, 28), np.float32)
+    heat[8:18, 9:19] = 1.0
+    examples = [
+        {"image": rng.random((1, 28, 28)).astype(np.float32), "heatmap": heat, "title": "case 1",
+         "caption": "Grad-CAM"},
+        {"image": str(png), "caption": "saved overlay"},
+    ]
+    checks = {"randomisation": {"similarity": 0.1, "max_similarity": 0.4, "passed": True},
+              "faithfulness_mean": 0.4, "min_faithfulness": 0.05, "shortcut_flags": [], "passed": True}
+    return assemble_evaluation(
+        y, probs, labels=["normal", "pneumonia"], groups=groups, threshold=picker.to_dict(),
+        calibration=scaler.to_dict(), probs_uncalibrated=softmax(logits), y_val=y_val, probs_val=probs_val,
+        groups_val=groups_val, conformal=SplitConformal(0.1).fit(probs_val, y_val).to_dict(),
+        subgroup_frame=frame, subgroup_columns=["sex", "age"],
+        shift={"prevalence_reference": 0.5, "prevalence": float(y.mean()), "calibration_in_the_large": 0.01,
+               "flags": ["Prevalence differs."]},
+        explanations={"examples": examples, "checks": checks,
+                      "feature_importance": pd.DataFrame({"feature": ["age"], "importance_mean": [0.1],
+                                                          "importance_std": [0.01]})},
+        training_curves={"epoch": [1, 2, 3], "train_loss": [0.7, 0.5, 0.4], "val_loss": [0.7, 0.6, 0.55]},
+        run_info={"model_name": "small_cnn", "dataset": "synthetic", "seed": 0,
+                  "splits": {"train": {"n": 1000, "n_patients": 500, "prevalence": 0.5}}},
+        n_boot=100,
+    ) | {"_locked": picker.threshold_}
+
+
+@pytest.fixture(scope="module")
+def report_dir(binary_evaluation: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    build_report(out, binary_evaluation)
+    return out
+
+
+def test_evaluation_uses_the_locked_validation_threshold(binary_evaluation) -> None:
+    ev = binary_evaluation
+    assert ev["threshold"]["value"] == ev["_locked"] == ev["metrics"]["threshold"]
+    assert ev["threshold"]["chosen_on"] == "validation" and ev["threshold"]["val_sensitivity"] >= 0.9
+    assert ev["metrics"]["bootstrap_unit"] == "patient" and ev["metrics"]["n_patients"] == 250
+    test_split = ev["run"]["splits"]["test"]
+    assert test_split["n"] == 500 and test_split["n_patients"] == 250
+    assert test_split["n_positive"] == sum(ev["metrics"]["confusion_matrix"][1])
+    assert test_split["prevalence"] == ev["metrics"]["prevalence"]
+    assert ev["run"]["splits"]["train"]["n"] == 1000  # passed through
+
+
+def test_temperature_scaling_lowered_test_ece(binary_evaluation) -> None:
+    cal = binary_evaluation["calibration"]
+    assert cal["method"] == "temperature"
+    assert cal["test"]["ece"] < cal["test_uncalibrated"]["ece"]
+    assert cal["ece_reduction"] > 0
+
+
+def test_conformal_and_referral_sections(binary_evaluation) -> None:
+    conf = binary_evaluation["conformal"]
+    assert conf["target_coverage"] == 0.9 and abs(conf["coverage"] - 0.9) < 0.06
+    rows = binary_evaluation["referral"]["rows"]
+    assert rows[-1]["accuracy_kept"] > rows[0]["accuracy_kept"]
+
+
+def test_report_has_every_section_and_no_external_resources(report_dir: Path) -> None:
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in page, key
+    assert 'src="http' not in page and "href=\"http" not in page and "<script" not in page
+    assert "<link" not in page and "@import" not in page
+    # ROC, PR, confusion, reliability, threshold, decision, referral, forest, heat maps (2),
+    # importance, training
+    assert page.count("data:image/png;base64,") >= 12
+    assert "Not available" not in page  # every section had data here
+    assert "before calibration" in page.lower() and "Locked threshold" in page
+
+
+def test_metrics_json_is_strict_json(report_dir: Path) -> None:
+    text = (report_dir / "metrics.json").read_text(encoding="utf-8")
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["schema_version"] == 1 and data["metrics"]["auc_ci"][0] < data["metrics"]["auc"]
+    example = data["explanations"]["examples"][0]
+    assert "image" not in example and "heatmap" not in example
+    assert data["explanations"]["examples"][1]["image_path"].endswith("overlay.png")
+
+
+def test_model_card_marks_tripod_items(report_dir: Path) -> None:
+    markdown = (report_dir / "model_card.md").read_text(encoding="utf-8")
+    card = json.loads((report_dir / "model_card.json").read_text(encoding="utf-8"))
+    for heading in ("## Intended use", "## Data and splits", "## Performance", "## Operating threshold",
+                    "## Calibration", "## Subgroups", "## Limitations", "## TRIPOD+AI reporting items"):
+        assert heading in markdown, heading
+    items = {row["item"]: row["status"] for row in card["tripod_ai"]}
+    assert items["23a"] == "covered" and items["15"] == "covered" and items["12d"] == "covered"
+    assert "17" not in items  # ethics is never claimed
+    assert card["performance"]["auc"]["ci95"][0] < card["performance"]["auc"]["value"]
+    assert card["threshold"]["chosen_on"] == "validation"
+
+
+def test_chinese_report_and_unknown_language(binary_evaluation, tmp_path: Path) -> None:
+    page = build_report(tmp_path / "zh", binary_evaluation, lang="zh").read_text(encoding="utf-8")
+    assert "模型评估报告" in page and '<html lang="zh">' in page
+    assert "## 预期用途" in (tmp_path / "zh" / "model_card.md").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match="Did you mean 'zh'"):
+        build_report(tmp_path / "bad", binary_evaluation, lang="zn")
+    assert not (tmp_path / "bad").exists()  # refused before writing anything
+
+
+def test_multiclass_and_minimal_evaluations(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    ev = assemble_evaluation(y, probs, labels=["normal", "bacterial", "viral"], n_boot=50)
+    assert ev["task"] == "multiclass" and ev["threshold"] is None and ev["curves"] is None
+    assert "patient ids" in " ".join(ev["warnings"])
+    page = build_report(tmp_path, ev).read_text(encoding="utf-8")
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in page
+    assert "Not available" in page and "viral" in page
+    binary = assemble_evaluation(y % 2, probs[:, :2] / probs[:, :2].sum(1, keepdims=True),
+                                 labels=["a", "b"], n_boot=0)
+    assert binary["threshold"]["chosen_on"] == "default" and binary["threshold"]["value"] == 0.5
+    assert json.loads(json.dumps(evaluation_to_json(binary)))["metrics"]["n"] == 300
+
+
+def test_threshold_is_chosen_on_validation_when_not_locked() -> None:
+    rng = np.random.default_rng(2)
+    y_val, logits_val, _ = _split(rng, 100)
+    y, logits, _ = _split(rng, 100)
+    ev = assemble_evaluation(y, softmax(logits), labels=["a", "b"], y_val=y_val,
+                             probs_val=softmax(logits_val), n_boot=0)
+    expected = ThresholdPicker("youden").fit(y_val, softmax(logits_val)[:, 1]).threshold_
+    assert ev["threshold"]["value"] == expected and ev["threshold"]["chosen_on"] == "validation"
+
+
+@pytest.mark.chromium
+def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    shot = tmp_path / "report.png"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto((report_dir / "report.html").as_uri())
+            loaded = page.evaluate(
+                "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+            )
+            ids = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert ids == list(SECTIONS)
+    assert loaded >= 12  # every embedded figure decoded
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape[0] > 3000 and pixels.std() > 20  # a long page with real content, not blank
+    assert re.search(r"\d", (report_dir / "report.html").read_text(encoding="utf-8"))
