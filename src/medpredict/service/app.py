@@ -445,6 +445,12 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         images = [f.file.read() for f in files]
         return run("predict/batch", images, None, explain=False, fhir=fhir, batch=True)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Any:
+        from fastapi.responses import Response
+
+        return Response(status_code=204)
+
     @app.get("/", include_in_schema=False)
     def index() -> Any:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")

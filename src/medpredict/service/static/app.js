@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let model = null;
+let loadedKey = null;  // the key the model card was loaded with; change events repeat on blur
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -13,15 +14,22 @@ function setStatus(text, isError) {
 function key() { return $("api-key").value.trim(); }
 
 async function loadModel() {
-  if (!key()) return;
-  sessionStorage.setItem("medpredict-key", key());
-  const res = await fetch("/api/v1/model", { headers: { "X-API-Key": key() } });
-  if (!res.ok) { setStatus(res.status === 401 ? "The API key was refused." : "Could not load the model.", true); return; }
+  const current = key();
+  if (!current || current === loadedKey) return;
+  loadedKey = current;
+  model = null;
+  const res = await fetch("/api/v1/model", { headers: { "X-API-Key": current } });
+  if (!res.ok) {
+    loadedKey = null;
+    setStatus(res.status === 401 ? "The API key was refused." : "Could not load the model.", true);
+    return;
+  }
+  sessionStorage.setItem("medpredict-key", current);
   model = await res.json();
   const threshold = model.threshold == null ? "" : ` · threshold ${Number(model.threshold).toFixed(2)}`;
   $("model-line").textContent = `Model ${model.name} · version ${model.version} · classes: ${model.labels.join(", ")}${threshold}`;
   $("record-block").hidden = !(model.input_kind === "table" || model.input_kind === "fusion");
-  setStatus("");
+  if ($("status").className === "error") setStatus("");
 }
 
 function pct(p) { return `${(100 * p).toFixed(1)} %`; }
@@ -39,10 +47,8 @@ function showResult(body) {
   const rows = Object.entries(p.probabilities).map(([name, prob]) =>
     `<tr><td>${escapeHtml(name)}</td><td>${pct(prob)}</td><td class="bar-cell"><div class="bar" style="width:${(100 * prob).toFixed(1)}%"></div></td></tr>`);
   document.querySelector("#probabilities tbody").innerHTML = rows.join("");
-  const u = p.uncertainty || {};
-  const parts = Object.entries(u).map(([k, v]) => `${k.replaceAll("_", " ")}: ${typeof v === "number" ? v.toFixed(3) : escapeHtml(String(v))}`);
-  $("result-uncertainty").textContent = parts.length ? parts.join(" · ") : "not reported by this model";
-  $("result-meta").textContent = `Request ${body.request_id} · ${body.model.name} ${body.model.version} · ${body.latency_ms} ms`;
+  renderUncertainty(p.uncertainty || {});
+  $("result-meta").textContent = `Request ${body.request_id} · model ${body.model.version} · ${body.latency_ms} ms`;
   if (body.overlay_png) {
     $("overlay").src = body.overlay_png;
     $("explanation-kind").textContent = body.explanation || "Grad-CAM";
@@ -51,6 +57,35 @@ function showResult(body) {
     $("overlay-figure").hidden = true;
   }
   $("result").hidden = false;
+}
+
+// Known uncertainty figures in words a clinician can use; anything else is listed as given.
+function renderUncertainty(u) {
+  const lines = [];
+  const rest = { ...u };
+  if (typeof u.entropy === "number") {
+    lines.push(`Entropy ${u.entropy.toFixed(2)} (0 = certain, 1 = no preference between classes)`);
+    delete rest.entropy;
+  }
+  if (Array.isArray(u.conformal_set)) {
+    const coverage = typeof u.conformal_coverage === "number" ? ` at ${Math.round(100 * u.conformal_coverage)} % coverage` : "";
+    lines.push(`Plausible classes${coverage}: ${u.conformal_set.length ? u.conformal_set.join(", ") : "none"}`);
+    delete rest.conformal_set;
+    delete rest.conformal_coverage;
+  }
+  const refer = u.refer_to_clinician === true;
+  delete rest.refer_to_clinician;
+  for (const [k, v] of Object.entries(rest)) {
+    lines.push(`${k.replaceAll("_", " ")}: ${typeof v === "number" ? v.toFixed(3) : String(v)}`);
+  }
+  const list = $("result-uncertainty");
+  list.innerHTML = "";
+  for (const line of lines.length ? lines : ["not reported by this model"]) {
+    const item = document.createElement("li");
+    item.textContent = line;
+    list.appendChild(item);
+  }
+  $("refer-banner").hidden = !refer;
 }
 
 function escapeHtml(s) {
