@@ -81,8 +81,17 @@ def _predict_fn(model: nn.Module):
     return predict
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: extra intra-op threads only fight other processes for the 2 shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def models_and_images() -> tuple[nn.Module, nn.Module, np.ndarray]:
+def models_and_images(_one_torch_thread) -> tuple[nn.Module, nn.Module, np.ndarray]:
     rng = np.random.default_rng(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -91,15 +100,10 @@ def models_and_images() -> tuple[nn.Module, nn.Module, np.ndarray]:
     x, y = _squares(128, rng)
     xt, yt = torch.tensor(x), torch.tensor(y)
     optimiser = torch.optim.Adam(trained.parameters(), lr=2e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only fight other processes for cores
-    try:
-        for _ in range(60):  # full-batch steps: about 0.3 s on one idle core
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(trained(xt), yt).backward()
-            optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(60):  # full-batch steps: about 0.3 s on one idle core
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(trained(xt), yt).backward()
+        optimiser.step()
     x_test, y_test = _squares(64, rng)
     accuracy = (_predict_fn(trained)(x_test).argmax(axis=1) == y_test).mean()
     assert accuracy > 0.95, accuracy  # the model really learned the task

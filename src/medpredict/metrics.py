@@ -313,9 +313,9 @@ def classification_metrics(
     if not binary:
         for c, label in enumerate(labels):
             for name in ("auc", "sensitivity", "specificity"):
-                values = stacked.get(f"{name}/{c}")
+                class_values = stacked.get(f"{name}/{c}")
                 result["per_class"][label][f"{name}_ci"] = (
-                    _percentile_ci(values) if values is not None else nan_ci
+                    _percentile_ci(class_values) if class_values is not None else nan_ci
                 )
     return result
 

@@ -111,8 +111,10 @@ def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
 def headline_rows(evaluation: dict[str, Any]) -> list[tuple[str, Any, Any, bool]]:
     """``(metric key, value, ci, as_percent)`` for the headline table."""
     m = evaluation["metrics"]
-    keys = (("auc", False), ("sensitivity", True), ("specificity", True), ("ppv", True), ("npv", True),
-            ("accuracy", True), ("f1", False), ("brier", False))
+    keys: tuple[tuple[str, bool], ...] = (
+        ("auc", False), ("sensitivity", True), ("specificity", True), ("ppv", True), ("npv", True),
+        ("accuracy", True), ("f1", False), ("brier", False),
+    )
     if evaluation["task"] != "binary":
         keys = (("auc", False), ("accuracy", True), ("f1", False), ("brier", False))
     return [(k, m.get(k), m.get(f"{k}_ci"), pct) for k, pct in keys if k in m]
