@@ -158,7 +158,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from medpredict.datacheck import check_images
     from medpredict.manifest import load_manifest
+    from medpredict.table_check import looks_like_table
 
+    if looks_like_table(args.source):
+        return _table_check(args)
     out = Path(args.out or "data_check")
     manifest = load_manifest(args.source, target=args.target)
     result = check_images(manifest, out)
@@ -204,10 +207,111 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tables ------------------------------------------------------------------------------
+
+
+def _table_check(args: argparse.Namespace) -> int:
+    from medpredict.table_check import check_table
+
+    # "label" is the image default; for a table, None lets the reader guess the target
+    target = None if args.target == "label" else args.target
+    out = Path(args.out or "data_check")
+    report = check_table(args.source, target=target, out=out)
+    print(f"{report['rows']} rows, {report['columns']} columns; target {report['target'].get('column')}")
+    for line in report["findings"]:
+        print(f"- {line}")
+    print(f"Report: {out / 'table_check.html'} and {out / 'table_check.json'}")
+    return 0
+
+
+def _add_tabular(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tabular", help="clinical tables: train, cross-validate, cluster; MIMIC-IV demo task")
+    tab = p.add_subparsers(dest="tabular_command", required=True)
+    for name, help_text in (
+        ("train", "train + evaluate a tabular network (and baselines); writes a run folder with a bundle"),
+        ("cv", "repeated cross-validation: network, logistic regression and gradient boosting, same folds"),
+        ("cluster", "cluster patients in the trained network's embedding; writes clusters.png/json"),
+    ):
+        q = tab.add_parser(name, help=help_text)
+        q.add_argument("table", help="CSV/TSV/ARFF/Parquet, or header-less .data with a .names file")
+        q.add_argument("--target", help="target column or rule such as 'num>0' (default: guessed)")
+        q.add_argument("--schema", help="YAML schema overriding the inferred column kinds")
+        q.add_argument("--model", default="mlp", choices=("mlp", "transformer"))
+        q.add_argument("--task", default="auto", choices=("auto", "binary", "multiclass", "regression"))
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--out", default=f"runs/tabular_{name}")
+        q.add_argument("--repeats", type=int, default=10 if name == "cv" else 0, help="CV repeats (5-fold)")
+        q.add_argument("--k", type=int, help="clusters (default: chosen by silhouette)")
+        q.set_defaults(handler=_tabular)
+    m = tab.add_parser("mimic", help="the MIMIC-IV demo task end to end (patient-level split)")
+    m.add_argument("root", help="MIMIC-IV demo folder holding hosp/ and icu/")
+    m.add_argument(
+        "--task", default="prolonged_stay", choices=("prolonged_stay", "mortality", "length_of_stay")
+    )
+    m.add_argument("--model", default="mlp", choices=("mlp", "transformer"))
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--repeats", type=int, default=0, help="also run REPEATS x 5-fold CV")
+    m.add_argument("--out", default="runs/mimic")
+    m.set_defaults(handler=_tabular_mimic)
+
+
+def _tabular(args: argparse.Namespace) -> int:
+    import json
+
+    from medpredict import tabular
+
+    if args.tabular_command == "cluster":
+        from medpredict.tabular_cluster import cluster_table
+
+        summary = cluster_table(args.table, target=args.target, schema=args.schema, out=args.out, k=args.k,
+                                model=args.model, seed=args.seed)
+        print(f"k={summary['k']}, silhouette {summary['silhouette']:.3f}: {json.dumps(summary['clusters'])}")
+        print(f"Map: {Path(args.out) / 'clusters.png'}")
+        return 0
+    if args.tabular_command == "cv":
+        from medpredict.atomic import write_json
+
+        data = tabular.load_table_data(args.table, target=args.target, schema=args.schema, task=args.task)
+        models = (args.model, "logistic", "boosting")
+        result = tabular.cross_validate(data, n_repeats=args.repeats, seed=args.seed, models=models)
+        write_json(Path(args.out) / "cv.json", result)
+        key = result["metric"]
+        for name, entry in result["models"].items():
+            low, high = entry[f"{key}_ci"]
+            print(f"{name:10s} {key} {entry[f'{key}_mean']:.3f} [{low:.3f}, {high:.3f}]")
+        print(f"Results: {Path(args.out) / 'cv.json'}")
+        return 0
+    run = tabular.train_table(
+        args.table, target=args.target, schema=args.schema, task=args.task, out=args.out,
+        model=args.model, seed=args.seed, cv_repeats=args.repeats,
+    )
+    _print_table_run(run)
+    return 0
+
+
+def _tabular_mimic(args: argparse.Namespace) -> int:
+    from medpredict.ehr.mimic import run_mimic_task
+
+    run = run_mimic_task(args.root, out=args.out, task=args.task, model=args.model, seed=args.seed,
+                         cv_repeats=args.repeats)
+    _print_table_run(run)
+    return 0
+
+
+def _print_table_run(run: Any) -> None:
+    key = "r2" if run.data.task == "regression" else "auc"
+    for name, splits in run.metrics["models"].items():
+        result = splits.get("test") or splits.get("val") or {}
+        interval = result.get(f"{key}_ci") or [float("nan"), float("nan")]
+        value = result.get(key, float("nan"))
+        print(f"{name:10s} test {key} {value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]")
+    print(f"Run folder: {run.run_dir} (bundle in {run.bundle_dir})")
+
+
 # --- entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train, _add_evaluate, _add_predict, _add_data, _add_demo,
+    _add_train, _add_evaluate, _add_predict, _add_data, _add_demo, _add_tabular,
 )
 
 

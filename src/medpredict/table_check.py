@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from medpredict.cleaning import CleaningConfig, TableCleaner
-from medpredict.tables import TableSchema, apply_target_rule, clean_token, load_table
+from medpredict.tables import TableSchema, apply_target_rule, clean_token, load_table, normalise_name
 
 logger = logging.getLogger(__name__)
 
@@ -383,3 +383,20 @@ Exact duplicate rows: {dup["exact_rows"]}.</p>
 model's cleaner treats them. Id values are never shown.</small></p>
 </body></html>
 """
+
+
+def looks_like_table(path: str | Path) -> bool:
+    """True for a clinical table rather than an image manifest, for ``medpredict data check``.
+
+    ``.tsv``, ``.tab``, ``.arff``, ``.parquet``, ``.data`` and ``.txt`` files are tables; a
+    ``.csv`` is a table unless its header names an image-path column.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".tab", ".arff", ".parquet", ".pq", ".data", ".txt"):
+        return True
+    if suffix != ".csv" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = [normalise_name(c) for c in handle.readline().split(",")]
+    return not any(c in ("image_path", "image", "path", "file", "filename", "dicom_path") for c in header)
