@@ -112,6 +112,7 @@ def test_report_has_every_section_and_no_external_resources(report_dir: Path) ->
     # importance, training
     assert page.count("data:image/png;base64,") >= 12
     assert "Not available" not in page  # every section had data here
+    assert "overlay.png" not in page
     assert "before calibration" in page.lower() and "Locked threshold" in page
 
 
@@ -124,8 +125,8 @@ def test_metrics_json_is_strict_json(report_dir: Path) -> None:
     data = json.loads(text, parse_constant=refuse)
     assert data["schema_version"] == 1 and data["metrics"]["auc_ci"][0] < data["metrics"]["auc"]
     example = data["explanations"]["examples"][0]
-    assert "image" not in example and "heatmap" not in example
-    assert data["explanations"]["examples"][1]["image_path"].endswith("overlay.png")
+    assert example["image"] == "embedded in report.html" and "heatmap" not in example
+    assert "overlay.png" not in text  # file names can identify patients: never written
 
 
 def test_model_card_marks_tripod_items(report_dir: Path) -> None:

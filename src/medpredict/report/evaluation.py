@@ -336,9 +336,9 @@ def evaluation_to_json(evaluation: dict[str, Any]) -> dict[str, Any]:
     if explanations:
         examples = []
         for example in explanations.get("examples") or []:
+            # file names can carry patient identifiers (e.g. "person123_..."), so no paths here
             kept = {k: v for k, v in example.items() if k not in ("image", "heatmap")}
-            if isinstance(example.get("image"), str):
-                kept["image_path"] = example["image"]
+            kept["image"] = "embedded in report.html"
             examples.append(clean(kept))
         out["explanations"] = clean({**explanations, "examples": examples})
     else:

@@ -278,9 +278,10 @@ def _example_images(examples: list[dict[str, Any]], t: Callable[..., str]) -> st
             path = Path(example["image"])
             if path.is_file():
                 b64 = base64.b64encode(path.read_bytes()).decode("ascii")
-                figs.append(_img(b64, str(example.get("caption") or t("cap_heatmaps")), path.name))
+                figs.append(_img(b64, str(example.get("caption") or t("cap_heatmaps")), "Heat map example"))
             else:
-                logger.warning("Explanation image %s not found; left out of the report.", path.name)
+                # the file name may carry a patient identifier, so it is not logged
+                logger.warning("An explanation image file was not found; it is left out of the report.")
     return f'<div class="figs">{"".join(figs)}</div>' if figs else ""
 
 
