@@ -58,7 +58,13 @@ def _images(n: int, seed: int = 0, size: int = 16) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, size, size), dtype=np.float32)
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize(
+    "exporter",
+    [
+        pytest.param("dynamo", marks=pytest.mark.slow),  # the default exporter; ~5-10 s on first use
+        "torchscript",  # the fallback tracer
+    ],
+)
 def test_export_matches_pytorch_and_batch_axis_is_dynamic(model, tmp_path, exporter):
     path = tmp_path / "m.onnx"
     # exported with batch 2, checked with batch 7: a fixed batch axis would fail here
@@ -127,3 +133,46 @@ def test_int8_quantisation_reports_accuracy_change(model, tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m8.onnx")).graph.node}
     assert ops & {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
+# --------------------------------------------------------------------------- a real bundle
+
+
+@pytest.fixture(scope="module")
+def run_copy(tmp_path_factory):
+    """A private copy of the shared tiny run, so these tests may export into it and tamper with it."""
+    import shutil
+
+    from test_service import tiny_run
+
+    target = tmp_path_factory.mktemp("export") / "tiny"
+    shutil.copytree(tiny_run(tmp_path_factory), target)
+    return target
+
+
+def test_export_run_writes_onnx_parity_and_int8_report(run_copy):
+    import json
+
+    report = export.export_run(run_copy, quantize=True, exporter="torchscript")
+    assert (run_copy / "onnx" / "model.onnx").is_file() and (run_copy / "onnx" / "model.int8.onnx").is_file()
+    assert report.max_abs_diff < 1e-4
+    assert report.input_shapes == [[-1, 1, 28, 28]]
+    saved = json.loads((run_copy / "onnx" / "export.json").read_text())
+    assert saved["max_abs_diff"] == report.max_abs_diff
+    assert 0.0 <= saved["quantized"]["label_agreement"] <= 1.0
+    meta = OnnxBackend(run_copy / "onnx" / "model.onnx").metadata
+    assert meta["medpredict.labels"] == "normal,pneumonia"
+    assert len(meta["medpredict.weights_sha256"]) == 64
+
+
+def test_export_refuses_a_tampered_bundle(run_copy, tmp_path):
+    import shutil
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(run_copy, tampered)
+    weights = tampered / "model" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        export.export_run(tampered, exporter="torchscript")

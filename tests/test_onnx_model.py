@@ -31,6 +31,17 @@ class KerasLike(torch.nn.Module):
         return torch.sigmoid(12.0 * (quadrant - 0.5)).unsqueeze(1)
 
 
+def _trace(net, example, path, name):
+    """Export with the (fast) TorchScript tracer, as a model from elsewhere would arrive."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net, (example,), str(path), input_names=[name], dynamic_axes={name: {0: "n"}}, dynamo=False
+        )
+
+
 @pytest.fixture
 def keras_yaml(tmp_path):
     import warnings
@@ -70,16 +81,8 @@ def _image(bright_top_left: bool, size: int = 64) -> np.ndarray:
 
 
 def test_backend_softmax_rows_sum_to_one(tmp_path):
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    torch.onnx.export(
-        net,
-        (torch.rand(2, 1, 4, 4),),
-        str(tmp_path / "l.onnx"),
-        input_names=["image"],
-        dynamic_axes={"image": {0: "n"}},
-        dynamo=True,
-        dynamic_shapes=({0: torch.export.Dim("n")},),
-    )
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    _trace(net, torch.rand(2, 1, 4, 4), tmp_path / "l.onnx", "image")
     backend = OnnxBackend(tmp_path / "l.onnx")
     probs = backend.predict_proba(np.random.default_rng(0).random((5, 1, 4, 4), dtype=np.float32))
     assert probs.shape == (5, 3)
@@ -172,3 +175,71 @@ def test_occlusion_map_of_a_pixel_sum():
     img[0, 6:, 6:] = 1.0
     heat = occlusion_map(img, lambda b: b[:, 0, 6:, 6:].sum(axis=(1, 2)), patch=2)
     assert heat[7, 7] == 1.0 and heat[0, 0] == 0.0
+
+
+# --------------------------------------------------------------------------- bundle on ONNX Runtime
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory):
+    import shutil
+
+    from medpredict.export import export_run
+    from test_service import tiny_run
+
+    target = tmp_path_factory.mktemp("onnxrun") / "tiny"
+    shutil.copytree(tiny_run(tmp_path_factory), target)
+    export_run(target, exporter="torchscript")
+    return target
+
+
+def _xrays(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(9)
+    images = []
+    for i in range(n):
+        img = rng.random((1, 28, 28), dtype=np.float32) * 0.35
+        if i % 2:
+            img[:, 4:16, 4:16] += 0.55
+        images.append(img)
+    return images
+
+
+def test_onnx_bundle_predictor_matches_pytorch(exported_run):
+    from medpredict.onnx_model import OnnxBundlePredictor, load_predictor
+    from medpredict.predict import Predictor
+
+    torch_pred = Predictor.from_bundle(exported_run)
+    onnx_pred = load_predictor(exported_run, backend="onnx")
+    assert isinstance(onnx_pred, OnnxBundlePredictor)
+    a = torch_pred.predict(images=_xrays(6))
+    b = onnx_pred.predict(images=_xrays(6))
+    assert [p.label for p in a] == [p.label for p in b]
+    np.testing.assert_allclose([p.score for p in a], [p.score for p in b], atol=1e-5)
+    heat = onnx_pred.explain(_xrays(2)[1])
+    assert heat.shape == (28, 28) and heat.max() == pytest.approx(1.0)
+    assert "occlusion" in onnx_pred.card["explanation"]
+
+
+def test_stale_onnx_export_is_refused(exported_run, tmp_path):
+    import shutil
+
+    from medpredict.bundle import load_bundle, save_bundle
+    from medpredict.onnx_model import OnnxBundlePredictor
+
+    stale = tmp_path / "stale"
+    shutil.copytree(exported_run, stale)
+    bundle = load_bundle(stale)
+    retrained = {k: v + 0.01 if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
+    meta = {
+        k: v for k, v in bundle.meta.items() if k not in ("format", "format_version", "medpredict_version")
+    }
+    save_bundle(stale / "model", state_dict=retrained, meta=meta)  # the bundle changed, the ONNX did not
+    with pytest.raises(BundleError, match="export again"):
+        OnnxBundlePredictor.from_run(stale)
+
+
+def test_unknown_backend_gets_a_suggestion(exported_run):
+    from medpredict.onnx_model import load_predictor
+
+    with pytest.raises(ConfigError, match="Did you mean 'onnx'"):
+        load_predictor(exported_run, backend="onxx")

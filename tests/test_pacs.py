@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("dicomweb_client")
@@ -19,54 +17,6 @@ from medpredict.errors import ConfigError  # noqa: E402
 CHEST_CR = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "pydicom_data" / "RG1_J2KI.dcm"
 )
-
-
-@dataclass
-class FakePrediction:
-    probabilities: dict
-    label: str
-    score: float
-    threshold: float
-    uncertainty: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-class FakePredictor:
-    """The CONTRACTS.md Predictor surface; 'pneumonia' when the image's left half is brighter."""
-
-    labels = ["normal", "pneumonia"]
-    task = "binary"
-    input_kind = "image"
-    threshold = 0.5
-    version = "0.0.1-test"
-    card = {"name": "fake-cxr", "positive_label": "pneumonia"}
-
-    def __init__(self) -> None:
-        self.seen_shapes: list[tuple] = []
-
-    def predict(self, images=None, records=None):
-        out = []
-        for image in images:
-            self.seen_shapes.append(np.asarray(image).shape)
-            w = image.shape[-1]
-            p = float(np.clip(0.5 + image[..., : w // 2].mean() - image[..., w // 2 :].mean(), 0, 1))
-            out.append(
-                FakePrediction(
-                    {"normal": 1 - p, "pneumonia": p},
-                    "pneumonia" if p >= 0.5 else "normal",
-                    p,
-                    0.5,
-                    {"entropy": 0.5},
-                )
-            )
-        return out
-
-    def explain(self, image):
-        heat = np.zeros((32, 32), np.float32)
-        heat[8:24, 4:14] = 1.0
-        return heat
 
 
 class FakeClient:
@@ -112,14 +62,26 @@ def orthanc(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    """The real Predictor on the tiny run trained (once per session) through the library."""
+    from medpredict.predict import Predictor
+    from test_service import tiny_run
+
+    return Predictor.from_bundle(tiny_run(tmp_path_factory))
+
+
 @pytest.mark.orthanc
-def test_round_trip_sr_and_overlay_land_in_the_source_study(orthanc, tmp_path):
+def test_round_trip_sr_and_overlay_land_in_the_source_study(orthanc, predictor, tmp_path):
     import pydicom
 
+    from medpredict.readers import read_dicom
+
     source = pydicom.dcmread(CHEST_CR, stop_before_pixels=True)
+    expected = predictor.predict(images=[read_dicom(CHEST_CR).pixels])[0]
+    name, version = pacs.model_identity(predictor)
     orthanc.upload(CHEST_CR.read_bytes())
     client = pacs.connect(orthanc.dicomweb_url)
-    predictor = FakePredictor()
     ledger = pacs.Ledger(tmp_path / "ledger.json")
 
     results = pacs.process_new_studies(
@@ -128,7 +90,9 @@ def test_round_trip_sr_and_overlay_land_in_the_source_study(orthanc, tmp_path):
 
     assert [r.status for r in results] == ["processed"]
     assert len(results[0].images) == 1
-    assert predictor.seen_shapes == [(1, 1955, 1841)]  # the full CR went through the reader
+    # the fetched CR went through the same reader and predictor as a local file would
+    assert results[0].images[0].score == pytest.approx(expected.score, abs=1e-6)
+    assert results[0].images[0].label == expected.label
     series = client.search_for_series(source.StudyInstanceUID, fields=["Modality", "SeriesDescription"])
     modalities = sorted(pacs._value(s, "00080060") for s in series)
     assert modalities == ["CR", "OT", "SR"]  # source, overlay (secondary capture), report
@@ -139,8 +103,8 @@ def test_round_trip_sr_and_overlay_land_in_the_source_study(orthanc, tmp_path):
     assert sr.Modality == "SR"
     values = _numeric_values(sr)
     assert values["Probability of pneumonia"] == pytest.approx(image.score, abs=1e-6)
-    assert values["Decision threshold"] == pytest.approx(0.5)
-    assert "fake-cxr" in str(sr) and "0.0.1-test" in str(sr)
+    assert values["Decision threshold"] == pytest.approx(predictor.threshold)
+    assert name in str(sr) and version in str(sr)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 

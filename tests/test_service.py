@@ -24,6 +24,16 @@ PATIENT_NAME = "Doe^Janet"
 PATIENT_ID = "MRN-778899"
 
 
+_TRAINED: dict[str, Path] = {}
+
+
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny run, trained once per test session and shared (read-only) by the test modules."""
+    if "run" not in _TRAINED:
+        _TRAINED["run"] = train_tiny_run(tmp_path_factory.mktemp("tiny"))
+    return _TRAINED["run"]
+
+
 def train_tiny_run(root: Path) -> Path:
     """Train a 2-epoch tiny-resnet on 28 px synthetic 'X-rays' through the library; return the run folder."""
     from medpredict.config import from_dict
@@ -31,7 +41,7 @@ def train_tiny_run(root: Path) -> Path:
 
     rng = np.random.default_rng(0)
     # Given splits (train/val/test folders), one class folder each.
-    for split, count in (("train", 40), ("val", 16), ("test", 8)):
+    for split, count in (("train", 24), ("val", 10), ("test", 4)):
         for label in ("normal", "pneumonia"):
             folder = root / "data" / split / label
             folder.mkdir(parents=True)
@@ -46,7 +56,7 @@ def train_tiny_run(root: Path) -> Path:
             "out_dir": str(root / "runs"),
             "data": {"source": str(root / "data")},
             "model": {"name": "tiny-resnet"},
-            "train": {"epochs": 2, "batch_size": 16, "threads": 1, "amp": False},
+            "train": {"epochs": 2, "batch_size": 16, "threads": 1, "amp": False, "patience": 2},
         }
     )
     return train(config, progress=False).run_dir
@@ -54,7 +64,7 @@ def train_tiny_run(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
+    return tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

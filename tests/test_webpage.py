@@ -16,7 +16,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 from fixtures_images import write_dicom, write_png  # noqa: E402
 from medpredict.service.app import ServiceSettings, create_app  # noqa: E402
-from test_service import train_tiny_run  # noqa: E402
+from test_service import tiny_run  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "page-key-abcdef"
@@ -40,7 +40,7 @@ def server(tmp_path_factory):
     from medpredict.predict import Predictor
 
     root = tmp_path_factory.mktemp("page")
-    predictor = Predictor.from_bundle(train_tiny_run(root))
+    predictor = Predictor.from_bundle(tiny_run(tmp_path_factory))
     app = create_app(predictor, ServiceSettings(api_key=KEY, audit_path=str(root / "audit.sqlite")))
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
