@@ -161,9 +161,12 @@ class Predictor:
         return preprocess(np.clip(array, 0.0, 1.0), config, self.channels)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        """Calibrated probabilities ``(N, K)`` for a prepared batch ``(N, C, *size)`` in [0, 1]."""
-        logits = self.model(batch.to(self.device)).float().cpu().numpy()
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Raw network outputs ``(N, K)`` for a prepared batch ``(N, C, *size)`` in [0, 1]."""
+        return self.model(batch.to(self.device)).float().cpu().numpy()
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Logits → the probabilities the model reports (temperature-scaled when fitted)."""
         if self.task == "multilabel":
             return 1.0 / (1.0 + np.exp(-logits))
         if self.task == "regression":
@@ -171,6 +174,10 @@ class Predictor:
         if self._calibrator is not None:
             return np.asarray(self._calibrator.transform(logits))
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+        """Calibrated probabilities ``(N, K)`` for a prepared batch ``(N, C, *size)`` in [0, 1]."""
+        return self.calibrate(self.logits(batch))
 
     def predict(
         self, images: Sequence[ImageInput] | None = None, records: Sequence[dict[str, Any]] | None = None,

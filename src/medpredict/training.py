@@ -191,6 +191,7 @@ def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, di
     val_set = build_dataset(parts["val"], config, task, progress=progress)
     normalisation = Normalisation.fit(train_set.inputs[0].float().div(255), config.preprocess.normalize)
     num_outputs = 1 if task == "regression" else len(manifest.labels)
+    torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
     model = build_network(config, num_outputs, normalisation)
     counts = None
     if task in ("binary", "multiclass"):

@@ -1,0 +1,85 @@
+"""The single inference path: Predictor.from_bundle on a trained tiny run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medpredict.errors import BundleError, DataError
+from medpredict.predict import Predictor
+from medpredict.predict_files import predict_files
+
+
+def _square_png(path: Path, positive: bool) -> Path:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 90, size=(48, 48)).astype(np.uint8)  # larger than the model's 16 px
+    if positive:
+        image[3:19, 3:19] = 230
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_predicts_calibrated_probabilities_and_label_at_locked_threshold(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    predictor = Predictor.from_bundle(tiny_run)
+    positive, negative = _square_png(tmp_path / "pos.png", True), _square_png(tmp_path / "neg.png", False)
+    pos, neg = predictor.predict([positive, negative])
+    assert pos.label == "1" and neg.label == "0"
+    assert pos.score > predictor.threshold > neg.score
+    assert sum(pos.probabilities.values()) == pytest.approx(1.0)
+    assert pos.uncertainty["conformal_set"] == ["1"] and pos.uncertainty["refer_to_clinician"] is False
+    assert pos.to_dict()["source"] == str(positive)
+
+
+def test_arrays_and_paths_give_the_same_prediction(tiny_run: Path, tmp_path: Path) -> None:
+    predictor = Predictor.from_bundle(tiny_run)
+    path = _square_png(tmp_path / "pos.png", True)
+    array = np.asarray(Image.open(path), dtype=np.float32)[None] / 255.0
+    from_path, from_array = predictor.predict([path, array])
+    assert from_path.score == pytest.approx(from_array.score, abs=1e-6)
+
+
+def test_gradcam_points_at_the_square(tiny_run: Path, tmp_path: Path) -> None:
+    heatmap = Predictor.from_bundle(tiny_run).explain(_square_png(tmp_path / "pos.png", True))
+    assert heatmap.shape == (16, 16)
+    assert heatmap[:8, :8].mean() > heatmap[8:, 8:].mean()
+
+
+def test_wrong_shapes_and_values_are_refused(tiny_run: Path) -> None:
+    predictor = Predictor.from_bundle(tiny_run)
+    with pytest.raises(DataError, match="2-D image"):
+        predictor.predict([np.zeros((1, 1, 4, 4, 4), dtype=np.float32)])
+    with pytest.raises(DataError, match="NaN"):
+        predictor.predict([np.full((1, 8, 8), np.nan, dtype=np.float32)])
+
+
+def test_tampered_bundle_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run / "model", copy / "model")
+    meta_path = copy / "model" / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    meta["threshold"]["threshold"] = 0.01  # a quiet edit that would flip every decision
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="checksum"):
+        Predictor.from_bundle(copy)
+
+
+def test_predict_files_writes_csv_json_and_overlays_and_keeps_going_past_bad_files(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    good = _square_png(tmp_path / "pos.png", True)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = predict_files(tiny_run, [good, bad], tmp_path / "out", progress=False)
+    rows = {Path(r["source"]).name: r for r in result.rows}
+    assert rows["pos.png"]["label"] == "1" and (tmp_path / "out" / rows["pos.png"]["overlay"]).is_file()
+    assert "not a readable image" in rows["notes.png"]["error"]
+    csv = (tmp_path / "out" / "predictions.csv").read_text()
+    assert "p_1" in csv and "notes.png" in csv
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"][0]["label"] == "1"
