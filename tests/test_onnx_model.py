@@ -90,6 +90,11 @@ def test_backend_softmax_rows_sum_to_one(tmp_path):
     # torch in, torch out: the call a Predictor makes on its model
     out = backend(torch.rand(2, 1, 4, 4))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    # MONAI's MetaTensor (what medpredict's transforms return) is a tensor too
+    from monai.data import MetaTensor
+
+    out = backend(MetaTensor(torch.rand(2, 1, 4, 4)))
+    assert isinstance(out, torch.Tensor) and out.float().shape == (2, 3)
     with pytest.raises(DataError, match="refused inputs of shape"):
         backend.logits(np.zeros((2, 1, 5, 5), np.float32))
 

@@ -308,10 +308,98 @@ def _print_table_run(run: Any) -> None:
     print(f"Run folder: {run.run_dir} (bundle in {run.bundle_dir})")
 
 
+# --- export / serve / pacs ---------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run's model to ONNX with a parity check (and int8)")
+    p.add_argument("run", help="run folder (or its model/ bundle folder)")
+    p.add_argument("--onnx", action="store_true", help="export to ONNX (the only format; for clarity)")
+    p.add_argument("--int8", action="store_true", help="also write an int8 dynamically quantised model")
+    p.add_argument("--exporter", default="dynamo", help="dynamo (default) or torchscript")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (default 1e-4)")
+    p.add_argument("--out", help="output folder (default RUN/onnx)")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medpredict.export import export_run
+
+    report = export_run(
+        args.run, out_dir=args.out, quantize=args.int8, atol=args.atol, exporter=args.exporter
+    )
+    print(f"ONNX model: {report.path} ({report.exporter} exporter, opset {report.opset})")
+    print(f"Parity: max |ONNX - PyTorch| = {report.max_abs_diff:.3g} on {report.parity_samples} inputs")
+    if report.quantized is not None:
+        q = report.quantized
+        print(f"int8 model: {q.path} ({q.size_fp32_bytes} -> {q.size_int8_bytes} bytes, "
+              f"max |dp| = {q.max_abs_prob_diff:.3g}, label agreement {q.label_agreement:.3f})")
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="REST API and web page for a run (or a bring-your-own ONNX .yaml)")
+    p.add_argument("run", help="run folder or bring-your-own ONNX descriptor .yaml")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="API key (default: the MEDPREDICT_API_KEY environment variable)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit (default 20 MB)")
+    p.add_argument("--audit", help="SQLite audit log (default: audit.sqlite beside the model)")
+    p.add_argument("--modality", action="append", default=[], help="accepted DICOM modality (repeatable)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: run RUN/onnx/model.onnx in ONNX Runtime")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from medpredict.service.app import serve
+
+    serve(args.run, host=args.host, port=args.port, api_key=args.api_key, max_upload_mb=args.max_upload_mb,
+          audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend)
+    return 0
+
+
+def _add_pacs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pacs", help="DICOMweb: find new studies, predict, store SR + overlay back")
+    p.add_argument("run", help="run folder or bring-your-own ONNX descriptor .yaml")
+    p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    p.add_argument("--modality", help="only studies and images of this modality, e.g. CR")
+    p.add_argument("--ledger", help="JSON of processed studies (default: pacs_ledger.json beside the model)")
+    p.add_argument("--limit", type=int, default=50, help="studies looked at per pass")
+    p.add_argument("--max-images", type=int, default=4, help="images per study")
+    p.add_argument("--no-overlay", action="store_true", help="store the SR only, no overlay image")
+    p.add_argument("--fhir-dir", help="also write a FHIR R4 Bundle per image into this folder")
+    p.add_argument("--watch", type=float, default=30.0, help="seconds between passes when --rounds > 1")
+    p.add_argument("--rounds", type=int, default=1, help="number of passes (default 1)")
+    p.add_argument("--user", help="DICOMweb user (password from MEDPREDICT_PACS_PASSWORD)")
+    p.set_defaults(handler=_pacs)
+
+
+def _pacs(args: argparse.Namespace) -> int:
+    import os
+
+    from medpredict.pacs import run_pacs
+
+    results = run_pacs(
+        args.run, args.url, ledger_path=args.ledger, modality=args.modality, limit=args.limit,
+        max_images=args.max_images, overlay=not args.no_overlay, fhir_dir=args.fhir_dir,
+        interval_s=args.watch, max_rounds=args.rounds, username=args.user,
+        password=os.environ.get("MEDPREDICT_PACS_PASSWORD") if args.user else None,
+    )
+    for result in results:
+        print(f"study {result.study_short_id}: {result.status} {result.reason}".rstrip()
+              + "".join(f"\n  image {i.sop_short_id}: {i.label} (score {i.score})" for i in result.images))
+    statuses = [r.status for r in results]
+    counts = {status: statuses.count(status) for status in ("processed", "skipped", "failed")}
+    print(", ".join(f"{n} {status}" for status, n in counts.items()))
+    return 1 if counts["failed"] else 0
+
+
 # --- entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_train, _add_evaluate, _add_predict, _add_data, _add_demo, _add_tabular,
+    _add_export, _add_serve, _add_pacs,
 )
 
 

@@ -218,20 +218,27 @@ def _export_dynamo(model: torch.nn.Module, tensors: tuple[Any, ...], names: list
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     shapes = tuple({0: batch} for _ in tensors)
-    # The exporter reports its progress with print(); keep the caller's stdout clean.
-    with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(
-            model,
-            tensors,
-            None,
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=shapes,
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-            external_data=False,
-        )
+    # The exporter reports its progress with print() and warns that torchvision's operators
+    # are not registered (we use none); keep the caller's stdout and log clean.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(
+                model,
+                tensors,
+                None,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+            )
+    finally:
+        registration.setLevel(level)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model.onnx"
         program.save(str(target), external_data=False)

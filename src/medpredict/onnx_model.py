@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,10 +115,10 @@ class OnnxBackend:
 
     def __call__(self, *inputs: Any) -> Any:
         """Drop-in for a PyTorch model call: tensors in, logits tensor out (arrays in, array out)."""
-        if inputs and type(inputs[0]).__module__.startswith("torch"):
-            import torch
-
-            arrays = [t.detach().cpu().numpy() for t in inputs]
+        torch = sys.modules.get("torch")  # only tensors need torch, and they imply it is loaded
+        if inputs and torch is not None and isinstance(inputs[0], torch.Tensor):
+            # .as_tensor strips subclasses such as MONAI's MetaTensor before going to NumPy
+            arrays = [torch.as_tensor(t).detach().cpu().numpy() for t in inputs]
             return torch.from_numpy(self.logits(*arrays))
         return self.logits(*(np.asarray(a) for a in inputs))
 
