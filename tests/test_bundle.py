@@ -175,11 +175,6 @@ def test_add_files_re_signs(bundle_dir: Path) -> None:
         add_files(bundle_dir, text_files={"notes.md": "y"})  # a tampered bundle is not re-signed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bundle.verify only checks the files checksums.json lists, so a file "
-    "added later (e.g. cleaner.json) loads unverified through Bundle.read_json",
-)
 def test_file_added_after_signing_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "hospital-secret")
     folder = save_bundle(tmp_path / "model", state_dict=STATE, meta=META_IN)
@@ -188,12 +183,6 @@ def test_file_added_after_signing_is_refused(tmp_path: Path, monkeypatch: pytest
         load_bundle(folder).read_json("cleaner.json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SafetensorError,
-    reason="bug: bundle.load_bundle does not catch safetensors.SafetensorError, so unreadable "
-    "weights (with consistent checksums) leak a raw exception instead of BundleError",
-)
 def test_unreadable_weights_are_a_bundle_error(bundle_dir: Path) -> None:
     (bundle_dir / WEIGHTS).write_bytes(b"\x00" * 16)
     write_checksums(bundle_dir)
@@ -223,12 +212,6 @@ def test_second_save_replaces_the_bundle_whole(bundle_dir: Path) -> None:
     assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["model"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BundleError,
-    reason="bug: atomic.atomic_dir moves the old folder aside and does not move it back "
-    "when putting the new one in place fails, so the bundle path is left empty",
-)
 def test_old_bundle_survives_a_failed_final_rename(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_replace = atomic.os.replace
 

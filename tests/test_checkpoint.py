@@ -130,12 +130,6 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
         pytest.param(lambda data: b"\xff" * 64 + data[64:], id="header-overwritten"),  # garbled header
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    raises=SafetensorError,
-    reason="bug: checkpoint.load_state does not catch safetensors.SafetensorError "
-    "(not an OSError/ValueError/RuntimeError), so corruption leaks through",
-)
 def test_corrupt_file_is_a_bundle_error(tmp_path: Path, training_state: dict, damage) -> None:
     path = tmp_path / "checkpoint.safetensors"
     save_state(path, training_state)

@@ -80,11 +80,6 @@ def test_unknown_model_name(tiny_npz: Path, tmp_path: Path, capsys: pytest.Captu
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: model.name is not checked when the config is loaded; an unknown name is found only "
-    "after all data was read and config.yaml/train.log were written into the run folder",
-)
 def test_unknown_model_is_refused_before_any_work(tiny_npz: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     code = main(["-q", "train", "--data", str(tiny_npz), "--model", "tiny-resnt", "--out", str(run)])

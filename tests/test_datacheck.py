@@ -81,11 +81,6 @@ def test_every_problem_is_counted(problem_report) -> None:
     assert any("2 groups of near-identical images cross splits" in w for w in report["warnings"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: datacheck._read_thumbnails also lists missing files as unreadable, "
-    "so a missing file is counted twice",
-)
 def test_missing_file_is_not_also_unreadable(problem_report) -> None:
     assert [p["file"] for p in problem_report.report["unreadable_files"]] == ["bad.png"]
 

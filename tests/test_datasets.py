@@ -48,11 +48,6 @@ def test_npz_bulk_path_equals_per_file_reading(
     assert (bulk.int() - files.int()).abs().max() <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: datasets._load_npz_group picks area/bilinear from the width only, transforms.resize "
-    "from the largest side, so non-square npz images differ from the same files",
-)
 def test_non_square_npz_equals_per_file_reading(tmp_path: Path) -> None:
     # tall: the height shrinks while the width grows
     images = np.random.default_rng(0).integers(0, 256, (3, 40, 20), dtype=np.uint8)
@@ -78,8 +73,6 @@ def test_mixed_files_and_references_keep_their_rows(tmp_path: Path) -> None:
     assert out[:, 0, 0, 0].tolist() == [10, 100, 200, 10]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: datasets._load_npz_group adds no channel axis to 3-D npz arrays "
-                   "(N, D, H, W), so 3-D MedMNIST references cannot be loaded")
 def test_3d_npz_references_load(tmp_path: Path) -> None:
     volumes = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 16), dtype=np.uint8)
     labels = np.zeros((2, 1), np.uint8)

@@ -258,7 +258,6 @@ def test_split_lookup() -> None:
         manifest.split("tests")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: manifest.from_frame leaves relative npz references unresolved")
 def test_relative_npz_reference_is_resolved_against_the_csv_folder(tmp_path: Path) -> None:
     write_npz(tmp_path / "x.npz", train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.zeros((2, 1)))
     csv = write_csv(

@@ -151,12 +151,6 @@ def test_group_ids_join_patients_and_content_transitively() -> None:
     assert len({groups[0], groups[3], groups[4]}) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: splits.assign_splits fills a missing split "
-    "column with float NaN, and pandas 3 refuses to write 'test' into a float column",
-)
 def test_manifest_without_a_split_column_gets_splits() -> None:
     full = make_manifest([f"p{i}" for i in range(40)], [i % 2 for i in range(40)])
     # a CSV or image folder with no split column

@@ -122,7 +122,6 @@ def test_to_channels(have: int, want: int) -> None:
         assert torch.equal(out, image)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: transforms.to_channels turns RGBA into the red channel repeated")
 def test_to_channels_keeps_rgb_of_rgba() -> None:
     image = torch.rand(4, 5, 6)
     assert torch.equal(to_channels(image, 3), image[:3])

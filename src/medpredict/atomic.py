@@ -22,6 +22,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide reports from colleagues sharing the folder
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -73,9 +74,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)
+    old: Path | None = None
     try:
         yield tmp
-        old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -85,5 +87,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)  # put the previous folder back
         shutil.rmtree(tmp, ignore_errors=True)
         raise

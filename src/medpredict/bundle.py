@@ -142,6 +142,15 @@ def verify(folder: Path) -> dict[str, Any]:
         files: dict[str, str] = sums["files"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{sums_path} is unreadable ({exc}); the bundle is damaged.") from exc
+    for required in (WEIGHTS, META):
+        if required not in files:
+            raise BundleError(f"{sums_path} does not list {required}; the bundle is damaged or was altered.")
+    unlisted = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS and p.name not in files)
+    if unlisted:
+        raise BundleError(
+            f"The bundle {folder} holds files its checksums do not cover: {unlisted}. "
+            "Remove them or restore the original bundle."
+        )
     for name, expected in files.items():
         file = folder / name
         if Path(name).name != name or not file.is_file():
@@ -178,8 +187,10 @@ def load_bundle(path: str | Path) -> Bundle:
             f"The bundle {folder} has format version {version}; this medpredict {__version__} reads version "
             f"{FORMAT_VERSION}. Use the medpredict version that wrote it ({meta.get('medpredict_version')})."
         )
+    from safetensors import SafetensorError
+
     try:
         state_dict = load_file(str(folder / WEIGHTS))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise BundleError(f"Cannot read {folder / WEIGHTS}: {exc}") from exc
     return Bundle(path=folder, meta=meta, state_dict=state_dict)

@@ -58,6 +58,8 @@ def load_state(path: str | Path) -> dict[str, Any]:
     Raises:
         BundleError: the file is unreadable or was not written by :func:`save_state`.
     """
+    from safetensors import SafetensorError
+
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -67,6 +69,6 @@ def load_state(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         skeleton = json.loads(metadata["medpredict_state"])
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
         raise BundleError(f"Cannot read the checkpoint {path}: {exc}. Delete it to start afresh.") from exc
     return _unflatten(skeleton, tensors)

@@ -53,6 +53,7 @@ class DataConfig:
         _range("data.val_fraction", self.val_fraction, 0.0, 0.9)
         _range("data.test_fraction", self.test_fraction, 0.0, 0.9)
         _choice("data.channels", self.channels, (1, 3))
+        _range("data.max_per_split", self.max_per_split, 1, 10**9)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ class TrainConfig:
         _range("train.label_smoothing", self.label_smoothing, 0.0, 0.5)
         _range("train.patience", self.patience, 1, 10_000)
         _choice("train.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _range("train.seed", self.seed, 0, 2**31 - 1)
+        _range("train.num_workers", self.num_workers, 0, 64)
+        _range("train.threads", self.threads, 1, 1024)
+        _range("train.max_minutes", self.max_minutes, 0.01, 10**6)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ class CheckResult:
         return bool(self.report["ok"])
 
 
-def _read_thumbnails(paths: list[str], progress: bool) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]]:
+def _read_thumbnails(
+    paths: list[str], skip: set[int], progress: bool
+) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]]:
     from medpredict.readers import read_image
     from medpredict.transforms import resize
 
@@ -53,6 +55,9 @@ def _read_thumbnails(paths: list[str], progress: bool) -> tuple[torch.Tensor, li
     problems: list[dict[str, Any]] = []
     sizes: list[tuple[int, int]] = []
     for i, path in enumerate(tqdm(paths, desc="reading images", unit="img", disable=not progress, leave=False)):
+        if i in skip:  # missing files are reported as missing, not also as unreadable
+            sizes.append((0, 0))
+            continue
         try:
             image = read_image(path, channels=1)
         except DataError as exc:
@@ -71,7 +76,7 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
     paths = frame["image_path"].astype(str).tolist()
     missing = [i for i, p in enumerate(paths) if "::" not in p and not Path(p).is_file()]
     exact = content_hashes(paths, progress=progress)
-    thumbs, unreadable, sizes = _read_thumbnails(paths, progress)
+    thumbs, unreadable, sizes = _read_thumbnails(paths, set(missing), progress)
     bad_rows = set(missing) | {p["row"] for p in unreadable}
     near = average_hashes(thumbs)
     near[list(bad_rows)] = np.nan

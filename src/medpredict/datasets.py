@@ -76,7 +76,7 @@ def _to_unit(array: np.ndarray) -> np.ndarray:
 
 def _load_npz_group(path: str, key: str, indices: np.ndarray, config: PreprocessConfig, channels: int) -> torch.Tensor:
     images = _npz_array(path, key)[indices]
-    if images.ndim == 3:  # (N, H, W) grey
+    if images.ndim == 3 or (images.ndim == 4 and config.spatial_dims == 3):  # grey (N, H, W) / (N, D, H, W)
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and config.spatial_dims == 2:
         images = images.transpose(0, 3, 1, 2)
@@ -88,7 +88,7 @@ def _load_npz_group(path: str, key: str, indices: np.ndarray, config: Preprocess
             batch = batch[:, :1].expand(-1, channels, *batch.shape[2:])
     size = (config.image_size,) * config.spatial_dims
     if tuple(batch.shape[2:]) != size:
-        mode = "area" if batch.shape[-1] > config.image_size else ("bilinear" if config.spatial_dims == 2 else "trilinear")
+        mode = "area" if max(batch.shape[2:]) > config.image_size else ("bilinear" if config.spatial_dims == 2 else "trilinear")
         batch = F.interpolate(batch, size=size, mode=mode)
     return batch
 

@@ -163,7 +163,7 @@ def from_frame(
     if image_col is not None:
         paths = frame[image_col].astype(str)
         if root is not None:
-            paths = paths.map(lambda p: p if "::" in p or Path(p).is_absolute() else str((root / p).resolve()))
+            paths = paths.map(lambda p: _resolve(p, root))
         frame["image_path"] = paths
     if "split" in frame.columns:
         frame["split"] = frame["split"].map(_normalise_split)
@@ -178,6 +178,13 @@ def from_frame(
         frame["patient_id"] = ids
     labels, resolved_task = _encode_target(frame, target, task, source)
     return Manifest(frame=frame, labels=labels, task=resolved_task, source=source)
+
+
+def _resolve(path: str, root: Path) -> str:
+    """A manifest path made absolute against the manifest's folder (npz references too)."""
+    file, sep, ref = path.partition("::")
+    absolute = file if Path(file).is_absolute() else str((root / file).resolve())
+    return f"{absolute}{sep}{ref}"
 
 
 def _normalise_split(value: object) -> object:

@@ -94,7 +94,7 @@ def assign_splits(
     """
     frame = manifest.frame.copy()
     if "split" not in frame.columns:
-        frame["split"] = np.nan
+        frame["split"] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     groups_all = group_ids(frame["patient_id"], content_keys)
     present = set(frame["split"].dropna())
     open_rows = frame["split"].isna().to_numpy()

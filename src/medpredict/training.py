@@ -37,6 +37,7 @@ from medpredict.engine import Distributed, FitResult, fit, outputs_to_probs, pre
 from medpredict.errors import ConfigError, DataError
 from medpredict.manifest import Manifest, load_manifest
 from medpredict.splits import assign_splits, require_no_leakage
+from medpredict.subgroups import reference_statistics
 from medpredict.transforms import BatchAugment, Normalisation
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,11 @@ def post_fit(
 
 def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train one model as configured and write its run folder (see the module docstring)."""
+    from medpredict.errors import unknown_choice
+    from medpredict.models import MODELS
+
+    if config.model.name not in MODELS:  # before any data is read or file written
+        raise unknown_choice("model", config.model.name, MODELS)
     dist = Distributed.from_env()
     run_dir = config.run_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not resume and dist.is_main:
@@ -220,7 +226,9 @@ def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, di
         },
         **fields,
         "val_metrics": val_metrics,
-        "reference_stats": _image_stats(train_set.inputs[0]),
+        "reference_stats": reference_statistics(
+            train_set.target.numpy(), images=train_set.inputs[0][:5000].float().div(255).numpy()
+        ) if task in ("binary", "multiclass") else None,
         "data": {
             "source": str(config.data.source),
             "rows": {k: len(v) for k, v in parts.items()},
@@ -246,14 +254,6 @@ def _prevalence(frame: pd.DataFrame, task: str) -> Any:
     if task == "multiclass":
         return frame["target"].value_counts(normalize=True).sort_index().round(4).to_dict()
     return None
-
-
-def _image_stats(images: torch.Tensor) -> dict[str, float]:
-    sample = images[: min(len(images), 5000)].float().div(255)
-    return {
-        "mean": float(sample.mean()), "std": float(sample.std()),
-        "p05": float(torch.quantile(sample.flatten()[::97], 0.05)), "p95": float(torch.quantile(sample.flatten()[::97], 0.95)),
-    }
 
 
 def _val_metrics(y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str, ...], fields: dict[str, Any]) -> dict[str, Any]:

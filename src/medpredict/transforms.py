@@ -60,6 +60,8 @@ def to_channels(image: np.ndarray | torch.Tensor, channels: int) -> torch.Tensor
     have = tensor.shape[0]
     if have == channels:
         return tensor
+    if channels == 3 and have > 3:  # RGBA and the like: drop the extra channels
+        return tensor[:3]
     if channels == 1:
         if have >= 3:
             weights = torch.tensor([0.299, 0.587, 0.114]).view(3, *([1] * (tensor.ndim - 1)))

@@ -1,0 +1,212 @@
+"""``medpredict evaluate``: a saved model on a split, or on another dataset, as a clinical study.
+
+Predictions come from the same :class:`~medpredict.predict.Predictor` that serves the
+model. Metrics use the threshold locked on validation at training time (never tuned
+here), confidence intervals resample patients, and the report adds calibration before
+and after temperature scaling, decision curves, conformal coverage, referral, subgroups,
+checked Grad-CAM examples and — for another dataset — shift diagnostics. Writes
+``report.html``, ``metrics.json`` and the model card into the output folder; evaluating
+a run on its own test split also stores the model card in the bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medpredict.config import PreprocessConfig, from_dict
+from medpredict.datasets import load_images
+from medpredict.errors import DataError
+from medpredict.manifest import Manifest, load_manifest
+from medpredict.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = 4  # Grad-CAM examples in the report
+SANITY_IMAGES = 6  # images used for the explanation checks
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """The metrics and where the report went."""
+
+    metrics: dict[str, Any]
+    out_dir: Path
+    report_path: Path
+    metrics_path: Path
+
+    def summary(self) -> str:
+        m = self.metrics
+        parts = []
+        for name in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"):
+            value, ci = m.get(name), m.get(f"{name}_ci")
+            if isinstance(value, float):
+                parts.append(f"{name} {value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        head = f"n={m.get('n')} ({m.get('n_patients')} patients)"
+        if m.get("threshold") is not None:
+            head += f", threshold {m['threshold']:.3f} locked on validation"
+        return "\n".join([head, "  " + "\n  ".join(parts), f"Report: {self.report_path}", f"Metrics: {self.metrics_path}"])
+
+
+def _rows(predictor: Predictor, data: str | None, target: str | None, split: str) -> tuple[pd.DataFrame, pd.DataFrame | None, bool]:
+    """The rows to evaluate, the validation rows (own data only), and whether the data is external."""
+    config = from_dict(predictor.meta["config"])
+    if data is None:
+        from medpredict.training import load_data
+
+        manifest = load_data(config)
+        return manifest.split(split), manifest.split("val"), False
+    manifest = load_manifest(data, target=target or config.data.target)
+    frame = manifest.frame
+    if "split" in frame.columns and split in set(frame["split"].dropna()):
+        frame = frame[frame["split"] == split]
+    else:
+        log.info("%s has no '%s' split; evaluating all %d rows.", data, split, len(frame))
+    return _align_labels(frame, manifest, predictor), None, True
+
+
+def _align_labels(frame: pd.DataFrame, manifest: Manifest, predictor: Predictor) -> pd.DataFrame:
+    """Map the external data's label names onto the model's class order."""
+    index = {name.lower(): i for i, name in enumerate(predictor.labels)}
+    unknown = sorted({n for n in frame["label_name"].astype(str) if n.lower() not in index})
+    if unknown:
+        raise DataError(
+            f"Labels {unknown} of {manifest.source} are not classes of this model {predictor.labels}. "
+            "Give --target naming a column with the same classes."
+        )
+    frame = frame.copy()
+    frame["target"] = frame["label_name"].astype(str).str.lower().map(index).astype(int)
+    return frame
+
+
+def _predict_frame(predictor: Predictor, frame: pd.DataFrame, progress: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Calibrated and uncalibrated probabilities, and the preprocessed images (uint8)."""
+    config = PreprocessConfig(image_size=predictor.image_size, spatial_dims=predictor.spatial_dims)
+    images = load_images(frame["image_path"].astype(str).tolist(), config, predictor.channels, progress=progress)
+    logits = np.concatenate([
+        predictor.logits(images[i : i + 256].float().div(255)) for i in range(0, len(images), 256)
+    ])
+    raw = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return predictor.calibrate(logits), raw, images
+
+
+def _explanations(predictor: Predictor, images: torch.Tensor, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Grad-CAM on a few correct and wrong test cases, plus the sanity and faithfulness checks."""
+    from medpredict.explain import gradcam
+    from medpredict.explain_checks import explanation_sanity, shortcut_flag
+
+    pred = probs[:, 1] >= predictor.threshold if probs.shape[1] == 2 else probs.argmax(1)
+    cases = [("true positive", (pred == 1) & (y == 1)), ("true negative", (pred == 0) & (y == 0)),
+             ("false positive", (pred == 1) & (y == 0)), ("false negative", (pred == 0) & (y == 1))]
+    examples = []
+    for title, mask in cases:
+        hits = np.flatnonzero(mask)
+        if len(hits) and len(examples) < EXAMPLES:
+            i = int(hits[0])
+            image = images[i].float().div(255)
+            heatmap = gradcam(predictor.model, image[None], int(1 if probs.shape[1] == 2 else pred[i]))
+            examples.append({
+                "title": title, "caption": f"predicted probability {probs[i].max() if probs.shape[1] > 2 else probs[i, 1]:.2f}",
+                "image": image[0].numpy(), "heatmap": heatmap, "shortcut": shortcut_flag(heatmap, image[0].numpy()),
+            })
+    chosen = np.linspace(0, len(images) - 1, num=min(SANITY_IMAGES, len(images))).astype(int)
+    batch = [images[i].float().div(255).numpy() for i in chosen]
+
+    def explain_fn(model: torch.nn.Module, image: np.ndarray, class_index: int) -> np.ndarray:
+        return gradcam(model, torch.as_tensor(image)[None], class_index)
+
+    def predict_fn(batch_np: np.ndarray) -> np.ndarray:
+        return predictor.predict_proba(torch.as_tensor(batch_np, dtype=torch.float32))
+
+    checks = explanation_sanity(predictor.model, batch, explain_fn, predict_fn) if probs.shape[1] == 2 else None
+    return {"examples": examples, "checks": checks}
+
+
+def evaluate(
+    run: str | os.PathLike[str],
+    *,
+    data: str | None = None,
+    target: str | None = None,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    lang: str = "en",
+    n_boot: int = 1000,
+    subgroups: tuple[str, ...] = (),
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate a run's bundle and write the report (see the module docstring).
+
+    Raises:
+        DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
+    """
+    from medpredict.report import assemble_evaluation, build_report
+    from medpredict.report.evaluation import evaluation_to_json
+
+    predictor = Predictor.from_bundle(run)
+    if predictor.task not in ("binary", "multiclass"):
+        raise DataError(f"Evaluation reports cover classification models; this model's task is '{predictor.task}'.")
+    frame, val_frame, external = _rows(predictor, data, target, split)
+    missing = [c for c in subgroups if c not in frame.columns]
+    if missing:
+        raise DataError(f"Subgroup columns {missing} are not in the data; columns are {list(frame.columns)}.")
+    probs, raw, images = _predict_frame(predictor, frame, progress)
+    y = frame["target"].to_numpy().astype(int)
+    val: dict[str, Any] = {}
+    if val_frame is not None and len(val_frame):
+        val_probs, _, _ = _predict_frame(predictor, val_frame, progress)
+        val = {"y_val": val_frame["target"].to_numpy().astype(int), "probs_val": val_probs,
+               "groups_val": val_frame["patient_id"].to_numpy()}
+    shift = None
+    if external and predictor.meta.get("reference_stats"):
+        from medpredict.subgroups import shift_diagnostics
+
+        shift = shift_diagnostics(predictor.meta["reference_stats"], y, probs[:, 1] if probs.shape[1] == 2 else probs,
+                                  images=images[:5000].float().div(255).numpy())
+    meta = predictor.meta
+    history_path = predictor.bundle.path.parent / "metrics.jsonl"
+    curves = _training_curves(history_path) if history_path.exists() and not external else None
+    evaluation = assemble_evaluation(
+        y, probs, labels=predictor.labels, groups=frame["patient_id"].to_numpy(), threshold=meta.get("threshold"),
+        calibration=meta.get("calibration"), probs_uncalibrated=raw, conformal=meta.get("conformal"),
+        subgroup_frame=frame[list(subgroups)] if subgroups else None, subgroup_columns=list(subgroups) or None,
+        shift=shift, explanations=_explanations(predictor, images, y, probs), training_curves=curves,
+        run_info={
+            "model_name": meta.get("model", {}).get("name"), "model_version": predictor.version,
+            "dataset": Path(data or meta["config"]["data"]["source"]).name, "evaluated_split": split,
+            "external": external, "intended_use": (
+                "Research and decision support only: flags images for a clinician's review; not a diagnosis."
+            ),
+            "splits": {k: {"n": v, "n_patients": meta["data"]["patients"].get(k)} for k, v in meta["data"]["rows"].items()},
+        },
+        n_boot=n_boot, **val,
+    )
+    out_dir = Path(out) if out else predictor.bundle.path.parent
+    report_path = build_report(out_dir, evaluation, lang=lang)
+    if not external and split == "test" and out is None:
+        from medpredict.bundle import add_files
+
+        card = out_dir / "model_card.json"
+        add_files(predictor.bundle.path, json_files={"model_card.json": _read_json(card)},
+                  text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")})
+    metrics = evaluation_to_json(evaluation)["metrics"]
+    return EvaluationResult(metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json")
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _training_curves(path: Path) -> dict[str, list[float]]:
+    import json
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {key: [r[key] for r in rows] for key in ("epoch", "train_loss", "val_loss", "val_score")}
