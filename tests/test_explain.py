@@ -10,7 +10,7 @@ from PIL import Image
 
 from medpredict.errors import ConfigError, DataError
 from medpredict.explain import gradcam, occlusion, overlay, save_overlay_png
-from medpredict.models import build_model
+from medpredict.models import MODELS, build_model
 
 SIZE = 24
 CORNER = slice(0, 8)  # the bright square of positive images sits at [0:8, 0:8]
@@ -112,6 +112,19 @@ def test_gradcam_on_a_volume_returns_a_volume() -> None:
     heat = gradcam(model, torch.rand(1, 16, 16, 16), class_index=1)
     assert heat.shape == (16, 16, 16)
     assert heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gradcam_runs_on_every_model_in_the_table(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, num_classes=2).eval()
+    layer = dict(model.named_modules())[model.gradcam_layer]
+    inplace = getattr(layer, "inplace", None)  # DenseNet's target is an in-place ReLU
+    size = max(MODELS[name].min_size, 16)
+    heat = gradcam(model, torch.rand(1, size, size), class_index=1)
+    assert heat.shape == (size, size) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert getattr(layer, "inplace", None) == inplace
 
 
 @pytest.mark.parametrize(

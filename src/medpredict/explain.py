@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +23,9 @@ from torch import nn
 from medpredict.atomic import write_bytes
 from medpredict.errors import ConfigError, DataError
 
-logger = logging.getLogger(__name__)
+# Grad-CAM briefly changes the model (hooks, requires_grad); one call at a time per process,
+# so that the threads of the REST service cannot see each other's hooks.
+_GRADCAM_LOCK = threading.Lock()
 
 # Hook registries a Module keeps; MONAI's GradCAM adds hooks it never removes, so we restore them.
 _HOOK_DICTS = (
@@ -39,7 +41,8 @@ def gradcam(model: nn.Module, image: torch.Tensor | np.ndarray, class_index: int
 
     The map is taken at ``model.gradcam_layer`` in eval mode and upsampled (bi/trilinear) to
     the image size. The model's train/eval modes, ``requires_grad`` flags, ``.grad`` tensors
-    and hooks are all as before when this returns; no parameter gradient is computed.
+    and hooks are all as before when this returns; no parameter gradient is computed. Calls
+    are serialised within the process (safe from the REST service's threads).
 
     Args:
         model: a network built by :func:`medpredict.models.build_model` (anything with a
@@ -60,7 +63,7 @@ def gradcam(model: nn.Module, image: torch.Tensor | np.ndarray, class_index: int
 
     layer_name = getattr(model, "gradcam_layer", None)
     layer = dict(model.named_modules()).get(layer_name) if isinstance(layer_name, str) else None
-    if layer is None:
+    if layer is None or not isinstance(layer_name, str):
         raise ConfigError(
             f"Model {type(model).__name__} has no module named by gradcam_layer={layer_name!r}. "
             "Set model.gradcam_layer to the dotted name of its last convolutional stage."
@@ -68,7 +71,7 @@ def gradcam(model: nn.Module, image: torch.Tensor | np.ndarray, class_index: int
     x = _batch_of_one(image, _spatial_dims(model))
     _check_class_index(class_index, getattr(model, "num_classes", None))
     device = next(model.parameters()).device
-    with _untouched(model, layer), torch.inference_mode(False), torch.enable_grad():
+    with _GRADCAM_LOCK, _untouched(model, layer), torch.inference_mode(False), torch.enable_grad():
         for parameter in model.parameters():
             parameter.requires_grad_(False)  # gradients flow to the activations only
         x = x.detach().clone().to(device=device, dtype=torch.float32).requires_grad_(True)
@@ -140,9 +143,12 @@ def occlusion(
         for first in range(0, len(corners), batch_size):
             chunk = corners[first : first + batch_size]
             batch = np.repeat(x[None], len(chunk), axis=0)
-            regions = [tuple(slice(s, s + patch) for s in corner) for corner in chunk]
+            regions: list[tuple[slice, ...]] = [
+                tuple(slice(s, s + patch) for s in corner) for corner in chunk
+            ]
             for row, region in enumerate(regions):
-                batch[(row, slice(None), *region)] = fill
+                index: tuple[int | slice, ...] = (row, slice(None), *region)
+                batch[index] = fill
             scores = _probabilities(predict_fn, batch, len(chunk))[:, class_index]
             for region, score in zip(regions, scores, strict=True):
                 drop_sum[region] += reference_score - float(score)
