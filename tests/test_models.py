@@ -240,6 +240,20 @@ def test_load_weights_reports_missing_and_unexpected(saved_tiny, tmp_path, caplo
         load_weights(target, path, strict=True)
 
 
+def test_load_weights_reads_a_wrapped_network(saved_tiny, tmp_path) -> None:
+    source, _ = saved_tiny
+    # A bundle's weights.safetensors: the network under "net." beside normalisation buffers.
+    state = {f"net.{k}": v for k, v in source.state_dict().items()}
+    state.update(mean=torch.tensor([0.5]), std=torch.tensor([0.25]))
+    path = tmp_path / "weights.safetensors"
+    _save(state, path)
+    target = TinyResNet(in_channels=1, num_classes=3, depths=(1, 1, 1)).eval()
+    report = load_weights(target, path, strict=True)
+    assert set(report.loaded) == set(source.state_dict())
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.allclose(target(x), source(x))
+
+
 @pytest.mark.parametrize(
     ("filename", "content", "message"),
     [

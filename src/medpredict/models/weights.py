@@ -42,8 +42,9 @@ def load_weights(
     """Copy tensors from a safetensors file into ``model``, in place.
 
     Keys are matched by name after removing ``module.`` / ``_orig_mod.`` prefixes (weights
-    saved from a DDP-wrapped or compiled model). Missing and unexpected keys are logged and
-    returned; with ``strict=True`` they are an error.
+    saved from a DDP-wrapped or compiled model); when no name matches, the tensors under a
+    common first component (``net.`` in a medpredict bundle) are tried. Missing and unexpected
+    keys are logged and returned; with ``strict=True`` they are an error.
 
     Args:
         model: the built network, e.g. from :func:`medpredict.models.build_model`.
@@ -81,6 +82,9 @@ def load_weights(
     tensors = {_strip_wrapper_prefix(key): value for key, value in tensors.items()}
     state = model.state_dict()
     shared = [key for key in tensors if key in state]
+    if tensors and not shared:
+        tensors = _unwrap(tensors, state)
+        shared = [key for key in tensors if key in state]
     if tensors and not shared:
         raise ConfigError(
             f"Weights file '{path}' shares no tensor name with model {type(model).__name__} "
@@ -137,6 +141,21 @@ def load_weights(
 def _is_head(key: str) -> bool:
     """True for the classifier head's tensors, also inside a wrapper (``net.head.1.weight``)."""
     return key.startswith(HEAD_PREFIX) or f".{HEAD_PREFIX}" in key
+
+
+def _unwrap(tensors: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys relative to the wrapped network when the file holds a wrapper around it.
+
+    A medpredict bundle's ``weights.safetensors`` holds the network under ``net.`` beside the
+    input-normalisation buffers; starting from it should just work. The tensors outside the
+    common prefix are dropped here (they are the wrapper's, not the network's).
+    """
+    for prefix in sorted({key.split(".", 1)[0] + "." for key in tensors if "." in key}):
+        inner = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+        if any(key in state for key in inner):
+            logger.info("Reading the weights under '%s' (the file holds a wrapped network).", prefix)
+            return inner
+    return tensors
 
 
 def _strip_wrapper_prefix(key: str) -> str:
