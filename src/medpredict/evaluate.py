@@ -129,33 +129,24 @@ def _explanations(predictor: Predictor, images: torch.Tensor, y: np.ndarray, pro
     return {"examples": examples, "checks": checks}
 
 
-def evaluate(
-    run: str | os.PathLike[str],
-    *,
-    data: str | None = None,
-    target: str | None = None,
-    split: str = "test",
-    out: str | os.PathLike[str] | None = None,
-    lang: str = "en",
-    n_boot: int = 1000,
-    subgroups: tuple[str, ...] = (),
-    progress: bool = True,
-) -> EvaluationResult:
-    """Evaluate a run's bundle and write the report (see the module docstring).
+@dataclass
+class _Collected:
+    """Everything evaluation needs from one model on one dataset."""
 
-    Raises:
-        DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
-    """
-    from medpredict.report import assemble_evaluation, build_report
-    from medpredict.report.evaluation import evaluation_to_json
+    y: np.ndarray
+    probs: np.ndarray
+    raw: np.ndarray
+    groups: np.ndarray
+    frame: pd.DataFrame
+    explanations: dict[str, Any]
+    val: dict[str, Any]
+    shift: dict[str, Any] | None
+    dataset: str
+    external: bool
 
-    predictor = Predictor.from_bundle(run)
-    if predictor.task not in ("binary", "multiclass"):
-        raise DataError(f"Evaluation reports cover classification models; this model's task is '{predictor.task}'.")
+
+def _collect_images(predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool) -> _Collected:
     frame, val_frame, external = _rows(predictor, data, target, split)
-    missing = [c for c in subgroups if c not in frame.columns]
-    if missing:
-        raise DataError(f"Subgroup columns {missing} are not in the data; columns are {list(frame.columns)}.")
     probs, raw, images = _predict_frame(predictor, frame, progress)
     y = frame["target"].to_numpy().astype(int)
     val: dict[str, Any] = {}
@@ -169,31 +160,113 @@ def evaluate(
 
         shift = shift_diagnostics(predictor.meta["reference_stats"], y, probs[:, 1] if probs.shape[1] == 2 else probs,
                                   images=images[:5000].float().div(255).numpy())
+    return _Collected(
+        y=y, probs=probs, raw=raw, groups=frame["patient_id"].to_numpy(), frame=frame,
+        explanations=_explanations(predictor, images, y, probs), val=val, shift=shift,
+        dataset=Path(data or predictor.meta["config"]["data"]["source"]).name, external=external,
+    )
+
+
+def _collect_table(predictor: Predictor, data: str | None, target: str | None, split: str) -> _Collected:
+    """The same split the record model was trained with (or all rows of another table)."""
+    from medpredict.explain_checks import local_attribution, permutation_importance_table
+    from medpredict.tabular import load_table_data, split_rows
+
+    config = predictor.meta["config"]
+    source = data or config["source"]
+    rule = target or config["target"] + (config.get("target_rule") or "")  # e.g. "num" + ">0"
+    table = load_table_data(source, target=rule, task=config.get("task", "auto"))
+    if data is None:
+        splits = split_rows(table, val_fraction=config["val_fraction"], test_fraction=config["test_fraction"],
+                            seed=config["seed"])
+        rows, val_rows = np.flatnonzero(splits == split), np.flatnonzero(splits == "val")
+    else:
+        rows, val_rows = np.arange(len(table.y)), np.array([], dtype=int)
+    if len(rows) == 0:
+        raise DataError(f"The '{split}' split of {source} is empty; choose another --split.")
+    frame = table.frame.iloc[rows].reset_index(drop=True)
+    logits = predictor.logits(predictor.prepare_records(frame))
+    raw = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    probs = predictor.calibrate(logits)
+    y = table.y[rows].astype(int)
+    val: dict[str, Any] = {}
+    if len(val_rows):
+        val_frame = table.frame.iloc[val_rows].reset_index(drop=True)
+        val = {"y_val": table.y[val_rows].astype(int), "probs_val": predictor.predict_proba(predictor.prepare_records(val_frame)),
+               "groups_val": table.groups[val_rows]}
+    columns = [c for c in predictor.input_columns if c in frame.columns]
+
+    def predict_fn(records: pd.DataFrame) -> np.ndarray:
+        return predictor.predict_proba(predictor.prepare_records(records))
+
+    explanations: dict[str, Any] = {}
+    if probs.shape[1] == 2 and len(set(y)) == 2:
+        importance = permutation_importance_table(predict_fn, frame[columns], y, n_repeats=10)
+        explanations["feature_importance"] = importance.to_dict(orient="records")
+        local = []
+        for title, index in (("highest predicted risk", int(np.argmax(probs[:, 1]))), ("lowest predicted risk", int(np.argmin(probs[:, 1])))):
+            attribution = local_attribution(predict_fn, frame[columns].iloc[[index]], frame[columns])
+            local.append({"title": title, "prediction": attribution.attrs.get("prediction"),
+                          "expected": attribution.attrs.get("expected"), "rows": attribution.head(8).to_dict(orient="records")})
+        explanations["local"] = local
+    return _Collected(
+        y=y, probs=probs, raw=raw, groups=table.groups[rows], frame=frame, explanations=explanations, val=val,
+        shift=None, dataset=Path(source).name, external=data is not None,
+    )
+
+
+def evaluate(
+    run: str | os.PathLike[str],
+    *,
+    data: str | None = None,
+    target: str | None = None,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    lang: str = "en",
+    n_boot: int = 1000,
+    subgroups: tuple[str, ...] = (),
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate a run's bundle (image or record model) and write the report (see the module docstring).
+
+    Raises:
+        DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
+    """
+    from medpredict.report import assemble_evaluation, build_report
+    from medpredict.report.evaluation import evaluation_to_json
+
+    predictor = Predictor.from_bundle(run)
+    if predictor.task not in ("binary", "multiclass"):
+        raise DataError(f"Evaluation reports cover classification models; this model's task is '{predictor.task}'.")
+    if predictor.input_kind == "table":
+        got = _collect_table(predictor, data, target, split)
+    else:
+        got = _collect_images(predictor, data, target, split, progress)
+    missing = [c for c in subgroups if c not in got.frame.columns]
+    if missing:
+        raise DataError(f"Subgroup columns {missing} are not in the data; columns are {list(got.frame.columns)}.")
     meta = predictor.meta
     history_path = predictor.bundle.path.parent / "metrics.jsonl"
-    curves = _training_curves(history_path) if history_path.exists() and not external else None
+    curves = _training_curves(history_path) if history_path.exists() and not got.external else None
     evaluation = assemble_evaluation(
-        y, probs, labels=predictor.labels, groups=frame["patient_id"].to_numpy(), threshold=meta.get("threshold"),
-        calibration=meta.get("calibration"), probs_uncalibrated=raw, conformal=meta.get("conformal"),
-        subgroup_frame=frame[list(subgroups)] if subgroups else None, subgroup_columns=list(subgroups) or None,
-        shift=shift, explanations=_explanations(predictor, images, y, probs), training_curves=curves,
+        got.y, got.probs, labels=predictor.labels, groups=got.groups, threshold=meta.get("threshold"),
+        calibration=meta.get("calibration"), probs_uncalibrated=got.raw, conformal=meta.get("conformal"),
+        subgroup_frame=got.frame[list(subgroups)] if subgroups else None, subgroup_columns=list(subgroups) or None,
+        shift=got.shift, explanations=got.explanations, training_curves=curves,
         run_info={
             "model_name": meta.get("model", {}).get("name"), "model_version": predictor.version,
-            "dataset": Path(data or meta["config"]["data"]["source"]).name, "evaluated_split": split,
-            "external": external, "intended_use": (
-                "Research and decision support only: flags images for a clinician's review; not a diagnosis."
-            ),
+            "dataset": got.dataset, "evaluated_split": split, "external": got.external,
+            "intended_use": "Research and decision support only: flags cases for a clinician's review; not a diagnosis.",
             "splits": {k: {"n": v, "n_patients": meta["data"]["patients"].get(k)} for k, v in meta["data"]["rows"].items()},
         },
-        n_boot=n_boot, **val,
+        n_boot=n_boot, **got.val,
     )
     out_dir = Path(out) if out else predictor.bundle.path.parent
     report_path = build_report(out_dir, evaluation, lang=lang)
-    if not external and split == "test" and out is None:
+    if not got.external and split == "test" and out is None:
         from medpredict.bundle import add_files
 
-        card = out_dir / "model_card.json"
-        add_files(predictor.bundle.path, json_files={"model_card.json": _read_json(card)},
+        add_files(predictor.bundle.path, json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
                   text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")})
     metrics = evaluation_to_json(evaluation)["metrics"]
     return EvaluationResult(metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json")

@@ -47,11 +47,12 @@ class Prediction:
 class Predictor:
     """A loaded bundle ready to predict. Build it with :meth:`from_bundle`."""
 
-    def __init__(self, bundle: Bundle, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, cleaner: Any = None) -> None:
         self.bundle = bundle
         self.meta = bundle.meta
         self.model = model.eval()
         self.device = device
+        self.cleaner = cleaner  # the fitted TableCleaner of a record model
         self._calibrator = None
         self._conformal = None
         if self.meta.get("calibration"):
@@ -71,23 +72,34 @@ class Predictor:
             BundleError: the bundle is missing, tampered with, or of an unknown kind.
         """
         bundle = load_bundle(path)
-        spec = bundle.meta.get("model", {})
-        if bundle.meta.get("input_kind") != "image" or spec.get("kind") != "image":
-            raise BundleError(f"{bundle.path} holds a '{bundle.meta.get('input_kind')}' model; this predictor reads image models.")
-        from medpredict.models import build_model
-        from medpredict.models.normalised import InputNormalised
+        spec = dict(bundle.meta.get("model", {}))
+        kind = spec.pop("kind", None)
+        cleaner = None
+        if kind == "image":
+            from medpredict.models import build_model
+            from medpredict.models.normalised import InputNormalised
 
-        net = build_model(
-            spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-            spatial_dims=spec["spatial_dims"], dropout=spec.get("dropout", 0.0),
-        )
-        model = InputNormalised(net)
+            model: torch.nn.Module = InputNormalised(build_model(
+                spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                spatial_dims=spec["spatial_dims"], dropout=spec.get("dropout", 0.0),
+            ))
+        elif kind == "table":
+            from medpredict.cleaning import TableCleaner
+            from medpredict.models.tabular import build_tabular_model
+
+            stored = bundle.read_json("cleaner.json")
+            if stored is None:
+                raise BundleError(f"The record model in {bundle.path} has no cleaner.json; the bundle is incomplete.")
+            cleaner = TableCleaner.from_dict(stored)
+            model = build_tabular_model(**spec)
+        else:
+            raise BundleError(f"{bundle.path} holds a model of unknown kind {kind!r}; is it from a newer medpredict?")
         try:
             model.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
-            raise BundleError(f"The weights in {bundle.path} do not fit model '{spec['name']}': {exc}") from exc
+            raise BundleError(f"The weights in {bundle.path} do not fit model '{spec.get('name')}': {exc}") from exc
         torch_device = torch.device(device)
-        return cls(bundle, model.to(torch_device), torch_device)
+        return cls(bundle, model.to(torch_device), torch_device, cleaner)
 
     # What a deployed model needs to say about itself.
     @property
@@ -106,6 +118,11 @@ class Predictor:
     def threshold(self) -> float:
         stored = self.meta.get("threshold")
         return float(stored["threshold"]) if stored else 0.5
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The record fields a record model reads (empty for image models)."""
+        return list(self.meta.get("preprocess", {}).get("input_columns", []))
 
     @property
     def image_size(self) -> int:
@@ -188,6 +205,10 @@ class Predictor:
         Raises:
             DataError: an input is unreadable or of the wrong shape (names it).
         """
+        if self.input_kind == "table":
+            if images:
+                raise DataError(f"This is a clinical-record model ({self.meta.get('name')}); it takes no images.")
+            return self.predict_records(records or [])
         if records:
             raise DataError(f"This is an image model ({self.meta.get('name')}); it takes no clinical records.")
         images = list(images or [])
@@ -200,6 +221,24 @@ class Predictor:
                 source = str(item) if isinstance(item, str | os.PathLike) else None
                 out.append(self._to_prediction(row, source))
         return out
+
+    def prepare_records(self, records: Sequence[dict[str, Any]] | Any) -> torch.Tensor:
+        """Clean clinical records (dicts, or a DataFrame) with the fitted cleaner → ``(N, F)`` float32.
+
+        Raises:
+            DataError: a required column is missing or a value cannot be read (names it).
+        """
+        import pandas as pd
+
+        frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+        if frame.empty:
+            raise DataError("No records given: send at least one record (a JSON object of clinical values).")
+        return torch.as_tensor(self.cleaner.transform(frame.astype(object)), dtype=torch.float32)
+
+    def predict_records(self, records: Sequence[dict[str, Any]] | Any) -> list[Prediction]:
+        """Predict for clinical records with a record model."""
+        probs = self.predict_proba(self.prepare_records(records))
+        return [self._to_prediction(row, None) for row in probs]
 
     def _to_prediction(self, row: np.ndarray, source: str | None) -> Prediction:
         labels = self.labels
