@@ -155,6 +155,46 @@ def test_single_sigmoid_output_becomes_two_class_probabilities(keras_yaml):
     assert probs[0, 1] > 0.9 and probs[1, 1] < 0.1  # pneumonia column is the model's output
 
 
+def test_lower_level_surface_matches_predict(keras_yaml):
+    pred = OnnxPredictor.from_path(keras_yaml)
+    batch = torch.from_numpy(np.stack([_image(True, 32), _image(False, 32)]))  # what evaluation passes
+    logits = pred.logits(batch)
+    probs = pred.calibrate(logits)
+    np.testing.assert_allclose(probs, pred.predict_proba(batch), atol=1e-6)
+    # softmax(logits) gives back the graph's own probabilities, not a second activation
+    np.testing.assert_allclose(
+        probs, pred.predict_proba_batch(pred.preprocess(list(batch.numpy()))), atol=1e-5
+    )
+    assert pred.image_size == 32 and pred.meta["labels"] == ["normal", "pneumonia"]
+
+
+def test_service_serves_an_external_model(keras_yaml, tmp_path):
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from medpredict.service.app import ServiceSettings, create_app
+
+    buffer = io.BytesIO()
+    Image.fromarray((_image(True)[0] * 255).astype(np.uint8)).save(buffer, format="PNG")
+    app = create_app(OnnxPredictor.from_path(keras_yaml), ServiceSettings(api_key="byo-key-1234"))
+    with TestClient(app) as client:
+        res = client.post(
+            "/api/v1/predict",
+            files={"file": ("x.png", buffer.getvalue())},
+            headers={"X-API-Key": "byo-key-1234"},
+        )
+        card = client.get("/api/v1/model", headers={"X-API-Key": "byo-key-1234"}).json()
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["prediction"]["label"] == "pneumonia"
+    assert body["model"] == {"name": "keras-demo", "version": "7"}
+    assert "occlusion" in body["explanation"] and body["overlay_png"].startswith("data:image/png")
+    assert card["positive_label"] == "pneumonia" and card["threshold"] == 0.4
+
+
 def test_predict_returns_predictions_at_the_locked_threshold(keras_yaml):
     pytest.importorskip("medpredict.predict")
     pred = OnnxPredictor.from_path(keras_yaml)

@@ -412,10 +412,60 @@ class OnnxPredictor:
         if out.shape[1] != k:
             raise BundleError(
                 f"The ONNX model returns {out.shape[1]} values per sample, but the descriptor lists {k} "
-                f"labels "
-                f"{self.labels}; fix 'labels' in the YAML."
+                f"labels {self.labels}; fix 'labels' in the YAML."
             )
         return _activate(out, self.descriptor.activation)
+
+    # -- the Predictor's lower-level surface, so evaluation code can treat both alike
+
+    @property
+    def image_size(self) -> int:
+        """Square side evaluation code resizes to; :meth:`logits` then resizes to the graph's size."""
+        return max(self.descriptor.height, self.descriptor.width)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What a bundle's ``bundle.json`` would say; there is no training config to reuse."""
+        d = self.descriptor
+        return {
+            "name": d.name,
+            "input_kind": "image",
+            "task": self.task,
+            "labels": self.labels,
+            "preprocess": {"image_size": self.image_size, "spatial_dims": 2, "channels": d.channels},
+            "threshold": {"threshold": self.threshold},
+            "source": "external ONNX model",
+        }
+
+    def logits(self, batch: Any) -> np.ndarray:
+        """Log-probabilities ``(N, K)`` for a batch ``(N, C, H, W)`` in [0, 1] (tensor or array).
+
+        External graphs may return probabilities; their logarithm is returned so that
+        ``softmax(logits)`` gives back exactly the model's probabilities (``calibrate``
+        does that), whatever the graph's own output activation.
+        """
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(batch, torch.Tensor):
+            batch = torch.as_tensor(batch).detach().cpu().numpy()
+        probs = self.predict_proba_batch(self.preprocess(list(np.asarray(batch, dtype=np.float32))))
+        clipped = np.clip(probs.astype(np.float64), 1e-12, 1.0 - 1e-12)
+        if self.task == "multilabel":
+            return np.log(clipped / (1.0 - clipped)).astype(np.float32)
+        return np.log(clipped).astype(np.float32)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities from :meth:`logits` (no calibrator: the descriptor brings none)."""
+        return _activate(
+            np.asarray(logits, np.float32), "sigmoid" if self.task == "multilabel" else "softmax"
+        )
+
+    def predict_proba(self, batch: Any) -> np.ndarray:
+        """Probabilities ``(N, K)`` for a batch ``(N, C, H, W)`` in [0, 1]."""
+        return self.calibrate(self.logits(batch))
 
     def predict(
         self, images: Sequence[Any] | None = None, records: Sequence[dict[str, Any]] | None = None
