@@ -55,7 +55,9 @@ def _check_source(source: Dataset) -> None:
 
 
 def _label_code(label: str) -> Any:
-    hd = require_extra("highdicom", "pacs")
+    require_extra("highdicom", "pacs")
+    import highdicom as hd
+
     # CodeValue is at most 16 characters; longer labels keep their text as the meaning.
     value = label if len(label) <= 16 else label[:16]
     return hd.sr.CodedConcept(value=value, scheme_designator=LABEL_SCHEME, meaning=label)
@@ -87,7 +89,8 @@ def structured_report(
     Raises:
         DataError: the source lacks UIDs or the prediction lacks probabilities.
     """
-    hd = require_extra("highdicom", "pacs")
+    require_extra("highdicom", "pacs")
+    import highdicom as hd
     from pydicom.sr.codedict import codes
 
     _check_source(source)
@@ -201,7 +204,9 @@ def overlay_capture(
     Raises:
         DataError: the overlay is not ``(H, W, 3)`` uint8, or the source lacks UIDs.
     """
-    hd = require_extra("highdicom", "pacs")
+    require_extra("highdicom", "pacs")
+    import highdicom as hd
+
     _check_source(source)
     rgb = np.asarray(overlay_rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

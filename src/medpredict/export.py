@@ -146,8 +146,9 @@ def export_onnx(
         ConfigError: unknown ``exporter``.
         BundleError: the export failed, or parity is worse than ``atol``.
     """
-    torch = require_extra("torch", "onnx")
     require_extra("onnx", "onnx")
+    import torch
+
     if exporter not in EXPORTERS:
         raise unknown_choice("ONNX exporter", exporter, EXPORTERS)
     if not example_inputs:
@@ -239,6 +240,8 @@ def _export_dynamo(model: torch.nn.Module, tensors: tuple[Any, ...], names: list
             )
     finally:
         registration.setLevel(level)
+    if program is None:  # only the legacy exporter returns None
+        raise BundleError("The dynamo ONNX exporter returned no program.")
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model.onnx"
         program.save(str(target), external_data=False)
@@ -252,23 +255,23 @@ def _export_torchscript(
 
     import torch
 
-    buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in names}
     axes[OUTPUT_NAME] = {0: "batch"}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         # The tracer is deliberately chosen here; its deprecation notice is not news to the user.
         warnings.simplefilter("ignore", DeprecationWarning)
+        target = Path(tmp) / "model.onnx"
         torch.onnx.export(
             model,
             tensors,
-            buffer,
+            str(target),
             input_names=names,
             output_names=[OUTPUT_NAME],
             dynamic_axes=axes,
             opset_version=min(opset, 17),
             dynamo=False,
         )
-    return buffer.getvalue()
+        return target.read_bytes()
 
 
 def _with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
@@ -409,7 +412,7 @@ def export_run(
     from medpredict.bundle import resolve_bundle_dir
     from medpredict.predict import Predictor
 
-    bundle_dir = resolve_bundle_dir(run)
+    bundle_dir = resolve_bundle_dir(Path(run))
     predictor = Predictor.from_bundle(bundle_dir)
     model = getattr(predictor, "model", None)
     if model is None:

@@ -238,7 +238,7 @@ def prediction_resources(
     ``imaging`` for images, ``exam`` for records and fused inputs.
     """
     category = "imaging" if input_kind == "image" else "exam"
-    common = {
+    common: dict[str, Any] = {
         "model_name": model_name,
         "model_version": model_version,
         "subject": subject,

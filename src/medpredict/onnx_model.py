@@ -63,7 +63,9 @@ class OnnxBackend:
     def __init__(
         self, path: str | os.PathLike[str], *, activation: str = "softmax", threads: int | None = None
     ) -> None:
-        ort = require_extra("onnxruntime", "onnx")
+        require_extra("onnxruntime", "onnx")
+        import onnxruntime as ort
+
         if activation not in ACTIVATIONS:
             raise unknown_choice("output activation", activation, ACTIVATIONS)
         self.path = Path(path)
@@ -609,7 +611,7 @@ class OnnxBundlePredictor(Predictor):
         """
         from medpredict.bundle import load_bundle
 
-        bundle = load_bundle(path)
+        bundle = load_bundle(Path(path))
         default = bundle.path.parent / "onnx" / ("model.int8.onnx" if int8 else "model.onnx")
         onnx_file = Path(onnx_path) if onnx_path is not None else default
         backend = OnnxBackend(onnx_file, threads=threads)

@@ -86,11 +86,11 @@ class AuditLog:
         latency_ms: float | None = None,
     ) -> None:
         """Append one row. ``output`` is reduced to :data:`OUTPUT_KEYS`; ``error`` is an error class name."""
-        kept = None
+        kept: list[dict[str, Any]] | dict[str, Any] | None = None
         if output is not None:
             rows = output if isinstance(output, list) else [output]
-            kept = [{k: row.get(k) for k in OUTPUT_KEYS if k in row} for row in rows]
-            kept = kept if isinstance(output, list) else kept[0]
+            reduced = [{k: row.get(k) for k in OUTPUT_KEYS if k in row} for row in rows]
+            kept = reduced if isinstance(output, list) else reduced[0]
         row = (
             request_id,
             _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
