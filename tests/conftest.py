@@ -36,7 +36,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def make_square_npz(path: Path, *, size: int = 16, n: tuple[int, int, int] = (96, 48, 48), seed: int = 0) -> Path:
+def make_square_npz(
+    path: Path, *, size: int = 16, n: tuple[int, int, int] = (96, 48, 48), seed: int = 0
+) -> Path:
     """A MedMNIST-shaped .npz where class 1 has a faint bright square in the top-left corner.
 
     Easy enough that a small network learns it in two epochs on a CPU.
@@ -68,9 +70,16 @@ def tiny_config(source: Path, out_dir: Path, name: str = "tiny", **overrides: ob
     from medpredict.config import load_config
 
     settings = {
-        "name": name, "out_dir": str(out_dir), "data.source": str(source), "model.name": "brief-cnn",
-        "preprocess.image_size": 16, "train.epochs": 3, "train.batch_size": 32, "train.lr": 0.01,
-        "train.patience": 10, "train.threads": 1,
+        "name": name,
+        "out_dir": str(out_dir),
+        "data.source": str(source),
+        "model.name": "brief-cnn",
+        "preprocess.image_size": 16,
+        "train.epochs": 3,
+        "train.batch_size": 32,
+        "train.lr": 0.01,
+        "train.patience": 10,
+        "train.threads": 1,
     }
     settings.update(overrides)
     return load_config(None, settings)

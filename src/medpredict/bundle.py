@@ -107,7 +107,9 @@ def save_bundle(
     return folder
 
 
-def add_files(folder: str | Path, *, json_files: dict[str, Any] | None = None, text_files: dict[str, str] | None = None) -> None:
+def add_files(
+    folder: str | Path, *, json_files: dict[str, Any] | None = None, text_files: dict[str, str] | None = None
+) -> None:
     """Add or replace files in an existing, verified bundle and re-sign it (e.g. the model card)."""
     folder = resolve_bundle_dir(folder)
     verify(folder)
@@ -136,7 +138,9 @@ def verify(folder: Path) -> dict[str, Any]:
     """Check every file against ``checksums.json`` (and the HMAC when a key is set)."""
     sums_path = folder / CHECKSUMS
     if not sums_path.exists():
-        raise BundleError(f"The bundle {folder} has no {CHECKSUMS}; it is incomplete or not a medpredict bundle.")
+        raise BundleError(
+            f"The bundle {folder} has no {CHECKSUMS}; it is incomplete or not a medpredict bundle."
+        )
     try:
         sums = json.loads(sums_path.read_text(encoding="utf-8"))
         files: dict[str, str] = sums["files"]
@@ -145,7 +149,9 @@ def verify(folder: Path) -> dict[str, Any]:
     for required in (WEIGHTS, META):
         if required not in files:
             raise BundleError(f"{sums_path} does not list {required}; the bundle is damaged or was altered.")
-    unlisted = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS and p.name not in files)
+    unlisted = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS and p.name not in files
+    )
     if unlisted:
         raise BundleError(
             f"The bundle {folder} holds files its checksums do not cover: {unlisted}. "

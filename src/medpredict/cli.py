@@ -54,7 +54,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels")
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. augment.strength=0.5")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. augment.strength=0.5"
+    )
     p.set_defaults(handler=_train)
 
 
@@ -82,7 +84,8 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, train_overrides(args))
     result = train(config, resume=args.resume)
     metrics = result.val_metrics
-    headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float))
+    shown = [k for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float)]
+    headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in shown)
     print(f"Trained {config.model.name}: best epoch {result.fit.best_epoch}, validation {headline or metrics}")
     print(f"Run folder: {result.run_dir}  (bundle in {result.bundle_dir})")
     return 0
@@ -166,7 +169,10 @@ def _data_check(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.source, target=args.target)
     result = check_images(manifest, out)
     report = result.report
-    print(f"{report['rows']} images, {report['patients']} patients, classes {report['labels']}, splits {report['splits']}")
+    print(
+        f"{report['rows']} images, {report['patients']} patients, classes {report['labels']}, "
+        f"splits {report['splits']}"
+    )
     dup = report["exact_duplicates"]
     print(f"Byte-identical images: {dup['groups']} groups ({dup['redundant_files']} redundant files), "
           f"{dup['groups_across_splits']} across splits")
@@ -193,7 +199,10 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole path on the shipped PneumoniaMNIST: train, evaluate, explain")
-    p.add_argument("--data-dir", help="folder holding medmnist/pneumoniamnist.npz (default: $MEDPREDICT_DATA_DIR, then ../shared/data)")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding medmnist/pneumoniamnist.npz (default: $MEDPREDICT_DATA_DIR, then ../shared/data)",
+    )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
     p.set_defaults(handler=_demo)

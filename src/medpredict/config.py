@@ -237,7 +237,9 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"Unknown config key '{full}'.{did_you_mean(key, names)} Known keys: {sorted(names)}.")
+            raise ConfigError(
+                f"Unknown config key '{full}'.{did_you_mean(key, names)} Known keys: {sorted(names)}."
+            )
         kwargs[key] = _coerce(hints[key], value, full)
     return cls(**kwargs)
 
@@ -270,7 +272,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         try:
             number = hint(value) if hint is float else _as_int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be {'an integer' if hint is int else 'a number'}, got {value!r}.") from None
+            raise ConfigError(
+                f"{key} must be {'an integer' if hint is int else 'a number'}, got {value!r}."
+            ) from None
         return number
     if hint is str:
         if not isinstance(value, str | int | float):

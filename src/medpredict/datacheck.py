@@ -54,7 +54,9 @@ def _read_thumbnails(
     thumbs = torch.zeros((len(paths), 1, THUMB, THUMB))
     problems: list[dict[str, Any]] = []
     sizes: list[tuple[int, int]] = []
-    for i, path in enumerate(tqdm(paths, desc="reading images", unit="img", disable=not progress, leave=False)):
+    for i, path in enumerate(
+        tqdm(paths, desc="reading images", unit="img", disable=not progress, leave=False)
+    ):
         if i in skip:  # missing files are reported as missing, not also as unreadable
             sizes.append((0, 0))
             continue
@@ -85,7 +87,8 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
     has_split = "split" in frame.columns
     balance = (
         frame.groupby(["split", "label_name"]).size().unstack(fill_value=0)
-        if has_split else frame.groupby("label_name").size().to_frame("all").T
+        if has_split
+        else frame.groupby("label_name").size().to_frame("all").T
     )
     heights = np.array([s[0] for s in sizes if s[0]])
     widths = np.array([s[1] for s in sizes if s[1]])
@@ -114,8 +117,10 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
         },
         "patients_across_splits": exact_report.patients_across_splits,
         "image_size": {
-            "height_min": int(heights.min()) if len(heights) else None, "height_max": int(heights.max()) if len(heights) else None,
-            "width_min": int(widths.min()) if len(widths) else None, "width_max": int(widths.max()) if len(widths) else None,
+            "height_min": int(heights.min()) if len(heights) else None,
+            "height_max": int(heights.max()) if len(heights) else None,
+            "width_min": int(widths.min()) if len(widths) else None,
+            "width_max": int(widths.max()) if len(widths) else None,
         },
         "intensity": {"mean": float(thumbs.mean()), "std": float(thumbs.std())},
     }
@@ -127,7 +132,9 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
     if exact_report.patients_across_splits:
         problems.append(f"{exact_report.patients_across_splits} patients appear in more than one split")
     if exact_report.duplicate_groups_across_splits:
-        problems.append(f"{exact_report.duplicate_groups_across_splits} groups of identical images cross splits")
+        problems.append(
+            f"{exact_report.duplicate_groups_across_splits} groups of identical images cross splits"
+        )
     warnings = []
     if exact_report.duplicate_groups:
         warnings.append(
@@ -135,7 +142,9 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
             f"({exact_report.duplicate_redundant_files} redundant files)"
         )
     if near_report.duplicate_groups_across_splits:
-        warnings.append(f"{near_report.duplicate_groups_across_splits} groups of near-identical images cross splits")
+        warnings.append(
+            f"{near_report.duplicate_groups_across_splits} groups of near-identical images cross splits"
+        )
     report["problems"], report["warnings"], report["ok"] = problems, warnings, not problems
     json_path = write_json(out_dir / "data_check.json", report)
     html_path = write_text(out_dir / "data_check.html", _html(report, balance))
@@ -161,7 +170,11 @@ def _balance_png(balance: pd.DataFrame) -> str:
 
 def _html(report: dict[str, Any], balance: pd.DataFrame) -> str:
     esc = html.escape
-    status = "No blocking problem found." if report["ok"] else "Problems found: " + "; ".join(report["problems"]) + "."
+    status = (
+        "No blocking problem found."
+        if report["ok"]
+        else "Problems found: " + "; ".join(report["problems"]) + "."
+    )
     items = "".join(f"<li>{esc(w)}</li>" for w in report["warnings"]) or "<li>none</li>"
     dup_rows = "".join(
         f"<tr><td>{esc(', '.join(map(str, e['files'])))}</td><td>{esc(', '.join(e['splits']))}</td></tr>"
@@ -171,17 +184,17 @@ def _html(report: dict[str, Any], balance: pd.DataFrame) -> str:
 <style>body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 .ok{{color:#176b2c}}.bad{{color:#a4161a}}</style></head><body>
-<h1>Data-quality report</h1><p>Source: {esc(report['source'])}</p>
-<p class="{'ok' if report['ok'] else 'bad'}"><b>{esc(status)}</b></p>
-<h2>Counts</h2><p>{report['rows']} images, {report['patients']} patients, task {esc(report['task'])},
-classes {esc(', '.join(report['labels']))}; splits {esc(str(report['splits']))}.</p>
+<h1>Data-quality report</h1><p>Source: {esc(report["source"])}</p>
+<p class="{"ok" if report["ok"] else "bad"}"><b>{esc(status)}</b></p>
+<h2>Counts</h2><p>{report["rows"]} images, {report["patients"]} patients, task {esc(report["task"])},
+classes {esc(", ".join(report["labels"]))}; splits {esc(str(report["splits"]))}.</p>
 <img alt="class balance" src="data:image/png;base64,{_balance_png(balance)}">
 <h2>Warnings</h2><ul>{items}</ul>
-<h2>Byte-identical images</h2><p>{report['exact_duplicates']['groups']} groups,
-{report['exact_duplicates']['redundant_files']} redundant files,
-{report['exact_duplicates']['groups_across_splits']} groups across splits.</p>
+<h2>Byte-identical images</h2><p>{report["exact_duplicates"]["groups"]} groups,
+{report["exact_duplicates"]["redundant_files"]} redundant files,
+{report["exact_duplicates"]["groups_across_splits"]} groups across splits.</p>
 <table><tr><th>files</th><th>splits</th></tr>{dup_rows}</table>
-<h2>Near-identical images</h2><p>{report['near_duplicates']['groups']} groups
-({esc(report['near_duplicates']['method'])}), {report['near_duplicates']['groups_across_splits']} across splits.</p>
-<h2>Files</h2><p>Missing: {len(report['missing_files'])}; unreadable: {len(report['unreadable_files'])}.
-Image sizes: {esc(str(report['image_size']))}.</p></body></html>"""
+<h2>Near-identical images</h2><p>{report["near_duplicates"]["groups"]} groups
+({esc(report["near_duplicates"]["method"])}), {report["near_duplicates"]["groups_across_splits"]} across splits.</p>
+<h2>Files</h2><p>Missing: {len(report["missing_files"])}; unreadable: {len(report["unreadable_files"])}.
+Image sizes: {esc(str(report["image_size"]))}.</p></body></html>"""

@@ -74,7 +74,9 @@ def _to_unit(array: np.ndarray) -> np.ndarray:
     return np.clip(array.astype(np.float32), 0.0, 1.0)
 
 
-def _load_npz_group(path: str, key: str, indices: np.ndarray, config: PreprocessConfig, channels: int) -> torch.Tensor:
+def _load_npz_group(
+    path: str, key: str, indices: np.ndarray, config: PreprocessConfig, channels: int
+) -> torch.Tensor:
     images = _npz_array(path, key)[indices]
     if images.ndim == 3 or (images.ndim == 4 and config.spatial_dims == 3):  # grey (N, H, W) / (N, D, H, W)
         images = images[:, None]
@@ -88,7 +90,11 @@ def _load_npz_group(path: str, key: str, indices: np.ndarray, config: Preprocess
             batch = batch[:, :1].expand(-1, channels, *batch.shape[2:])
     size = (config.image_size,) * config.spatial_dims
     if tuple(batch.shape[2:]) != size:
-        mode = "area" if max(batch.shape[2:]) > config.image_size else ("bilinear" if config.spatial_dims == 2 else "trilinear")
+        mode = (
+            "area"
+            if max(batch.shape[2:]) > config.image_size
+            else ("bilinear" if config.spatial_dims == 2 else "trilinear")
+        )
         batch = F.interpolate(batch, size=size, mode=mode)
     return batch
 

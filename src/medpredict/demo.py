@@ -48,7 +48,10 @@ def find_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
         candidates.append(Path(data_dir))
     if os.environ.get(DATA_ENV):
         candidates.append(Path(os.environ[DATA_ENV]))
-    candidates += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+    candidates += [
+        Path.cwd().parent / "shared" / "data",
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+    ]
     for candidate in candidates:
         if (candidate / NPZ).is_file():
             return candidate.resolve()
@@ -76,23 +79,28 @@ class DemoResult:
                 return f"{name} n/a"
             return f"{name} {value:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
-        return "\n".join([
-            "",
-            "medpredict demo: PneumoniaMNIST (official test split, n=%s)" % m.get("n"),
-            "  " + fig("auc"),
-            "  " + ", ".join(fig(k) for k in ("accuracy", "sensitivity", "specificity")),
-            f"  threshold {m.get('threshold', 0.5):.3f} (locked on validation)",
-            f"  report:      {self.report}",
-            f"  metrics:     {self.run_dir / 'metrics.json'}",
-            f"  predictions: {self.predictions} (Grad-CAM overlays beside it)",
-            f"  run folder:  {self.run_dir}",
-            f"  total time:  {self.seconds / 60:.1f} min",
-        ])
+        return "\n".join(
+            [
+                "",
+                f"medpredict demo: PneumoniaMNIST (official test split, n={m.get('n')})",
+                "  " + fig("auc"),
+                "  " + ", ".join(fig(k) for k in ("accuracy", "sensitivity", "specificity")),
+                f"  threshold {m.get('threshold', 0.5):.3f} (locked on validation)",
+                f"  report:      {self.report}",
+                f"  metrics:     {self.run_dir / 'metrics.json'}",
+                f"  predictions: {self.predictions} (Grad-CAM overlays beside it)",
+                f"  run folder:  {self.run_dir}",
+                f"  total time:  {self.seconds / 60:.1f} min",
+            ]
+        )
 
 
 def run_demo(
-    *, data_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] = "runs/demo",
-    epochs: int | None = None, progress: bool = True,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] = "runs/demo",
+    epochs: int | None = None,
+    progress: bool = True,
 ) -> DemoResult:
     """Train, evaluate and explain on PneumoniaMNIST; see the module docstring."""
     from medpredict.config import load_config
@@ -114,8 +122,11 @@ def run_demo(
     examples = _example_inputs(root)
     predictions = predict_files(result.run_dir, examples, out / "predictions", progress=progress)
     return DemoResult(
-        run_dir=result.run_dir, metrics=evaluation.metrics, report=evaluation.report_path,
-        predictions=predictions.csv_path, seconds=time.monotonic() - started,
+        run_dir=result.run_dir,
+        metrics=evaluation.metrics,
+        report=evaluation.report_path,
+        predictions=predictions.csv_path,
+        seconds=time.monotonic() - started,
     )
 
 

@@ -98,8 +98,12 @@ def validation_score(y: np.ndarray, outputs: np.ndarray, task: str) -> float:
         if task == "binary":
             return float(roc_auc_score(y, outputs[:, 1]))
         if task == "multiclass":
-            return float(roc_auc_score(y, outputs, multi_class="ovr", average="macro", labels=range(outputs.shape[1])))
-        aucs = [roc_auc_score(y[:, k], outputs[:, k]) for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
+            return float(
+                roc_auc_score(y, outputs, multi_class="ovr", average="macro", labels=range(outputs.shape[1]))
+            )
+        aucs = [
+            roc_auc_score(y[:, k], outputs[:, k]) for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)
+        ]
         return float(np.mean(aucs)) if aucs else float("nan")
     except ValueError:  # a validation set holding one class only
         return float(np.mean(outputs.argmax(1) == y)) if task != "multilabel" else float("nan")
@@ -151,19 +155,30 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on norms and biases
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=max(total, 2), pct_start=0.15, div_factor=10, final_div_factor=100
+            optimizer,
+            max_lr=config.lr,
+            total_steps=max(total, 2),
+            pct_start=0.15,
+            div_factor=10,
+            final_div_factor=100,
         )
     if config.schedule == "cosine":
         warm = max(1, total // 20)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(total, 1))))
+            optimizer,
+            lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(total, 1)))),
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
@@ -230,7 +245,9 @@ def fit(
     if dist.enabled:
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     loss_fn = _loss_fn(task, config, class_counts).to(device)
     optimizer = _optimizer(model, config)
     per_rank_batch = max(1, config.batch_size // dist.world_size)
@@ -269,8 +286,11 @@ def fit(
         net.train()
         total_loss, seen = 0.0, 0
         bar = tqdm(
-            range(0, len(order), per_rank_batch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-            disable=not (progress and dist.is_main), leave=False,
+            range(0, len(order), per_rank_batch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not (progress and dist.is_main),
+            leave=False,
         )
         for start in bar:
             index = order[start : start + per_rank_batch]
@@ -303,21 +323,39 @@ def fit(
         else:
             bad_epochs += 1
         record = {
-            "epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
-            "val_score": score, "lr": scheduler.get_last_lr()[0], "seconds": time.monotonic() - epoch_start,
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(seen, 1),
+            "val_loss": val_loss,
+            "val_score": score,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": time.monotonic() - epoch_start,
             "best": improved,
         }
         history.append(record)
         log.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val score %.4f%s",
-            epoch + 1, config.epochs, record["train_loss"], val_loss, score, "  (best)" if improved else "",
+            epoch + 1,
+            config.epochs,
+            record["train_loss"],
+            val_loss,
+            score,
+            "  (best)" if improved else "",
         )
         if run_dir is not None and dist.is_main:
-            save_state(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "history": history, "best_model": best_state, "best_score": best_score,
-                "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-            })
+            save_state(
+                checkpoint_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best_model": best_state,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                },
+            )
             with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             _plot_curves(history, run_dir / CURVES)
@@ -331,6 +369,10 @@ def fit(
             break
     model.load_state_dict(best_state)
     return FitResult(
-        best_state=best_state, best_epoch=best_epoch + 1, best_score=best_score, history=history,
-        stopped=stopped, seconds=time.monotonic() - started,
+        best_state=best_state,
+        best_epoch=best_epoch + 1,
+        best_score=best_score,
+        history=history,
+        stopped=stopped,
+        seconds=time.monotonic() - started,
     )

@@ -52,10 +52,14 @@ class EvaluationResult:
         head = f"n={m.get('n')} ({m.get('n_patients')} patients)"
         if m.get("threshold") is not None:
             head += f", threshold {m['threshold']:.3f} locked on validation"
-        return "\n".join([head, "  " + "\n  ".join(parts), f"Report: {self.report_path}", f"Metrics: {self.metrics_path}"])
+        return "\n".join(
+            [head, "  " + "\n  ".join(parts), f"Report: {self.report_path}", f"Metrics: {self.metrics_path}"]
+        )
 
 
-def _rows(predictor: Predictor, data: str | None, target: str | None, split: str) -> tuple[pd.DataFrame, pd.DataFrame | None, bool]:
+def _rows(
+    predictor: Predictor, data: str | None, target: str | None, split: str
+) -> tuple[pd.DataFrame, pd.DataFrame | None, bool]:
     """The rows to evaluate, the validation rows (own data only), and whether the data is external."""
     config = from_dict(predictor.meta["config"])
     if data is None:
@@ -86,25 +90,35 @@ def _align_labels(frame: pd.DataFrame, manifest: Manifest, predictor: Predictor)
     return frame
 
 
-def _predict_frame(predictor: Predictor, frame: pd.DataFrame, progress: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+def _predict_frame(
+    predictor: Predictor, frame: pd.DataFrame, progress: bool
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Calibrated and uncalibrated probabilities, and the preprocessed images (uint8)."""
     config = PreprocessConfig(image_size=predictor.image_size, spatial_dims=predictor.spatial_dims)
-    images = load_images(frame["image_path"].astype(str).tolist(), config, predictor.channels, progress=progress)
-    logits = np.concatenate([
-        predictor.logits(images[i : i + 256].float().div(255)) for i in range(0, len(images), 256)
-    ])
+    images = load_images(
+        frame["image_path"].astype(str).tolist(), config, predictor.channels, progress=progress
+    )
+    logits = np.concatenate(
+        [predictor.logits(images[i : i + 256].float().div(255)) for i in range(0, len(images), 256)]
+    )
     raw = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     return predictor.calibrate(logits), raw, images
 
 
-def _explanations(predictor: Predictor, images: torch.Tensor, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+def _explanations(
+    predictor: Predictor, images: torch.Tensor, y: np.ndarray, probs: np.ndarray
+) -> dict[str, Any]:
     """Grad-CAM on a few correct and wrong test cases, plus the sanity and faithfulness checks."""
     from medpredict.explain import gradcam
     from medpredict.explain_checks import explanation_sanity, shortcut_flag
 
     pred = probs[:, 1] >= predictor.threshold if probs.shape[1] == 2 else probs.argmax(1)
-    cases = [("true positive", (pred == 1) & (y == 1)), ("true negative", (pred == 0) & (y == 0)),
-             ("false positive", (pred == 1) & (y == 0)), ("false negative", (pred == 0) & (y == 1))]
+    cases = [
+        ("true positive", (pred == 1) & (y == 1)),
+        ("true negative", (pred == 0) & (y == 0)),
+        ("false positive", (pred == 1) & (y == 0)),
+        ("false negative", (pred == 0) & (y == 1)),
+    ]
     examples = []
     for title, mask in cases:
         hits = np.flatnonzero(mask)
@@ -112,10 +126,15 @@ def _explanations(predictor: Predictor, images: torch.Tensor, y: np.ndarray, pro
             i = int(hits[0])
             image = images[i].float().div(255)
             heatmap = gradcam(predictor.model, image[None], int(1 if probs.shape[1] == 2 else pred[i]))
-            examples.append({
-                "title": title, "caption": f"predicted probability {probs[i].max() if probs.shape[1] > 2 else probs[i, 1]:.2f}",
-                "image": image[0].numpy(), "heatmap": heatmap, "shortcut": shortcut_flag(heatmap, image[0].numpy()),
-            })
+            examples.append(
+                {
+                    "title": title,
+                    "caption": f"predicted probability {probs[i].max() if probs.shape[1] > 2 else probs[i, 1]:.2f}",
+                    "image": image[0].numpy(),
+                    "heatmap": heatmap,
+                    "shortcut": shortcut_flag(heatmap, image[0].numpy()),
+                }
+            )
     chosen = np.linspace(0, len(images) - 1, num=min(SANITY_IMAGES, len(images))).astype(int)
     batch = [images[i].float().div(255).numpy() for i in chosen]
 
@@ -125,7 +144,9 @@ def _explanations(predictor: Predictor, images: torch.Tensor, y: np.ndarray, pro
     def predict_fn(batch_np: np.ndarray) -> np.ndarray:
         return predictor.predict_proba(torch.as_tensor(batch_np, dtype=torch.float32))
 
-    checks = explanation_sanity(predictor.model, batch, explain_fn, predict_fn) if probs.shape[1] == 2 else None
+    checks = (
+        explanation_sanity(predictor.model, batch, explain_fn, predict_fn) if probs.shape[1] == 2 else None
+    )
     return {"examples": examples, "checks": checks}
 
 
@@ -145,25 +166,41 @@ class _Collected:
     external: bool
 
 
-def _collect_images(predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool) -> _Collected:
+def _collect_images(
+    predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool
+) -> _Collected:
     frame, val_frame, external = _rows(predictor, data, target, split)
     probs, raw, images = _predict_frame(predictor, frame, progress)
     y = frame["target"].to_numpy().astype(int)
     val: dict[str, Any] = {}
     if val_frame is not None and len(val_frame):
         val_probs, _, _ = _predict_frame(predictor, val_frame, progress)
-        val = {"y_val": val_frame["target"].to_numpy().astype(int), "probs_val": val_probs,
-               "groups_val": val_frame["patient_id"].to_numpy()}
+        val = {
+            "y_val": val_frame["target"].to_numpy().astype(int),
+            "probs_val": val_probs,
+            "groups_val": val_frame["patient_id"].to_numpy(),
+        }
     shift = None
     if external and predictor.meta.get("reference_stats"):
         from medpredict.subgroups import shift_diagnostics
 
-        shift = shift_diagnostics(predictor.meta["reference_stats"], y, probs[:, 1] if probs.shape[1] == 2 else probs,
-                                  images=images[:5000].float().div(255).numpy())
+        shift = shift_diagnostics(
+            predictor.meta["reference_stats"],
+            y,
+            probs[:, 1] if probs.shape[1] == 2 else probs,
+            images=images[:5000].float().div(255).numpy(),
+        )
     return _Collected(
-        y=y, probs=probs, raw=raw, groups=frame["patient_id"].to_numpy(), frame=frame,
-        explanations=_explanations(predictor, images, y, probs), val=val, shift=shift,
-        dataset=Path(data or predictor.meta["config"]["data"]["source"]).name, external=external,
+        y=y,
+        probs=probs,
+        raw=raw,
+        groups=frame["patient_id"].to_numpy(),
+        frame=frame,
+        explanations=_explanations(predictor, images, y, probs),
+        val=val,
+        shift=shift,
+        dataset=Path(data or predictor.meta["config"]["data"]["source"]).name,
+        external=external,
     )
 
 
@@ -177,8 +214,12 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
     rule = target or config["target"] + (config.get("target_rule") or "")  # e.g. "num" + ">0"
     table = load_table_data(source, target=rule, task=config.get("task", "auto"))
     if data is None:
-        splits = split_rows(table, val_fraction=config["val_fraction"], test_fraction=config["test_fraction"],
-                            seed=config["seed"])
+        splits = split_rows(
+            table,
+            val_fraction=config["val_fraction"],
+            test_fraction=config["test_fraction"],
+            seed=config["seed"],
+        )
         rows, val_rows = np.flatnonzero(splits == split), np.flatnonzero(splits == "val")
     else:
         rows, val_rows = np.arange(len(table.y)), np.array([], dtype=int)
@@ -192,8 +233,11 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
     val: dict[str, Any] = {}
     if len(val_rows):
         val_frame = table.frame.iloc[val_rows].reset_index(drop=True)
-        val = {"y_val": table.y[val_rows].astype(int), "probs_val": predictor.predict_proba(predictor.prepare_records(val_frame)),
-               "groups_val": table.groups[val_rows]}
+        val = {
+            "y_val": table.y[val_rows].astype(int),
+            "probs_val": predictor.predict_proba(predictor.prepare_records(val_frame)),
+            "groups_val": table.groups[val_rows],
+        }
     columns = [c for c in predictor.input_columns if c in frame.columns]
 
     def predict_fn(records: pd.DataFrame) -> np.ndarray:
@@ -204,14 +248,31 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
         importance = permutation_importance_table(predict_fn, frame[columns], y, n_repeats=10)
         explanations["feature_importance"] = importance.to_dict(orient="records")
         local = []
-        for title, index in (("highest predicted risk", int(np.argmax(probs[:, 1]))), ("lowest predicted risk", int(np.argmin(probs[:, 1])))):
+        for title, index in (
+            ("highest predicted risk", int(np.argmax(probs[:, 1]))),
+            ("lowest predicted risk", int(np.argmin(probs[:, 1]))),
+        ):
             attribution = local_attribution(predict_fn, frame[columns].iloc[[index]], frame[columns])
-            local.append({"title": title, "prediction": attribution.attrs.get("prediction"),
-                          "expected": attribution.attrs.get("expected"), "rows": attribution.head(8).to_dict(orient="records")})
+            local.append(
+                {
+                    "title": title,
+                    "prediction": attribution.attrs.get("prediction"),
+                    "expected": attribution.attrs.get("expected"),
+                    "rows": attribution.head(8).to_dict(orient="records"),
+                }
+            )
         explanations["local"] = local
     return _Collected(
-        y=y, probs=probs, raw=raw, groups=table.groups[rows], frame=frame, explanations=explanations, val=val,
-        shift=None, dataset=Path(source).name, external=data is not None,
+        y=y,
+        probs=probs,
+        raw=raw,
+        groups=table.groups[rows],
+        frame=frame,
+        explanations=explanations,
+        val=val,
+        shift=None,
+        dataset=Path(source).name,
+        external=data is not None,
     )
 
 
@@ -237,39 +298,66 @@ def evaluate(
 
     predictor = Predictor.from_bundle(run)
     if predictor.task not in ("binary", "multiclass"):
-        raise DataError(f"Evaluation reports cover classification models; this model's task is '{predictor.task}'.")
+        raise DataError(
+            f"Evaluation reports cover classification models; this model's task is '{predictor.task}'."
+        )
     if predictor.input_kind == "table":
         got = _collect_table(predictor, data, target, split)
     else:
         got = _collect_images(predictor, data, target, split, progress)
     missing = [c for c in subgroups if c not in got.frame.columns]
     if missing:
-        raise DataError(f"Subgroup columns {missing} are not in the data; columns are {list(got.frame.columns)}.")
+        raise DataError(
+            f"Subgroup columns {missing} are not in the data; columns are {list(got.frame.columns)}."
+        )
     meta = predictor.meta
     history_path = predictor.bundle.path.parent / "metrics.jsonl"
     curves = _training_curves(history_path) if history_path.exists() and not got.external else None
     evaluation = assemble_evaluation(
-        got.y, got.probs, labels=predictor.labels, groups=got.groups, threshold=meta.get("threshold"),
-        calibration=meta.get("calibration"), probs_uncalibrated=got.raw, conformal=meta.get("conformal"),
-        subgroup_frame=got.frame[list(subgroups)] if subgroups else None, subgroup_columns=list(subgroups) or None,
-        shift=got.shift, explanations=got.explanations, training_curves=curves,
+        got.y,
+        got.probs,
+        labels=predictor.labels,
+        groups=got.groups,
+        threshold=meta.get("threshold"),
+        calibration=meta.get("calibration"),
+        probs_uncalibrated=got.raw,
+        conformal=meta.get("conformal"),
+        subgroup_frame=got.frame[list(subgroups)] if subgroups else None,
+        subgroup_columns=list(subgroups) or None,
+        shift=got.shift,
+        explanations=got.explanations,
+        training_curves=curves,
         run_info={
-            "model_name": meta.get("model", {}).get("name"), "model_version": predictor.version,
-            "dataset": got.dataset, "evaluated_split": split, "external": got.external,
-            "intended_use": "Research and decision support only: flags cases for a clinician's review; not a diagnosis.",
-            "splits": {k: {"n": v, "n_patients": meta["data"]["patients"].get(k)} for k, v in meta["data"]["rows"].items()},
+            "model_name": meta.get("model", {}).get("name"),
+            "model_version": predictor.version,
+            "dataset": got.dataset,
+            "evaluated_split": split,
+            "external": got.external,
+            "intended_use": (
+                "Research and decision support only: flags cases for a clinician's review; not a diagnosis."
+            ),
+            "splits": {
+                k: {"n": v, "n_patients": meta["data"]["patients"].get(k)}
+                for k, v in meta["data"]["rows"].items()
+            },
         },
-        n_boot=n_boot, **got.val,
+        n_boot=n_boot,
+        **got.val,
     )
     out_dir = Path(out) if out else predictor.bundle.path.parent
     report_path = build_report(out_dir, evaluation, lang=lang)
     if not got.external and split == "test" and out is None:
         from medpredict.bundle import add_files
 
-        add_files(predictor.bundle.path, json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
-                  text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")})
+        add_files(
+            predictor.bundle.path,
+            json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
+            text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")},
+        )
     metrics = evaluation_to_json(evaluation)["metrics"]
-    return EvaluationResult(metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json")
+    return EvaluationResult(
+        metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
+    )
 
 
 def _read_json(path: Path) -> Any:

@@ -82,7 +82,13 @@ def fetch(
         digest = hashlib.md5(usedforsecurity=False)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=timeout) as response:  # noqa: S310
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {remote.filename}", disable=not progress) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {remote.filename}",
+                disable=not progress,
+            ) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     digest.update(chunk)
@@ -95,7 +101,9 @@ def fetch(
             )
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise DataError(f"Could not download {source}: {exc}. Check the network or give --url for a mirror.") from exc
+        raise DataError(
+            f"Could not download {source}: {exc}. Check the network or give --url for a mirror."
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

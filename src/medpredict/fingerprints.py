@@ -21,7 +21,9 @@ def content_hashes(paths: Sequence[str], *, progress: bool = True) -> pd.Series:
     from medpredict.readers.medmnist_refs import is_npz_ref, read_npz_ref
 
     out: list[object] = []
-    for path in tqdm(paths, desc="hashing", unit="file", disable=not progress or len(paths) < 500, leave=False):
+    for path in tqdm(
+        paths, desc="hashing", unit="file", disable=not progress or len(paths) < 500, leave=False
+    ):
         try:
             if is_npz_ref(path):
                 data = np.ascontiguousarray(read_npz_ref(path)).tobytes()
@@ -48,4 +50,6 @@ def average_hashes(images: torch.Tensor, size: int = 16) -> pd.Series:
     bits = (small > small.mean(dim=1, keepdim=True)).numpy()
     flat = small.std(dim=1).numpy() < 1e-6  # blank images would all hash alike
     packed = np.packbits(bits, axis=1)
-    return pd.Series([np.nan if f else row.tobytes().hex() for row, f in zip(packed, flat, strict=True)], dtype=object)
+    return pd.Series(
+        [np.nan if f else row.tobytes().hex() for row, f in zip(packed, flat, strict=True)], dtype=object
+    )

@@ -25,12 +25,25 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMN_ALIASES = ("image_path", "path", "image", "file", "filename", "filepath", "file_path")
 PATIENT_COLUMN_ALIASES = (
-    "patient_id", "patient", "subject_id", "subject", "patientid", "patient_key_within_split", "pid",
+    "patient_id",
+    "patient",
+    "subject_id",
+    "subject",
+    "patientid",
+    "patient_key_within_split",
+    "pid",
 )
 SPLIT_ALIASES = {
-    "train": "train", "training": "train", "tr": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test", "holdout": "test",
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+    "holdout": "test",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
 
@@ -40,8 +53,20 @@ MEDMNIST_LABELS: dict[str, tuple[str, ...]] = {
     "pneumoniamnist": ("normal", "pneumonia"),
     "breastmnist": ("malignant", "normal, benign"),
     "chestmnist": (
-        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia",
+        "atelectasis",
+        "cardiomegaly",
+        "effusion",
+        "infiltration",
+        "mass",
+        "nodule",
+        "pneumonia",
+        "pneumothorax",
+        "consolidation",
+        "edema",
+        "emphysema",
+        "fibrosis",
+        "pleural",
+        "hernia",
     ),
 }
 MEDMNIST_MULTILABEL = ("chestmnist",)
@@ -96,7 +121,9 @@ def load_manifest(
     """
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"Data source not found: {path}. Give a manifest CSV, a MedMNIST .npz or an image folder.")
+        raise DataError(
+            f"Data source not found: {path}. Give a manifest CSV, a MedMNIST .npz or an image folder."
+        )
     if path.is_dir():
         return _from_folder(path, task)
     suffix = path.suffix.lower()
@@ -105,8 +132,13 @@ def load_manifest(
     if suffix in (".csv", ".tsv", ".parquet", ".pq"):
         frame = _read_frame(path)
         return from_frame(
-            frame, source=str(path), root=path.parent, target=target,
-            image_column=image_column, patient_column=patient_column, task=task,
+            frame,
+            source=str(path),
+            root=path.parent,
+            target=target,
+            image_column=image_column,
+            patient_column=patient_column,
+            task=task,
         )
     raise DataError(
         f"Cannot read {path}: unknown data source type '{suffix}'. "
@@ -123,7 +155,9 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"Cannot parse the manifest {path}: {exc}") from exc
 
 
-def _pick_column(frame: pd.DataFrame, given: str | None, aliases: tuple[str, ...], what: str, source: str) -> str | None:
+def _pick_column(
+    frame: pd.DataFrame, given: str | None, aliases: tuple[str, ...], what: str, source: str
+) -> str | None:
     if given is not None:
         if given not in frame.columns:
             raise DataError(
@@ -202,20 +236,26 @@ def _encode_target(frame: pd.DataFrame, target: str, task: str, source: str) -> 
     values = frame[target]
     if values.isna().any():
         bad = int(values.isna().sum())
-        raise DataError(f"{bad} rows of {source} have no value in the target column '{target}'. Fill or drop them.")
+        raise DataError(
+            f"{bad} rows of {source} have no value in the target column '{target}'. Fill or drop them."
+        )
     if task == "regression" or (task == "auto" and _looks_continuous(values)):
         frame["target"] = pd.to_numeric(values, errors="raise").astype(float)
         frame["label_name"] = values.astype(str)
         return (), "regression"
     names = sorted(values.astype(str).unique(), key=_natural_key)
     if len(names) < 2:
-        raise DataError(f"The target column '{target}' of {source} has a single class {names}; need at least two.")
+        raise DataError(
+            f"The target column '{target}' of {source} has a single class {names}; need at least two."
+        )
     index = {name: i for i, name in enumerate(names)}
     frame["label_name"] = values.astype(str)
     frame["target"] = frame["label_name"].map(index).astype(int)
     resolved = "binary" if len(names) == 2 else "multiclass"
     if task not in ("auto", resolved):
-        raise DataError(f"data.task is '{task}' but the target '{target}' of {source} has {len(names)} classes.")
+        raise DataError(
+            f"data.task is '{task}' but the target '{target}' of {source} has {len(names)} classes."
+        )
     return tuple(names), resolved
 
 
@@ -268,7 +308,9 @@ def _from_medmnist(path: Path) -> Manifest:
             f"{path} holds no '<split>_images' arrays (found keys {keys}); it is not a MedMNIST file."
         )
     stem = path.stem.split("_")[0].lower()
-    multilabel = stem in MEDMNIST_MULTILABEL or any(a.ndim == 2 and a.shape[1] > 1 for a in label_arrays.values())
+    multilabel = stem in MEDMNIST_MULTILABEL or any(
+        a.ndim == 2 and a.shape[1] > 1 for a in label_arrays.values()
+    )
     frames = []
     for image_key, shape in image_shapes.items():
         split = image_key[: -len("_images")]
@@ -277,13 +319,17 @@ def _from_medmnist(path: Path) -> Manifest:
             raise DataError(f"{path} has '{image_key}' but no '{label_key}'.")
         labels = label_arrays[label_key]
         if len(labels) != shape[0]:
-            raise DataError(f"{path}: {image_key} has {shape[0]} images but {label_key} has {len(labels)} labels.")
-        part = pd.DataFrame({
-            "image_path": [f"{path.resolve()}::{image_key}/{i}" for i in range(shape[0])],
-            # MedMNIST gives no patient ids: every image counts as its own patient.
-            "patient_id": [f"{split}-{i}" for i in range(shape[0])],
-            "split": SPLIT_ALIASES.get(split, split),
-        })
+            raise DataError(
+                f"{path}: {image_key} has {shape[0]} images but {label_key} has {len(labels)} labels."
+            )
+        part = pd.DataFrame(
+            {
+                "image_path": [f"{path.resolve()}::{image_key}/{i}" for i in range(shape[0])],
+                # MedMNIST gives no patient ids: every image counts as its own patient.
+                "patient_id": [f"{split}-{i}" for i in range(shape[0])],
+                "split": SPLIT_ALIASES.get(split, split),
+            }
+        )
         if multilabel:
             part["target"] = [list(map(int, row)) for row in labels.reshape(len(labels), -1)]
         else:
@@ -293,11 +339,15 @@ def _from_medmnist(path: Path) -> Manifest:
     if multilabel:
         width = len(frame["target"].iloc[0])
         names = MEDMNIST_LABELS.get(stem, tuple(f"label_{i}" for i in range(width)))
-        frame["label_name"] = ["|".join(n for n, v in zip(names, t, strict=True) if v) or "none" for t in frame["target"]]
+        frame["label_name"] = [
+            "|".join(n for n, v in zip(names, t, strict=True) if v) or "none" for t in frame["target"]
+        ]
         return Manifest(frame=frame, labels=tuple(names), task="multilabel", source=str(path))
     n_classes = int(frame["target"].max()) + 1
     names = MEDMNIST_LABELS.get(stem, tuple(str(i) for i in range(n_classes)))
     if len(names) != n_classes:
         names = tuple(str(i) for i in range(n_classes))
     frame["label_name"] = [names[t] for t in frame["target"]]
-    return Manifest(frame=frame, labels=names, task="binary" if n_classes == 2 else "multiclass", source=str(path))
+    return Manifest(
+        frame=frame, labels=names, task="binary" if n_classes == 2 else "multiclass", source=str(path)
+    )

@@ -39,15 +39,21 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source, "label": self.label, "score": self.score, "threshold": self.threshold,
-            "probabilities": self.probabilities, "uncertainty": self.uncertainty,
+            "source": self.source,
+            "label": self.label,
+            "score": self.score,
+            "threshold": self.threshold,
+            "probabilities": self.probabilities,
+            "uncertainty": self.uncertainty,
         }
 
 
 class Predictor:
     """A loaded bundle ready to predict. Build it with :meth:`from_bundle`."""
 
-    def __init__(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, cleaner: Any = None) -> None:
+    def __init__(
+        self, bundle: Bundle, model: torch.nn.Module, device: torch.device, cleaner: Any = None
+    ) -> None:
         self.bundle = bundle
         self.meta = bundle.meta
         self.model = model.eval()
@@ -79,25 +85,36 @@ class Predictor:
             from medpredict.models import build_model
             from medpredict.models.normalised import InputNormalised
 
-            model: torch.nn.Module = InputNormalised(build_model(
-                spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                spatial_dims=spec["spatial_dims"], dropout=spec.get("dropout", 0.0),
-            ))
+            model: torch.nn.Module = InputNormalised(
+                build_model(
+                    spec["name"],
+                    in_channels=spec["in_channels"],
+                    num_classes=spec["num_classes"],
+                    spatial_dims=spec["spatial_dims"],
+                    dropout=spec.get("dropout", 0.0),
+                )
+            )
         elif kind == "table":
             from medpredict.cleaning import TableCleaner
             from medpredict.models.tabular import build_tabular_model
 
             stored = bundle.read_json("cleaner.json")
             if stored is None:
-                raise BundleError(f"The record model in {bundle.path} has no cleaner.json; the bundle is incomplete.")
+                raise BundleError(
+                    f"The record model in {bundle.path} has no cleaner.json; the bundle is incomplete."
+                )
             cleaner = TableCleaner.from_dict(stored)
             model = build_tabular_model(**spec)
         else:
-            raise BundleError(f"{bundle.path} holds a model of unknown kind {kind!r}; is it from a newer medpredict?")
+            raise BundleError(
+                f"{bundle.path} holds a model of unknown kind {kind!r}; is it from a newer medpredict?"
+            )
         try:
             model.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
-            raise BundleError(f"The weights in {bundle.path} do not fit model '{spec.get('name')}': {exc}") from exc
+            raise BundleError(
+                f"The weights in {bundle.path} do not fit model '{spec.get('name')}': {exc}"
+            ) from exc
         torch_device = torch.device(device)
         return cls(bundle, model.to(torch_device), torch_device, cleaner)
 
@@ -149,9 +166,14 @@ class Predictor:
         if card:
             return card
         return {
-            "name": self.meta.get("name"), "version": self.version, "task": self.task, "labels": self.labels,
-            "input": self.meta.get("preprocess"), "threshold": self.meta.get("threshold"),
-            "validation_metrics": self.meta.get("val_metrics"), "data": self.meta.get("data"),
+            "name": self.meta.get("name"),
+            "version": self.version,
+            "task": self.task,
+            "labels": self.labels,
+            "input": self.meta.get("preprocess"),
+            "threshold": self.meta.get("threshold"),
+            "validation_metrics": self.meta.get("val_metrics"),
+            "data": self.meta.get("data"),
             "intended_use": "Research use. Not a medical device; predictions must be reviewed by a clinician.",
         }
 
@@ -197,8 +219,11 @@ class Predictor:
         return self.calibrate(self.logits(batch))
 
     def predict(
-        self, images: Sequence[ImageInput] | None = None, records: Sequence[dict[str, Any]] | None = None,
-        *, batch_size: int = 64,
+        self,
+        images: Sequence[ImageInput] | None = None,
+        records: Sequence[dict[str, Any]] | None = None,
+        *,
+        batch_size: int = 64,
     ) -> list[Prediction]:
         """Predict for a list of images (arrays from the readers, or paths).
 
@@ -207,10 +232,14 @@ class Predictor:
         """
         if self.input_kind == "table":
             if images:
-                raise DataError(f"This is a clinical-record model ({self.meta.get('name')}); it takes no images.")
+                raise DataError(
+                    f"This is a clinical-record model ({self.meta.get('name')}); it takes no images."
+                )
             return self.predict_records(records or [])
         if records:
-            raise DataError(f"This is an image model ({self.meta.get('name')}); it takes no clinical records.")
+            raise DataError(
+                f"This is an image model ({self.meta.get('name')}); it takes no clinical records."
+            )
         images = list(images or [])
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
@@ -251,7 +280,14 @@ class Predictor:
         score = float(row[1]) if self.task == "binary" else None
         index = int(score >= self.threshold) if score is not None else int(np.argmax(row))
         uncertainty = self._uncertainty(row)
-        return Prediction(probabilities, labels[index], score, self.threshold if score is not None else None, uncertainty, source)
+        return Prediction(
+            probabilities,
+            labels[index],
+            score,
+            self.threshold if score is not None else None,
+            uncertainty,
+            source,
+        )
 
     def _uncertainty(self, row: np.ndarray) -> dict[str, Any]:
         clipped = np.clip(row, 1e-12, 1.0)

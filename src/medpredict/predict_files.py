@@ -43,7 +43,9 @@ class PredictResult:
                 lines.append(f"  {Path(row['source']).name}: ERROR {row['error']}")
             else:
                 score = f" p={row['score']:.3f}" if row.get("score") is not None else ""
-                lines.append(f"  {Path(row['source']).name}: {row['label']}{score}  overlay: {row.get('overlay') or '-'}")
+                lines.append(
+                    f"  {Path(row['source']).name}: {row['label']}{score}  overlay: {row.get('overlay') or '-'}"
+                )
         if len(self.rows) > 10:
             lines.append(f"  ... {len(self.rows) - 10} more in the CSV")
         return "\n".join(lines)
@@ -63,7 +65,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         if "::" in str(item):
             paths.append(str(item))
         elif not path.exists():
-            raise DataError(f"Input not found: {path}. Give image files, DICOM files, folders or a manifest CSV.")
+            raise DataError(
+                f"Input not found: {path}. Give image files, DICOM files, folders or a manifest CSV."
+            )
         elif path.is_dir():
             found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_path(p, sniff=True))
             if not found:
@@ -74,8 +78,12 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             lowered = {str(c).lower(): c for c in frame.columns}
             column = next((lowered[a] for a in IMAGE_COLUMN_ALIASES if a in lowered), None)
             if column is None:
-                raise DataError(f"The manifest {path} has no image column; name one of {IMAGE_COLUMN_ALIASES}.")
-            paths.extend(str(p if Path(p).is_absolute() else (path.parent / p)) for p in frame[column].astype(str))
+                raise DataError(
+                    f"The manifest {path} has no image column; name one of {IMAGE_COLUMN_ALIASES}."
+                )
+            paths.extend(
+                str(p if Path(p).is_absolute() else (path.parent / p)) for p in frame[column].astype(str)
+            )
         else:
             paths.append(str(path))
     return paths
@@ -83,23 +91,26 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 def _display_image(path: str, spatial_dims: int) -> Any:
     from medpredict.readers import read_image
-    from medpredict.transforms import resize
 
     image = read_image(path, channels=1, spatial_dims=spatial_dims)
     side = max(image.shape[1:])
     if side > OVERLAY_MAX_SIDE:
         scale = OVERLAY_MAX_SIDE / side
         shape = tuple(max(1, round(s * scale)) for s in image.shape[1:])
-        import torch.nn.functional as F
         import torch
+        import torch.nn.functional as F
 
         image = F.interpolate(torch.as_tensor(image)[None], size=shape, mode="area")[0].numpy()
     return image[0]
 
 
 def predict_files(
-    run: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
-    *, overlays: bool = True, progress: bool = True,
+    run: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    overlays: bool = True,
+    progress: bool = True,
 ) -> PredictResult:
     """Predict for every input and write the CSV, JSON and overlays into ``out``."""
     from medpredict.explain import save_overlay_png
@@ -109,7 +120,9 @@ def predict_files(
     paths = expand_inputs(inputs)
     out = Path(out)
     rows: list[dict[str, Any]] = []
-    for index, path in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress or len(paths) < 5)):
+    for index, path in enumerate(
+        tqdm(paths, desc="predicting", unit="img", disable=not progress or len(paths) < 5)
+    ):
         row: dict[str, Any] = {"source": path}
         try:
             prediction = predictor.predict([path])[0]
@@ -118,7 +131,9 @@ def predict_files(
             if overlays and getattr(predictor, "spatial_dims", 2) == 2:
                 heatmap = predictor.explain(path)
                 name = f"{index:05d}_{Path(path.split('::')[0]).stem[:40]}.png"
-                title = f"{prediction.label}" + (f"  p={prediction.score:.2f}" if prediction.score is not None else "")
+                title = f"{prediction.label}" + (
+                    f"  p={prediction.score:.2f}" if prediction.score is not None else ""
+                )
                 save_overlay_png(out / "overlays" / name, _display_image(path, 2), heatmap, title=title)
                 row["overlay"] = f"overlays/{name}"
         except DataError as exc:
@@ -126,7 +141,9 @@ def predict_files(
             row["error"] = str(exc)
         rows.append(row)
     csv_path = write_text(out / "predictions.csv", _flat_table(rows).to_csv(index=False, float_format="%.6f"))
-    json_path = write_json(out / "predictions.json", {"model": getattr(predictor, "version", None), "predictions": rows})
+    json_path = write_json(
+        out / "predictions.json", {"model": getattr(predictor, "version", None), "predictions": rows}
+    )
     return PredictResult(rows=rows, csv_path=csv_path, json_path=json_path)
 
 

@@ -106,7 +106,13 @@ def assign_splits(
     if "val" not in present and val_fraction > 0:
         pool = open_rows | (frame["split"] == "train").to_numpy()
         sub = frame[pool]
-        held = _carve(sub, groups_all[pool], val_fraction / max(1e-9, 1 - (test_fraction if "test" not in present else 0)), manifest.task, seed + 1)
+        held = _carve(
+            sub,
+            groups_all[pool],
+            val_fraction / max(1e-9, 1 - (test_fraction if "test" not in present else 0)),
+            manifest.task,
+            seed + 1,
+        )
         frame.loc[sub.index[held], "split"] = "val"
     frame["split"] = frame["split"].fillna("train")
     counts = frame.groupby("split")["patient_id"].nunique().to_dict()
@@ -149,16 +155,25 @@ def check_leakage(frame: pd.DataFrame, content_keys: pd.Series | None = None) ->
         per_patient = frame.groupby("patient_id")["split"].nunique()
         report.patients_across_splits = int((per_patient > 1).sum())
     if content_keys is not None:
-        keyed = pd.DataFrame({"key": content_keys.to_numpy(), "split": frame.get("split", pd.Series(index=frame.index)).to_numpy()})
-        keyed["file"] = [str(p).rsplit("/", 1)[-1] for p in frame.get("image_path", pd.Series([""] * len(frame)))]
+        keyed = pd.DataFrame(
+            {
+                "key": content_keys.to_numpy(),
+                "split": frame.get("split", pd.Series(index=frame.index)).to_numpy(),
+            }
+        )
+        keyed["file"] = [
+            str(p).rsplit("/", 1)[-1] for p in frame.get("image_path", pd.Series([""] * len(frame)))
+        ]
         dupes = keyed[keyed["key"].duplicated(keep=False) & keyed["key"].notna()]
         grouped = dupes.groupby("key")
         report.duplicate_groups = int(grouped.ngroups)
         report.duplicate_redundant_files = int(len(dupes) - grouped.ngroups)
         across = grouped["split"].nunique()
         report.duplicate_groups_across_splits = int((across > 1).sum())
-        for key, rows in list(grouped)[:10]:
-            report.examples.append({"files": rows["file"].tolist(), "splits": sorted(set(map(str, rows["split"])))})
+        for _, rows in list(grouped)[:10]:
+            report.examples.append(
+                {"files": rows["file"].tolist(), "splits": sorted(set(map(str, rows["split"])))}
+            )
     return report
 
 

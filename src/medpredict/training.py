@@ -57,10 +57,15 @@ def load_data(config: RunConfig) -> Manifest:
     """Read the configured source and assign patient-level splits (respecting a given split)."""
     data = config.data
     if not data.source:
-        raise ConfigError("No data source given. Pass --data PATH (a manifest CSV, a MedMNIST .npz or an image folder).")
+        raise ConfigError(
+            "No data source given. Pass --data PATH (a manifest CSV, a MedMNIST .npz or an image folder)."
+        )
     manifest = load_manifest(
-        data.source, target=data.target, image_column=data.image_column,
-        patient_column=data.patient_column, task=data.task,
+        data.source,
+        target=data.target,
+        image_column=data.image_column,
+        patient_column=data.patient_column,
+        task=data.task,
     )
     if not manifest.has_images:
         raise DataError(
@@ -69,8 +74,11 @@ def load_data(config: RunConfig) -> Manifest:
         )
     keys = manifest.frame["sha256"] if "sha256" in manifest.frame.columns else None
     manifest = assign_splits(
-        manifest, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-        seed=config.train.seed, content_keys=keys,
+        manifest,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=config.train.seed,
+        content_keys=keys,
     )
     require_no_leakage(manifest.frame, keys)
     if data.max_per_split:
@@ -83,9 +91,13 @@ def load_data(config: RunConfig) -> Manifest:
     return manifest
 
 
-def build_dataset(frame: pd.DataFrame, config: RunConfig, task: str, *, progress: bool = True) -> ArrayDataset:
+def build_dataset(
+    frame: pd.DataFrame, config: RunConfig, task: str, *, progress: bool = True
+) -> ArrayDataset:
     """Read and preprocess the images of ``frame`` into an in-memory dataset."""
-    images = load_images(frame["image_path"].tolist(), config.preprocess, config.data.channels, progress=progress)
+    images = load_images(
+        frame["image_path"].tolist(), config.preprocess, config.data.channels, progress=progress
+    )
     return ArrayDataset((images,), target_tensor(frame["target"].tolist(), task))
 
 
@@ -95,8 +107,11 @@ def build_network(config: RunConfig, num_outputs: int, normalisation: Normalisat
     from medpredict.models.normalised import InputNormalised
 
     net = build_model(
-        config.model.name, in_channels=config.data.channels, num_classes=num_outputs,
-        spatial_dims=config.preprocess.spatial_dims, dropout=config.model.dropout,
+        config.model.name,
+        in_channels=config.data.channels,
+        num_classes=num_outputs,
+        spatial_dims=config.preprocess.spatial_dims,
+        dropout=config.model.dropout,
     )
     if config.model.weights:
         report = load_weights(net, config.model.weights, skip_head=True)
@@ -107,8 +122,12 @@ def build_network(config: RunConfig, num_outputs: int, normalisation: Normalisat
 def model_meta(config: RunConfig, num_outputs: int) -> dict[str, Any]:
     """What the predictor needs to rebuild the network before loading the weights."""
     return {
-        "kind": "image", "name": config.model.name, "in_channels": config.data.channels,
-        "num_classes": num_outputs, "spatial_dims": config.preprocess.spatial_dims, "dropout": config.model.dropout,
+        "kind": "image",
+        "name": config.model.name,
+        "in_channels": config.data.channels,
+        "num_classes": num_outputs,
+        "spatial_dims": config.preprocess.spatial_dims,
+        "dropout": config.model.dropout,
     }
 
 
@@ -166,17 +185,18 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         raise unknown_choice("model", config.model.name, MODELS)
     dist = Distributed.from_env()
     run_dir = config.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume and dist.is_main:
-        if (run_dir / "checkpoint.safetensors").exists():
-            raise ConfigError(
-                f"{run_dir} already holds a training run. Use --resume to continue it, or another --name/--out."
-            )
+    if not resume and dist.is_main and (run_dir / "checkpoint.safetensors").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run. Use --resume to continue it, or another --name/--out."
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     with _log_to(run_dir / "train.log") if dist.is_main else contextlib.nullcontext():
         return _train(config, run_dir, resume=resume, progress=progress, dist=dist)
 
 
-def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, dist: Distributed) -> TrainResult:
+def _train(
+    config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, dist: Distributed
+) -> TrainResult:
     started = time.monotonic()
     if dist.is_main:
         write_text(run_dir / "config.yaml", config.to_yaml())
@@ -185,10 +205,17 @@ def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, di
     parts = {name: frame[frame["split"] == name] for name in ("train", "val", "test")}
     for name in ("train", "val"):
         if parts[name].empty:
-            raise DataError(f"The {name} split of {config.data.source} is empty; check the split column or fractions.")
+            raise DataError(
+                f"The {name} split of {config.data.source} is empty; check the split column or fractions."
+            )
     log.info(
         "Data: %s, task %s, classes %s; rows train/val/test = %d/%d/%d",
-        config.data.source, task, list(manifest.labels), len(parts["train"]), len(parts["val"]), len(parts["test"]),
+        config.data.source,
+        task,
+        list(manifest.labels),
+        len(parts["train"]),
+        len(parts["val"]),
+        len(parts["test"]),
     )
     if dist.is_main:
         split_table = pd.DataFrame({"row": frame.index, "split": frame["split"]})
@@ -206,8 +233,16 @@ def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, di
         counts = train_set.target.numpy().sum(0)
     augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
     result = fit(
-        model, train_set, val_set, task=task, config=config.train, run_dir=run_dir, class_counts=counts,
-        progress=progress, resume=resume, train_transform=lambda inputs, g: (augment(inputs[0], g),),
+        model,
+        train_set,
+        val_set,
+        task=task,
+        config=config.train,
+        run_dir=run_dir,
+        class_counts=counts,
+        progress=progress,
+        resume=resume,
+        train_transform=lambda inputs, g: (augment(inputs[0], g),),
     )
     val_logits = predict_logits(model, val_set)
     y_val = val_set.target.numpy()
@@ -221,14 +256,18 @@ def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, di
         "config": config.to_dict(),
         "model": model_meta(config, num_outputs),
         "preprocess": {
-            "image_size": config.preprocess.image_size, "spatial_dims": config.preprocess.spatial_dims,
-            "channels": config.data.channels, "normalisation": normalisation.to_dict(),
+            "image_size": config.preprocess.image_size,
+            "spatial_dims": config.preprocess.spatial_dims,
+            "channels": config.data.channels,
+            "normalisation": normalisation.to_dict(),
         },
         **fields,
         "val_metrics": val_metrics,
         "reference_stats": reference_statistics(
             train_set.target.numpy(), images=train_set.inputs[0][:5000].float().div(255).numpy()
-        ) if task in ("binary", "multiclass") else None,
+        )
+        if task in ("binary", "multiclass")
+        else None,
         "data": {
             "source": str(config.data.source),
             "rows": {k: len(v) for k, v in parts.items()},
@@ -236,15 +275,23 @@ def _train(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, di
             "prevalence": {k: _prevalence(v, task) for k, v in parts.items() if len(v)},
         },
         "training": {
-            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped": result.stopped,
-            "seconds": round(time.monotonic() - started, 1), "device": str(next(model.parameters()).device),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stopped": result.stopped,
+            "seconds": round(time.monotonic() - started, 1),
+            "device": str(next(model.parameters()).device),
         },
     }
     bundle_dir = run_dir / "model"
     if dist.is_main:
         save_bundle(bundle_dir, state_dict=model.state_dict(), meta=meta)
         _write_val_predictions(run_dir, parts["val"], val_probs, manifest.labels, task)
-        log.info("Bundle written to %s (validation score %.4f at epoch %d).", bundle_dir, result.best_score, result.best_epoch)
+        log.info(
+            "Bundle written to %s (validation score %.4f at epoch %d).",
+            bundle_dir,
+            result.best_score,
+            result.best_epoch,
+        )
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result)
 
 
@@ -256,7 +303,9 @@ def _prevalence(frame: pd.DataFrame, task: str) -> Any:
     return None
 
 
-def _val_metrics(y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str, ...], fields: dict[str, Any]) -> dict[str, Any]:
+def _val_metrics(
+    y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str, ...], fields: dict[str, Any]
+) -> dict[str, Any]:
     if task not in ("binary", "multiclass"):
         from medpredict.engine import validation_score
 
@@ -267,10 +316,16 @@ def _val_metrics(y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str,
     return classification_metrics(y, probs, labels=list(labels), threshold=threshold, n_boot=0)
 
 
-def _write_val_predictions(run_dir: Path, frame: pd.DataFrame, probs: np.ndarray, labels: tuple[str, ...], task: str) -> None:
+def _write_val_predictions(
+    run_dir: Path, frame: pd.DataFrame, probs: np.ndarray, labels: tuple[str, ...], task: str
+) -> None:
     if probs.ndim != 2:
         return
-    columns = [f"p_{name}" for name in labels] if labels and probs.shape[1] == len(labels) else [f"p_{i}" for i in range(probs.shape[1])]
+    columns = (
+        [f"p_{name}" for name in labels]
+        if labels and probs.shape[1] == len(labels)
+        else [f"p_{i}" for i in range(probs.shape[1])]
+    )
     table = pd.DataFrame(probs, columns=columns)
     table.insert(0, "target", frame["target"].astype(str).to_numpy())
     table.insert(0, "row", frame.index.to_numpy())
