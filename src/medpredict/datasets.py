@@ -54,7 +54,7 @@ class ArrayDataset(torch.utils.data.Dataset):
 def target_tensor(targets: Sequence[object], task: str) -> torch.Tensor:
     """Targets as the loss expects them: int64 classes, float32 multi-hot or float32 values."""
     if task == "multilabel":
-        return torch.tensor(np.array([list(t) for t in targets]), dtype=torch.float32)
+        return torch.tensor(np.array([list(t) for t in targets]), dtype=torch.float32)  # type: ignore[call-overload]
     if task == "regression":
         return torch.tensor(np.asarray(targets, dtype=np.float32))
     return torch.tensor(np.asarray(targets, dtype=np.int64))

@@ -151,7 +151,8 @@ def _loss_fn(task: str, config: TrainConfig, class_counts: np.ndarray | None) ->
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on norms and biases
@@ -341,7 +342,7 @@ def fit(
             score,
             "  (best)" if improved else "",
         )
-        if run_dir is not None and dist.is_main:
+        if checkpoint_path is not None and run_dir is not None and dist.is_main:
             save_state(
                 checkpoint_path,
                 {

@@ -119,7 +119,7 @@ def _explanations(
         ("false positive", (pred == 1) & (y == 0)),
         ("false negative", (pred == 0) & (y == 1)),
     ]
-    examples = []
+    examples: list[dict[str, Any]] = []
     for title, mask in cases:
         hits = np.flatnonzero(mask)
         if len(hits) and len(examples) < EXAMPLES:

@@ -77,7 +77,7 @@ class Predictor:
         Raises:
             BundleError: the bundle is missing, tampered with, or of an unknown kind.
         """
-        bundle = load_bundle(path)
+        bundle = load_bundle(Path(path))
         spec = dict(bundle.meta.get("model", {}))
         kind = spec.pop("kind", None)
         cleaner = None

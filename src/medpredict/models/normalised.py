@@ -13,6 +13,9 @@ from torch import nn
 class InputNormalised(nn.Module):
     """``net((x - mean) / std)``, keeping ``net``'s model interface (features, Grad-CAM layer)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
         self.net = net
@@ -26,4 +29,5 @@ class InputNormalised(nn.Module):
         return self.net((x - self.mean) / self.std)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features((x - self.mean) / self.std)
+        features: torch.Tensor = self.net.features((x - self.mean) / self.std)  # type: ignore[operator]
+        return features
