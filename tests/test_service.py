@@ -96,9 +96,7 @@ def _png(bright: bool = True, size: int = 28) -> bytes:
 
 def _dicom(tmp_path: Path, modality: str = "CR") -> bytes:
     pixels = (np.random.default_rng(2).random((64, 64)) * 4000).astype(np.uint16)
-    path = write_dicom(
-        tmp_path / "x.dcm", pixels, Modality=modality, PatientName=PATIENT_NAME, PatientID=PATIENT_ID
-    )
+    path = write_dicom(tmp_path / "x.dcm", pixels, Modality=modality, PatientName=PATIENT_NAME, PatientID=PATIENT_ID)
     return path.read_bytes()
 
 
@@ -199,17 +197,13 @@ def test_oversized_upload_is_cut_off_with_413(client):
     ],
 )
 def test_bad_records_get_422(client, record, reason):
-    res = client.post(
-        "/api/v1/predict", files={"file": ("x.png", _png())}, data={"record": record}, headers=H
-    )
+    res = client.post("/api/v1/predict", files={"file": ("x.png", _png())}, data={"record": record}, headers=H)
     assert res.status_code == 422
     assert reason in res.json()["detail"]
 
 
 def test_record_route_refuses_non_objects(client):
-    res = client.post(
-        "/api/v1/predict/record", content=b"[1,2]", headers={**H, "Content-Type": "application/json"}
-    )
+    res = client.post("/api/v1/predict/record", content=b"[1,2]", headers={**H, "Content-Type": "application/json"})
     assert res.status_code == 422
     res = client.post("/api/v1/predict/record", json={"record": {"age": 1}}, headers=H)
     assert res.status_code == 422
@@ -281,3 +275,58 @@ def test_serve_refuses_unsafe_settings(run_dir, monkeypatch, kwargs, message):
 def test_short_keys_are_refused():
     with pytest.raises(ConfigError, match="at least 8"):
         ServiceSettings(api_key="abc")
+
+
+# --------------------------------------------------------------------------- a record model
+
+
+@pytest.fixture(scope="module")
+def record_client(tmp_path_factory):
+    import pandas as pd
+
+    from medpredict.predict import Predictor
+    from medpredict.tabular import train_table
+
+    root = tmp_path_factory.mktemp("table")
+    rng = np.random.default_rng(0)
+    n = 120
+    age, chol = rng.normal(60, 10, n), rng.normal(220, 30, n)
+    disease = ((age - 60) / 10 + (chol - 220) / 30 + rng.normal(0, 0.5, n) > 0).astype(int)
+    frame = pd.DataFrame({"age": age, "chol": chol, "sex": rng.choice(["F", "M"], n), "disease": disease})
+    frame.to_csv(root / "table.csv", index=False)
+    train_table(root / "table.csv", target="disease", out=root / "run", baselines=False, n_boot=20, progress=False)
+    settings = ServiceSettings(api_key=KEY, audit_path=str(root / "audit.sqlite"))
+    with TestClient(create_app(Predictor.from_bundle(root / "run"), settings)) as test_client:
+        yield test_client
+
+
+def test_record_model_predicts_from_json_with_fhir(record_client):
+    res = record_client.post("/api/v1/predict/record", json={"record": {"age": 75, "chol": 280, "sex": "M"}}, headers=H)
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["prediction"]["score"] > 0.5  # old age and high cholesterol: the positive class
+    observation = body["fhir"]["entry"][1]["resource"]
+    assert observation["category"][0]["coding"][0]["code"] == "exam"
+    assert observation["valueQuantity"]["value"] == pytest.approx(body["prediction"]["score"], abs=1e-6)
+    # the same record as a form field of the general route
+    res = record_client.post("/api/v1/predict", data={"record": '{"age": 75, "chol": 280, "sex": "M"}'}, headers=H)
+    assert res.json()["prediction"]["score"] == pytest.approx(body["prediction"]["score"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"json": {"record": {"age": 75}}}, "lacks column"),  # required columns missing
+        ({"json": {"record": "age=75"}}, "JSON object"),  # not an object
+        ({"content": b"{bad json"}, "not JSON"),  # malformed body
+    ],
+)
+def test_record_model_refuses_bad_records(record_client, kwargs, reason):
+    res = record_client.post("/api/v1/predict/record", headers={**H, "Content-Type": "application/json"}, **kwargs)
+    assert res.status_code == 422
+    assert reason in res.json()["detail"]
+
+
+def test_record_model_refuses_an_image(record_client):
+    res = record_client.post("/api/v1/predict", files={"file": ("x.png", _png())}, headers=H)
+    assert res.status_code == 422 and "records only" in res.json()["detail"]

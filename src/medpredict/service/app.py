@@ -80,9 +80,7 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         if not self.api_key or len(self.api_key) < 8:
-            raise ConfigError(
-                f"The API key must be at least 8 characters; set {API_KEY_ENV} or pass --api-key."
-            )
+            raise ConfigError(f"The API key must be at least 8 characters; set {API_KEY_ENV} or pass --api-key.")
         if self.max_upload_bytes < 1024:
             raise ConfigError(f"max_upload_bytes = {self.max_upload_bytes} is too small; use at least 1024.")
         if not 1 <= self.max_batch <= 256:
@@ -202,18 +200,13 @@ def decode_upload(data: bytes, *, channels: int, settings: ServiceSettings) -> D
                 pixels = read_image(path, channels=channels)
         except MedpredictError as exc:
             # The reader names the file; ours is a temporary path the client never chose.
-            raise type(exc)(
-                str(exc).replace(f"'{path}'", "The upload").replace(str(path), "the upload")
-            ) from None
+            raise type(exc)(str(exc).replace(f"'{path}'", "The upload").replace(str(path), "the upload")) from None
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile bytes
             logger.info("Upload could not be decoded (%s)", type(exc).__name__)
-            raise DataError(
-                f"The {fmt.upper()} upload could not be decoded ({type(exc).__name__})."
-            ) from None
+            raise DataError(f"The {fmt.upper()} upload could not be decoded ({type(exc).__name__}).") from None
     if settings.modalities and fmt == "dicom" and modality not in settings.modalities:
         raise DataError(
-            f"This model accepts DICOM modalities {list(settings.modalities)}; "
-            f"the upload is '{modality or 'unknown'}'."
+            f"This model accepts DICOM modalities {list(settings.modalities)}; the upload is '{modality or 'unknown'}'."
         )
     height, width = pixels.shape[-2:]
     if min(height, width) < settings.min_side or max(height, width) > settings.max_side:
@@ -239,23 +232,18 @@ def parse_record(text: Any) -> dict[str, Any] | None:
     if isinstance(text, dict):
         record = text
     elif not isinstance(text, str | bytes):
-        raise DataError(
-            f"The record must be a JSON object of column name to value, got {type(text).__name__}."
-        )
+        raise DataError(f"The record must be a JSON object of column name to value, got {type(text).__name__}.")
     else:
         try:
             record = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(
-                f'The record is not valid JSON ({exc}); send an object such as {{"age": 63}}.'
-            ) from None
+            raise DataError(f'The record is not valid JSON ({exc}); send an object such as {{"age": 63}}.') from None
     if not isinstance(record, dict) or not record:
         raise DataError("The record must be a non-empty JSON object of column name to value.")
     for key, value in record.items():
         if not isinstance(value, int | float | str | bool) and value is not None:
             raise DataError(
-                f"Record field '{key}' must be a number, text, true/false or null; "
-                f"got {type(value).__name__}."
+                f"Record field '{key}' must be a number, text, true/false or null; got {type(value).__name__}."
             )
     return record
 
@@ -350,9 +338,7 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
                 error=type(exc).__name__,
                 latency_ms=(time.perf_counter() - started) * 1e3,
             )
-            raise HTTPException(
-                status_code=status, detail=str(exc), headers={"X-Request-ID": request_id}
-            ) from None
+            raise HTTPException(status_code=status, detail=str(exc), headers={"X-Request-ID": request_id}) from None
         latency = (time.perf_counter() - started) * 1e3
         outputs = [r["prediction"] for r in body["results"]] if batch else body["prediction"]
         audit.record(
@@ -418,16 +404,12 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         try:
             payload = json.loads(raw or b"null")
         except ValueError:
-            raise HTTPException(
-                status_code=422, detail='The body is not JSON; send {"record": {...}}.'
-            ) from None
+            raise HTTPException(status_code=422, detail='The body is not JSON; send {"record": {...}}.') from None
         if not isinstance(payload, dict) or "record" not in payload:
             raise HTTPException(status_code=422, detail='Send a JSON object {"record": {...}}.')
         record = parse_record(payload["record"]) if isinstance(payload["record"], dict) else None
         if record is None:
-            raise HTTPException(
-                status_code=422, detail='"record" must be a JSON object of column name to value.'
-            )
+            raise HTTPException(status_code=422, detail='"record" must be a JSON object of column name to value.')
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(run, "predict/record", [], record, explain=False, fhir=fhir)
@@ -567,12 +549,13 @@ def _key_ok(headers: Any, expected: str) -> bool:
 
 
 def _channels(predictor: Any) -> int:
-    for source in (
-        getattr(predictor, "channels", None),
-        (getattr(predictor, "card", {}) or {}).get("channels"),
-    ):
-        if source in (1, 3):
-            return int(source)
+    """Channels the predictor's images are read with (1 when it does not say, e.g. record models)."""
+    try:
+        channels = getattr(predictor, "channels", None)
+    except (KeyError, ValueError):  # a record model's bundle has no image preprocessing
+        channels = None
+    if channels in (1, 3):
+        return int(channels)
     shapes = getattr(predictor, "input_shapes", None)
     if shapes and shapes[0] and shapes[0][0] in (1, 3):
         return int(shapes[0][0])
@@ -619,11 +602,7 @@ def serve(
             "or set MEDPREDICT_ALLOW_REMOTE=1 if that is intended."
         )
     base = Path(model)
-    audit = (
-        Path(audit_path)
-        if audit_path is not None
-        else (base if base.is_dir() else base.parent) / "audit.sqlite"
-    )
+    audit = Path(audit_path) if audit_path is not None else (base if base.is_dir() else base.parent) / "audit.sqlite"
     predictor = load_predictor(model, **({"backend": backend} if backend else {}))
     settings = ServiceSettings(
         api_key=key,
@@ -632,9 +611,7 @@ def serve(
         modalities=tuple(modalities),
     )
     app = create_app(predictor, settings)
-    logger.info(
-        "Serving %s on http://%s:%d (audit log %s)", model_identity_text(predictor), host, port, audit
-    )
+    logger.info("Serving %s on http://%s:%d (audit log %s)", model_identity_text(predictor), host, port, audit)
     uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=False)
 
 

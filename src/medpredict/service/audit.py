@@ -110,9 +110,7 @@ class AuditLog:
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest rows as dicts, newest first."""
         with self._lock:
-            cursor = self._db.execute(
-                "SELECT * FROM predictions ORDER BY created_at DESC LIMIT ?", (int(limit),)
-            )
+            cursor = self._db.execute("SELECT * FROM predictions ORDER BY created_at DESC LIMIT ?", (int(limit),))
             names = [c[0] for c in cursor.description]
             return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
