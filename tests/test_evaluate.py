@@ -1,0 +1,96 @@
+"""``evaluate`` end to end: a run's own test split, external data, and real-data reports in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_square_npz, tiny_config
+from medpredict.errors import DataError
+from medpredict.evaluate import evaluate
+from medpredict.report.html import SECTIONS
+
+
+def test_own_test_split_report_metrics_and_model_card_in_bundle(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = evaluate(run, n_boot=200, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metrics"]["n"] == 48  # the 48 test images of the synthetic set
+    assert 0.5 < result.metrics["auc"] <= 1.0 and len(result.metrics["auc_ci"]) == 2
+    locked = json.loads((run / "model" / "bundle.json").read_text())["threshold"]["threshold"]
+    assert result.metrics["threshold"] == pytest.approx(locked)  # never re-tuned on test
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert all(f'id="{key}"' in html for key in SECTIONS)
+    assert (run / "model" / "model_card.md").is_file()  # the card travels with the bundle
+    from medpredict.predict import Predictor
+
+    assert Predictor.from_bundle(run).card["performance"]  # and the bundle still verifies
+
+
+def test_external_dataset_gets_shift_diagnostics(tiny_run: Path, tmp_path: Path) -> None:
+    other = make_square_npz(tmp_path / "othermnist.npz", seed=7, n=(8, 8, 40))
+    result = evaluate(tiny_run, data=str(other), out=tmp_path / "external", n_boot=100, progress=False)
+    report = json.loads((tmp_path / "external" / "metrics.json").read_text())
+    assert report["run"]["external"] is True
+    assert report["shift"] is not None
+    assert result.metrics["n"] == 40
+
+
+def test_labels_that_the_model_does_not_know_are_refused(tiny_run: Path, tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(png)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"image_path,label\n{png},pneumothorax\n{png},effusion\n")
+    with pytest.raises(DataError, match="not classes of this model"):
+        evaluate(tiny_run, data=str(manifest), out=tmp_path / "x", n_boot=0, progress=False)
+
+
+def _render(report: Path, shot: Path) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(report.as_uri())
+            ids = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    return ids
+
+
+@pytest.mark.chromium
+def test_pneumoniamnist_and_uci_heart_reports_render_in_chromium(shared_data: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medpredict.tabular import train_table
+    from medpredict.training import train
+
+    image_run = train(
+        tiny_config(
+            shared_data / "medmnist" / "pneumoniamnist.npz", tmp_path, name="pneumonia",
+            **{"preprocess.image_size": 28, "train.epochs": 1, "data.max_per_split": 300},
+        ),
+        progress=False,
+    ).run_dir
+    heart = shared_data / "tabular" / "uci_heart_disease" / "processed.cleveland.data"
+    table_run = train_table(heart, target="num>0", out=tmp_path / "heart").run_dir
+    for run in (image_run, table_run):
+        evaluate(run, n_boot=100, progress=False)
+        shot = tmp_path / f"{run.name}.png"
+        assert _render(run / "report.html", shot) == list(SECTIONS)
+        pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+        assert pixels.shape[0] > 2000 and pixels.std() > 20
+    heart_report = json.loads((table_run / "metrics.json").read_text())
+    assert heart_report["explanations"]["feature_importance"]  # permutation importance for records
