@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from fixtures_images import write_dicom, write_png  # noqa: E402
 from medpredict.errors import ConfigError  # noqa: E402
-from medpredict.service.app import ServiceSettings, create_app, serve, sniff_format  # noqa: E402
+from medpredict.service.app import ServiceSettings, create_app, serve  # noqa: E402
+from medpredict.service.uploads import sniff_format  # noqa: E402
 
 KEY = "test-key-123456"
 PATIENT_NAME = "Doe^Janet"

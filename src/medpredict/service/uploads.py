@@ -1,0 +1,181 @@
+"""What comes into the service: body size limit, upload decoding, record parsing.
+
+Everything here treats the request as hostile: the body is counted while it streams
+(413 past the limit, before it is all read); an upload is recognised by its bytes, never
+by its name or declared type; it is decoded by medpredict's readers from a temporary file
+whose name we choose; a record must be a flat JSON object of plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpredict.errors import DataError, MedpredictError
+
+logger = logging.getLogger(__name__)
+
+
+class _TooLarge(Exception):
+    """The request body passed the upload limit while streaming."""
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware answering 413 when a body exceeds ``max_bytes``, counted as it streams."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_413(send, self.max_bytes)
+            return
+        received = 0
+        started = too_large = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if too_large:
+                # The form parser turns our exception into its own 400; answer 413 instead.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _send_413(send, self.max_bytes)
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            if not started:
+                await _send_413(send, self.max_bytes)
+
+
+async def _send_413(send: Any, limit: int) -> None:
+    body = json.dumps({"detail": f"Upload too large: the limit is {limit} bytes."}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``png``, ``jpeg`` or ``dicom`` from the first bytes, or ``None``."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+@dataclass
+class DecodedImage:
+    """An upload read through the readers: ``(C, H, W)`` float32 in [0, 1] and its format."""
+
+    pixels: np.ndarray
+    fmt: str
+    modality: str | None
+
+
+def decode_upload(
+    data: bytes, *, channels: int, min_side: int = 16, max_side: int = 8192, modalities: tuple[str, ...] = ()
+) -> DecodedImage:
+    """Read uploaded bytes with medpredict's readers (never trusting the client's name or type).
+
+    Raises:
+        UnsupportedUpload: not PNG, JPEG or DICOM.
+        DataError: unreadable, wrong modality or out-of-range size.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedUpload("The upload is not a PNG, JPEG or DICOM file (checked by its content).")
+    suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[fmt]
+    modality = None
+    with tempfile.TemporaryDirectory(prefix="medpredict-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"  # our own name: the client's file name is never used
+        path.write_bytes(data)
+        try:
+            if fmt == "dicom":
+                from medpredict.readers.dicom import read_dicom
+
+                dicom = read_dicom(path, channels=channels)
+                pixels, modality = dicom.pixels, (dicom.modality or None)
+            else:
+                from medpredict.readers.images import read_image
+
+                pixels = read_image(path, channels=channels)
+        except MedpredictError as exc:
+            # The reader names the file; ours is a temporary path the client never chose.
+            raise type(exc)(str(exc).replace(f"'{path}'", "The upload").replace(str(path), "the upload")) from None
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile bytes
+            logger.info("Upload could not be decoded (%s)", type(exc).__name__)
+            raise DataError(f"The {fmt.upper()} upload could not be decoded ({type(exc).__name__}).") from None
+    if modalities and fmt == "dicom" and modality not in modalities:
+        raise DataError(
+            f"This model accepts DICOM modalities {list(modalities)}; the upload is '{modality or 'unknown'}'."
+        )
+    height, width = pixels.shape[-2:]
+    if min(height, width) < min_side or max(height, width) > max_side:
+        raise DataError(
+            f"Image size {height}x{width} is outside the accepted range {min_side}..{max_side} pixels per side."
+        )
+    return DecodedImage(pixels=pixels, fmt=fmt, modality=modality)
+
+
+class UnsupportedUpload(DataError):
+    """The upload is not a file type the service reads (answered with 415)."""
+
+
+def parse_record(text: Any) -> dict[str, Any] | None:
+    """A clinical record from JSON text (or a dict); ``None`` when absent.
+
+    Raises:
+        DataError: not a JSON object of names to numbers, strings, booleans or nulls.
+    """
+    if text is None or text == "" or text == b"":
+        return None
+    if isinstance(text, dict):
+        record = text
+    elif not isinstance(text, str | bytes):
+        raise DataError(f"The record must be a JSON object of column name to value, got {type(text).__name__}.")
+    else:
+        try:
+            record = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f'The record is not valid JSON ({exc}); send an object such as {{"age": 63}}.') from None
+    if not isinstance(record, dict) or not record:
+        raise DataError("The record must be a non-empty JSON object of column name to value.")
+    for key, value in record.items():
+        if not isinstance(value, int | float | str | bool) and value is not None:
+            raise DataError(
+                f"Record field '{key}' must be a number, text, true/false or null; got {type(value).__name__}."
+            )
+    return record
