@@ -39,6 +39,14 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model; writes runs/<name>/ with a bundle")
+    _add_train_flags(p)
+    p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(handler=_train)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The config flags ``train`` and ``tune`` share (read back by :func:`train_overrides`)."""
     p.add_argument("config", nargs="?", help="YAML config (flags override it)")
     p.add_argument("--data", help="manifest CSV, MedMNIST .npz or image folder")
     p.add_argument("--target", help="target column of a manifest (default: label)")
@@ -52,12 +60,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--max-minutes", type=float, help="wall-time budget for training")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels")
-    p.add_argument("--out", help="run folder (default runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. augment.strength=0.5"
     )
-    p.set_defaults(handler=_train)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,6 +96,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tune --------------------------------------------------------------------------------
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="architecture / hyper-parameter search within a time budget")
+    _add_train_flags(p)
+    p.add_argument("--budget", default="30m", help="wall time for search + final run, e.g. 30m, 2h (default 30m)")
+    p.add_argument("--trials", type=int, help="stop after this many trials even if time is left")
+    p.add_argument("--ensemble-top", type=int, default=0, help="also report the top-K trials' average on test")
+    p.add_argument("--tune-seed", type=int, default=0, help="seed of the search's sampler")
+    p.add_argument("--out", default="runs/tune", help="output folder: tune.json and best/ (default runs/tune)")
+    p.set_defaults(handler=_tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from medpredict.config import load_config
+    from medpredict.tune import parse_budget, tune
+
+    overrides = train_overrides(argparse.Namespace(**{**vars(args), "out": None}))  # --out is the search folder
+    result = tune(
+        load_config(args.config, overrides), budget_minutes=parse_budget(args.budget), n_trials=args.trials,
+        out=args.out, ensemble_top=args.ensemble_top, seed=args.tune_seed,
+    )
+    print(result.summary())
+    return 0
+
+
 # --- evaluate ----------------------------------------------------------------------------
 
 
@@ -104,6 +136,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lang", default="en", help="report language: en or zh")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report by")
+    p.add_argument("--backend", default="torch", help="torch (default) or onnx (after 'medpredict export')")
     p.set_defaults(handler=_evaluate)
 
 
@@ -113,7 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     subgroups = tuple(c.strip() for c in args.subgroups.split(",") if c.strip())
     result = evaluate(
         args.run, data=args.data, target=args.target, split=args.split, out=args.out,
-        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups,
+        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend,
     )
     print(result.summary())
     return 0
@@ -128,13 +161,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders, DICOM files or a manifest CSV")
     p.add_argument("--out", required=True, help="output folder for predictions.csv/json and overlays")
     p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlay PNGs")
+    p.add_argument("--backend", default="torch", help="torch (default) or onnx (after 'medpredict export')")
     p.set_defaults(handler=_predict)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from medpredict.predict_files import predict_files
 
-    result = predict_files(args.run, args.inputs, args.out, overlays=not args.no_overlays)
+    result = predict_files(args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend)
     print(result.summary())
     return 0
 
@@ -407,7 +441,7 @@ def _pacs(args: argparse.Namespace) -> int:
 # --- entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train, _add_evaluate, _add_predict, _add_data, _add_demo, _add_tabular,
+    _add_train, _add_tune, _add_evaluate, _add_predict, _add_data, _add_demo, _add_tabular,
     _add_export, _add_serve, _add_pacs,
 )
 

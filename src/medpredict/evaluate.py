@@ -61,13 +61,13 @@ def _rows(
     predictor: Predictor, data: str | None, target: str | None, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, bool]:
     """The rows to evaluate, the validation rows (own data only), and whether the data is external."""
-    config = from_dict(predictor.meta["config"])
-    if data is None:
+    config = from_dict(predictor.meta["config"]) if "config" in predictor.meta else None
+    if data is None and config is not None:
         from medpredict.training import load_data
 
         manifest = load_data(config)
         return manifest.split(split), manifest.split("val"), False
-    manifest = load_manifest(data, target=target or config.data.target)
+    manifest = load_manifest(data, target=target or (config.data.target if config else "label"))
     frame = manifest.frame
     if "split" in frame.columns and split in set(frame["split"].dropna()):
         frame = frame[frame["split"] == split]
@@ -113,6 +113,7 @@ def _explanations(
     from medpredict.explain_checks import explanation_sanity, shortcut_flag
 
     pred = probs[:, 1] >= predictor.threshold if probs.shape[1] == 2 else probs.argmax(1)
+    differentiable = isinstance(getattr(predictor, "model", None), torch.nn.Module)
     cases = [
         ("true positive", (pred == 1) & (y == 1)),
         ("true negative", (pred == 0) & (y == 0)),
@@ -125,7 +126,12 @@ def _explanations(
         if len(hits) and len(examples) < EXAMPLES:
             i = int(hits[0])
             image = images[i].float().div(255)
-            heatmap = gradcam(predictor.model, image[None], int(1 if probs.shape[1] == 2 else pred[i]))
+            class_index = int(1 if probs.shape[1] == 2 else pred[i])
+            heatmap = (  # occlusion where gradients cannot flow (ONNX)
+                gradcam(predictor.model, image[None], class_index)
+                if differentiable
+                else predictor.explain(image.numpy())
+            )
             examples.append(
                 {
                     "title": title,
@@ -145,7 +151,9 @@ def _explanations(
         return predictor.predict_proba(torch.as_tensor(batch_np, dtype=torch.float32))
 
     checks = (
-        explanation_sanity(predictor.model, batch, explain_fn, predict_fn) if probs.shape[1] == 2 else None
+        explanation_sanity(predictor.model, batch, explain_fn, predict_fn)
+        if probs.shape[1] == 2 and differentiable
+        else None
     )
     return {"examples": examples, "checks": checks}
 
@@ -199,7 +207,7 @@ def _collect_images(
         explanations=_explanations(predictor, images, y, probs),
         val=val,
         shift=shift,
-        dataset=Path(data or predictor.meta["config"]["data"]["source"]).name,
+        dataset=Path(data or predictor.meta["config"]["data"]["source"]).name,  # data is given when there is no config
         external=external,
     )
 
@@ -287,16 +295,20 @@ def evaluate(
     n_boot: int = 1000,
     subgroups: tuple[str, ...] = (),
     progress: bool = True,
+    backend: str = "torch",
 ) -> EvaluationResult:
     """Evaluate a run's bundle (image or record model) and write the report (see the module docstring).
 
     Raises:
         DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
     """
+    from medpredict.onnx_model import load_predictor
     from medpredict.report import assemble_evaluation, build_report
     from medpredict.report.evaluation import evaluation_to_json
 
-    predictor = Predictor.from_bundle(run)
+    predictor = load_predictor(run, backend=backend)
+    if data is None and "config" not in predictor.meta:
+        raise DataError("This model brings no training data of its own: give --data (a manifest, npz or image folder).")
     if predictor.task not in ("binary", "multiclass"):
         raise DataError(
             f"Evaluation reports cover classification models; this model's task is '{predictor.task}'."
@@ -311,8 +323,10 @@ def evaluate(
             f"Subgroup columns {missing} are not in the data; columns are {list(got.frame.columns)}."
         )
     meta = predictor.meta
-    history_path = predictor.bundle.path.parent / "metrics.jsonl"
-    curves = _training_curves(history_path) if history_path.exists() and not got.external else None
+    bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
+    history_path = bundle.path.parent / "metrics.jsonl" if bundle is not None else None
+    has_history = history_path is not None and history_path.exists() and not got.external
+    curves = _training_curves(history_path) if has_history else None
     evaluation = assemble_evaluation(
         got.y,
         got.probs,
@@ -328,7 +342,7 @@ def evaluate(
         explanations=got.explanations,
         training_curves=curves,
         run_info={
-            "model_name": meta.get("model", {}).get("name"),
+            "model_name": meta.get("model", {}).get("name") or meta.get("name"),
             "model_version": predictor.version,
             "dataset": got.dataset,
             "evaluated_split": split,
@@ -338,19 +352,21 @@ def evaluate(
             ),
             "splits": {
                 k: {"n": v, "n_patients": meta["data"]["patients"].get(k)}
-                for k, v in meta["data"]["rows"].items()
+                for k, v in meta.get("data", {}).get("rows", {}).items()
             },
         },
         n_boot=n_boot,
         **got.val,
     )
-    out_dir = Path(out) if out else predictor.bundle.path.parent
+    if out is None and bundle is None:
+        raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
+    out_dir = Path(out) if out else bundle.path.parent
     report_path = build_report(out_dir, evaluation, lang=lang)
-    if not got.external and split == "test" and out is None:
+    if bundle is not None and not got.external and split == "test" and out is None:
         from medpredict.bundle import add_files
 
         add_files(
-            predictor.bundle.path,
+            bundle.path,
             json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
             text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")},
         )

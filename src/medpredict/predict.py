@@ -313,12 +313,3 @@ class Predictor:
             class_index = 1 if self.task == "binary" else int(np.argmax(probs))
         return gradcam(self.model, prepared[None].to(self.device), class_index)
 
-
-def load_predictor(path: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """A predictor for a medpredict bundle, or for a bring-your-own ONNX model's YAML descriptor."""
-    path = Path(path)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        from medpredict.onnx_model import load_predictor as load_onnx
-
-        return load_onnx(path, **kwargs)
-    return Predictor.from_bundle(path, **kwargs)

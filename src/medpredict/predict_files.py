@@ -111,12 +111,17 @@ def predict_files(
     *,
     overlays: bool = True,
     progress: bool = True,
+    backend: str = "torch",
 ) -> PredictResult:
-    """Predict for every input and write the CSV, JSON and overlays into ``out``."""
-    from medpredict.explain import save_overlay_png
-    from medpredict.predict import load_predictor
+    """Predict for every input and write the CSV, JSON and overlays into ``out``.
 
-    predictor = load_predictor(run)
+    ``run`` is a run folder, or a bring-your-own ONNX model's YAML descriptor;
+    ``backend="onnx"`` runs a run's exported ONNX model (see ``medpredict export``).
+    """
+    from medpredict.explain import save_overlay_png
+    from medpredict.onnx_model import load_predictor
+
+    predictor = load_predictor(run, backend=backend)
     paths = expand_inputs(inputs)
     out = Path(out)
     rows: list[dict[str, Any]] = []
