@@ -1,0 +1,162 @@
+"""The budgeted search on the 16-px synthetic task: trials, pruning, budget, one look at test."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from conftest import tiny_config
+from medpredict import tune as tune_module
+from medpredict.errors import ConfigError
+from medpredict.predict import Predictor
+from medpredict.tune import _EpochReporter, parse_budget, tune
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [
+        ("30m", 30.0),  # the documented form
+        ("1.5h", 90.0),  # hours, fractional
+        ("90s", 1.5),  # seconds
+        ("20", 20.0),  # a bare number means minutes
+    ],
+)
+def test_parse_budget(text: str, minutes: float) -> None:
+    assert parse_budget(text) == pytest.approx(minutes)
+
+
+@pytest.mark.parametrize("text", ["", "0m", "soon", "-5m", "10d"])
+def test_parse_budget_refuses_non_durations(text: str) -> None:
+    with pytest.raises(ConfigError, match="duration"):
+        parse_budget(text)
+
+
+class _FakeTrial:
+    def __init__(self, prune_at: int) -> None:
+        self.reported: list[tuple[float, int]] = []
+        self.prune_at = prune_at
+
+    def report(self, value: float, step: int) -> None:
+        self.reported.append((value, step))
+
+    def should_prune(self) -> bool:
+        return len(self.reported) >= self.prune_at
+
+
+def test_epoch_reporter_scores_each_validation_pass_and_prunes() -> None:
+    y_val = np.array([0, 1, 0, 1])
+    trial = _FakeTrial(prune_at=2)
+    reporter = _EpochReporter(trial, y_val, "binary")
+    model = torch.nn.Linear(1, 2)
+    model.register_forward_hook(reporter.hook)
+    transform = reporter.wrap(lambda inputs, g: inputs)
+    x = torch.tensor([[0.0], [1.0], [0.1], [0.9]])
+    model.train()
+    model(x)  # training forward passes are not validation
+    transform((x,), torch.Generator())
+    assert trial.reported == []
+    model.eval()
+    model(x[:2])  # a validation pass in two batches
+    model(x[2:])
+    model.train()
+    transform((x,), torch.Generator())
+    assert len(trial.reported) == 1 and trial.reported[0][1] == 1
+    assert trial.reported[0][0] in (0.0, 1.0)  # a linear map of one feature ranks perfectly either way
+    model.eval()
+    model(x)
+    with pytest.raises(optuna.TrialPruned):
+        transform((x,), torch.Generator())
+    assert [step for _, step in trial.reported] == [1, 2]
+
+
+def _spy_evaluate(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    real = tune_module.evaluate
+
+    def spy(run: Any, **kwargs: Any) -> Any:
+        calls.append({"run": run, **kwargs})
+        return real(run, **kwargs)
+
+    monkeypatch.setattr(tune_module, "evaluate", spy)
+    return calls
+
+
+def test_three_trials_write_tune_json_and_a_loadable_best_run(
+    square_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _spy_evaluate(monkeypatch)
+    base = tiny_config(square_npz, tmp_path / "unused", **{"train.epochs": 2})
+    result = tune(base, budget_minutes=5, n_trials=3, out=tmp_path / "tune", ensemble_top=2, progress=False)
+
+    assert len(calls) == 1 and calls[0]["split"] == "test"  # the test split is looked at once
+    payload = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert len(payload["trials"]) == 3
+    for trial in payload["trials"]:
+        assert trial["state"] in ("COMPLETE", "PRUNED")
+        assert trial["seconds"] > 0 and trial["val_auc_per_epoch"]
+        assert trial["params"]["model.name"] in tune_module.CPU_MODELS
+        assert trial["params"]["preprocess.image_size"] == 16  # every listed size exceeds the 16-px images
+    assert payload["final"]["best_val_auc"] == max(t["val_auc"] for t in payload["trials"] if t["state"] == "COMPLETE")
+    assert result.best_run_dir == tmp_path / "tune" / "best"
+    predictor = Predictor.from_bundle(result.best_run_dir)
+    assert predictor.meta["config"]["model"]["name"] == result.best_params["model.name"]
+    assert predictor.meta["config"]["train"]["lr"] == pytest.approx(result.best_params["train.lr"])
+    assert isinstance(result.test_metrics["auc"], float)
+    assert result.ensemble_metrics is not None and result.ensemble_metrics["members"] == 2
+    assert 0.0 <= result.ensemble_metrics["auc"] <= 1.0
+    assert "best validation AUC" in result.summary()
+
+
+def test_budget_stops_starting_trials(square_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune_module, "FINAL_OVERHEAD_S", 3.0)
+    calls = _spy_evaluate(monkeypatch)
+    base = tiny_config(square_npz, tmp_path / "unused", **{"train.epochs": 2})
+    budget_s = 12.0
+    start = time.monotonic()
+    result = tune(base, budget_minutes=budget_s / 60, out=tmp_path / "tune", progress=False)
+    search_and_final = time.monotonic() - start
+    assert 1 <= len(result.trials) < 40  # no trial cap was given: the budget stopped the search
+    # trials, the final training and the test evaluation together stay close to the budget
+    assert search_and_final < budget_s + 30, search_and_final  # slack for a loaded 2-core machine
+    assert len(calls) == 1
+
+
+def test_refuses_an_out_folder_that_holds_a_best_run(square_npz: Path, tmp_path: Path) -> None:
+    (tmp_path / "tune" / "best").mkdir(parents=True)
+    (tmp_path / "tune" / "best" / "config.yaml").write_text("name: best\n")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        tune(tiny_config(square_npz, tmp_path), budget_minutes=1, out=tmp_path / "tune", progress=False)
+
+
+def test_cli_tune_passes_budget_and_keeps_out_for_the_search(
+    square_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medpredict import cli
+
+    seen: dict[str, Any] = {}
+
+    class _Result:
+        def summary(self) -> str:
+            return "ok"
+
+    def fake_tune(config: Any, **kwargs: Any) -> _Result:
+        seen.update(config=config, **kwargs)
+        return _Result()
+
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    code = cli.main([
+        "tune", "--data", str(square_npz), "--model", "brief-cnn", "--epochs", "2", "--budget", "90s",
+        "--trials", "4", "--ensemble-top", "3", "--out", str(tmp_path / "search"), "--set", "train.threads=1",
+    ])
+    assert code == 0
+    assert seen["budget_minutes"] == pytest.approx(1.5) and seen["n_trials"] == 4 and seen["ensemble_top"] == 3
+    assert seen["out"] == str(tmp_path / "search")
+    assert seen["config"].train.epochs == 2 and seen["config"].train.threads == 1
+    assert seen["config"].out_dir == "runs"  # --out names the search folder, not a training run
