@@ -438,11 +438,52 @@ def _pacs(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+# --- fusion ------------------------------------------------------------------------------
+
+
+def _add_fusion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fusion", help="image + clinical record fusion models")
+    fusion_sub = p.add_subparsers(dest="fusion_command", required=True)
+    q = fusion_sub.add_parser("train", help="train a fusion model on a manifest with image_path and clinical columns")
+    q.add_argument("manifest", help="CSV/TSV/Parquet: image_path, patient_id, target and clinical columns")
+    q.add_argument("--target", default="label", help="target column (default: label)")
+    q.add_argument("--clinical-columns", help="comma-separated record columns (default: all non-reserved)")
+    q.add_argument("--out", default="runs/fusion", help="run folder (default runs/fusion)")
+    q.add_argument("--image-model", default="tiny-resnet", help="image network, e.g. tiny-resnet, brief-cnn")
+    q.add_argument("--image-size", type=int, default=28)
+    q.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    q.add_argument("--mode", default="intermediate", choices=("intermediate", "late"))
+    q.add_argument("--modalities", default="image,record", help="image,record (default), or one for an ablation")
+    q.add_argument("--modality-dropout", type=float, default=0.2)
+    q.add_argument("--table-model", default="mlp", choices=("mlp", "transformer"))
+    q.add_argument("--epochs", type=int)
+    q.add_argument("--seed", type=int)
+    q.set_defaults(handler=_fusion)
+
+
+def _fusion(args: argparse.Namespace) -> int:
+    from medpredict.fusion import train_fusion
+
+    columns = [c.strip() for c in args.clinical_columns.split(",")] if args.clinical_columns else None
+    run = train_fusion(
+        args.manifest, target=args.target, clinical_columns=columns, out=args.out, image_model=args.image_model,
+        image_size=args.image_size, channels=args.channels, mode=args.mode,
+        modalities=tuple(m.strip() for m in args.modalities.split(",")), modality_dropout=args.modality_dropout,
+        table_model=args.table_model, epochs=args.epochs, seed=args.seed,
+    )
+    for view, splits in run.metrics["views"].items():
+        result = splits.get("test") or splits.get("val") or {}
+        low, high = result.get("auc_ci") or [float("nan"), float("nan")]
+        print(f"{view:12s} auc {result.get('auc', float('nan')):.3f} [{low:.3f}, {high:.3f}]")
+    print(f"Run folder: {run.run_dir} (bundle in {run.bundle_dir})")
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_train, _add_tune, _add_evaluate, _add_predict, _add_data, _add_demo, _add_tabular,
-    _add_export, _add_serve, _add_pacs,
+    _add_export, _add_serve, _add_pacs, _add_fusion,
 )
 
 
