@@ -40,6 +40,7 @@ CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 METRICS_LOG = "metrics.jsonl"
 CURVES = "curves.png"
+CURVE_EVERY_S = 20.0  # redraw the curves at most this often (a plot costs ~0.7 s); always at the end
 
 
 @dataclass
@@ -276,6 +277,7 @@ def fit(
 
     started = time.monotonic() - sum(h["seconds"] for h in history)
     stopped = "completed"
+    last_plot = -math.inf
     y_val = val_set.target.numpy()
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.monotonic()
@@ -359,7 +361,9 @@ def fit(
             )
             with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            _plot_curves(history, run_dir / CURVES)
+            if time.monotonic() - last_plot > CURVE_EVERY_S:
+                _plot_curves(history, run_dir / CURVES)
+                last_plot = time.monotonic()
         if bad_epochs >= config.patience:
             stopped = "early_stop"
             log.info("Stopping early: no better validation score for %d epochs.", config.patience)
@@ -368,6 +372,8 @@ def fit(
             stopped = "time_budget"
             log.info("Stopping: the time budget of %.1f minutes is spent.", config.max_minutes)
             break
+    if run_dir is not None and dist.is_main and history:
+        _plot_curves(history, run_dir / CURVES)
     model.load_state_dict(best_state)
     return FitResult(
         best_state=best_state,

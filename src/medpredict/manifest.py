@@ -195,9 +195,9 @@ def from_frame(
         )
     image_col = _pick_column(frame, image_column, IMAGE_COLUMN_ALIASES, "image", source)
     if image_col is not None:
-        paths = frame[image_col].astype(str)
-        if root is not None:
-            paths = paths.map(lambda p: _resolve(p, root))
+        paths = frame[image_col]
+        if root is not None:  # an empty cell (a row without an image) stays empty
+            paths = paths.map(lambda p: p if pd.isna(p) or p == "" else _resolve(str(p), root))
         frame["image_path"] = paths
     if "split" in frame.columns:
         frame["split"] = frame["split"].map(_normalise_split)

@@ -105,6 +105,15 @@ class Predictor:
                 )
             cleaner = TableCleaner.from_dict(stored)
             model = build_tabular_model(**spec)
+        elif kind == "fusion":
+            from medpredict.cleaning import TableCleaner
+            from medpredict.fusion import build_fusion_from_meta
+
+            stored = bundle.read_json("cleaner.json")
+            if stored is None:
+                raise BundleError(f"The fusion model in {bundle.path} has no cleaner.json; the bundle is incomplete.")
+            cleaner = TableCleaner.from_dict(stored)
+            model = build_fusion_from_meta(spec)
         else:
             raise BundleError(
                 f"{bundle.path} holds a model of unknown kind {kind!r}; is it from a newer medpredict?"
@@ -230,6 +239,8 @@ class Predictor:
         Raises:
             DataError: an input is unreadable or of the wrong shape (names it).
         """
+        if self.input_kind == "fusion":
+            return self.predict_fused(images, records, batch_size=batch_size)
         if self.input_kind == "table":
             if images:
                 raise DataError(
@@ -268,6 +279,38 @@ class Predictor:
         """Predict for clinical records with a record model."""
         probs = self.predict_proba(self.prepare_records(records))
         return [self._to_prediction(row, None) for row in probs]
+
+    def predict_fused(
+        self,
+        images: Sequence[ImageInput | None] | None = None,
+        records: Sequence[dict[str, Any] | None] | None = None,
+        *,
+        batch_size: int = 64,
+    ) -> list[Prediction]:
+        """Predict for paired inputs; either list may be shorter or hold None where a modality is missing.
+
+        Raises:
+            DataError: a row has neither an image nor a record.
+        """
+        from medpredict.fusion import fusion_inputs
+
+        image_list: list[Any] = list(images or [])
+        record_list: list[Any] = list(records or [])
+        n = max(len(image_list), len(record_list))
+        image_list += [None] * (n - len(image_list))
+        record_list += [None] * (n - len(record_list))
+        out: list[Prediction] = []
+        for start in range(0, n, batch_size):
+            chunk = slice(start, start + batch_size)
+            inputs = fusion_inputs(
+                image_list[chunk], record_list[chunk], prepare_image=self.prepare, cleaner=self.cleaner
+            )
+            with torch.no_grad():
+                logits = self.model(*(None if t is None else t.to(self.device) for t in inputs)).float().cpu().numpy()
+            for item, row in zip(image_list[chunk], self.calibrate(logits), strict=True):
+                source = str(item) if isinstance(item, str | os.PathLike) else None
+                out.append(self._to_prediction(row, source))
+        return out
 
     def _to_prediction(self, row: np.ndarray, source: str | None) -> Prediction:
         labels = self.labels
