@@ -345,3 +345,26 @@ def test_cli_trains_a_fusion_model(paired: Path, tmp_path: Path, capsys: pytest.
     assert "fused" in printed and "image_only" in printed and "Run folder" in printed
     meta = json.loads((tmp_path / "cli" / "model" / "bundle.json").read_text())
     assert meta["model"]["mode"] == "late" and meta["preprocess"]["input_columns"] == ["lab_a", "lab_b"]
+
+
+def test_predictor_from_bundle_predicts_with_either_modality_missing(runs: dict[str, object], paired: Path) -> None:
+    from medpredict.predict import Predictor
+
+    run = runs["intermediate"]
+    predictor = Predictor.from_bundle(run.run_dir)  # type: ignore[attr-defined]
+    frame = pd.read_csv(paired)
+    with np.load(paired.parent / "paired.npz") as npz:
+        pixels = npz["train_images"]
+    row = int(np.flatnonzero(frame["image_path"].notna() & frame[CLINICAL].notna().all(axis=1))[0])
+    record = {c: frame.at[row, c] for c in CLINICAL}
+    image = pixels[row] / 255.0
+    both, image_only, record_only = (
+        predictor.predict(images=[image], records=[record])[0],
+        predictor.predict(images=[image])[0],
+        predictor.predict(records=[record])[0],
+    )
+    for prediction in (both, image_only, record_only):
+        assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
+        assert prediction.label in ("disease", "healthy")
+    with pytest.raises(DataError, match="neither"):
+        predictor.predict(images=[None], records=[None])
