@@ -58,7 +58,7 @@ def load_split(npz: Path, split: str, limit: int | None = None) -> tuple[torch.T
 def scores(model: nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarray:
     """Positive-class softmax probabilities, eval mode."""
     model.eval()
-    out = torch.cat([torch.softmax(model(x[i : i + batch]), 1)[:, 1] for i in range(0, len(x), batch)])
+    out = torch.cat([torch.softmax(model(x[i : i + batch]).float(), 1)[:, 1] for i in range(0, len(x), batch)])
     return out.numpy()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -76,13 +77,14 @@ def test_epoch_reporter_scores_each_validation_pass_and_prunes() -> None:
     assert [step for _, step in trial.reported] == [1, 2]
 
 
-def _spy_evaluate(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def _spy_evaluate(monkeypatch: pytest.MonkeyPatch, *, stub: bool = False) -> list[dict[str, Any]]:
+    """Record every call of ``evaluate`` in tune; ``stub`` skips the real report (saves seconds)."""
     calls: list[dict[str, Any]] = []
     real = tune_module.evaluate
 
     def spy(run: Any, **kwargs: Any) -> Any:
         calls.append({"run": run, **kwargs})
-        return real(run, **kwargs)
+        return SimpleNamespace(metrics={"auc": 0.5}) if stub else real(run, **kwargs)
 
     monkeypatch.setattr(tune_module, "evaluate", spy)
     return calls
@@ -116,13 +118,14 @@ def test_three_trials_write_tune_json_and_a_loadable_best_run(
 
 def test_budget_stops_starting_trials(square_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tune_module, "FINAL_OVERHEAD_S", 3.0)
-    calls = _spy_evaluate(monkeypatch)
+    calls = _spy_evaluate(monkeypatch, stub=True)
     base = tiny_config(square_npz, tmp_path / "unused", **{"train.epochs": 2})
     budget_s = 12.0
     start = time.monotonic()
     result = tune(base, budget_minutes=budget_s / 60, out=tmp_path / "tune", progress=False)
     search_and_final = time.monotonic() - start
-    assert 1 <= len(result.trials) < 40  # no trial cap was given: the budget stopped the search
+    assert len(result.trials) >= 1  # no trial cap was given: only the budget stopped the search
+    assert sum(t["seconds"] for t in result.trials) < budget_s
     # trials, the final training and the test evaluation together stay close to the budget
     assert search_and_final < budget_s + 30, search_and_final  # slack for a loaded 2-core machine
     assert len(calls) == 1
