@@ -67,11 +67,6 @@ def test_two_process_training_matches_one_process_and_writes_one_run(calm_npz: P
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.fit shards order[rank::world_size]; with an odd training set the ranks run different "
-    "numbers of steps, their all-reduces fall out of step and rank 0 dies at the end (gloo: connection closed)",
-)
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_two_process_training_with_an_odd_number_of_training_images(tmp_path: Path) -> None:
     npz = make_square_npz(tmp_path / "odd.npz", n=(97, 48, 48))

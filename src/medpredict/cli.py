@@ -86,8 +86,12 @@ def _train(args: argparse.Namespace) -> int:
     from medpredict.config import load_config
     from medpredict.training import train
 
+    from medpredict.engine import Distributed
+
     config = load_config(args.config, train_overrides(args))
     result = train(config, resume=args.resume)
+    if not Distributed.from_env().is_main:  # under torchrun, rank 0 reports
+        return 0
     metrics = result.val_metrics
     shown = [k for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float)]
     headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in shown)
@@ -506,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # the console shows --quiet/--verbose's level even while
+        handler.setLevel(level)  # a run's train.log collects INFO
     logging.getLogger("medpredict").setLevel(level)
     try:
         return int(args.handler(args))

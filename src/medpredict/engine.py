@@ -209,6 +209,18 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _budget_spent(config: TrainConfig, started: float, dist: Distributed, device: torch.device) -> bool:
+    """Whether the wall-time budget is spent, decided by rank 0 for every rank of a torchrun job."""
+    if config.max_minutes is None:
+        return False
+    spent = float(time.monotonic() - started > config.max_minutes * 60)
+    if dist.enabled:  # ranks time themselves differently: use rank 0's clock everywhere
+        flag = torch.tensor([spent], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        spent = float(flag.item())
+    return bool(spent)
+
+
 def fit(
     model: nn.Module,
     train_set: ArrayDataset,
@@ -244,9 +256,11 @@ def fit(
     torch.manual_seed(config.seed)
     model.to(device)
     net: nn.Module = model
+    created_group = False
     if dist.enabled:
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            created_group = True
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -285,7 +299,9 @@ def fit(
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout and other in-model randomness
         order = torch.randperm(n_train, generator=generator)
         if dist.enabled:
-            order = order[dist.rank :: dist.world_size]
+            # Pad by wrapping (as DistributedSampler does) so every rank runs the same number of
+            # batches; otherwise their gradient all-reduces fall out of step.
+            order = torch.cat([order, order[: (-n_train) % dist.world_size]])[dist.rank :: dist.world_size]
         net.train()
         total_loss, seen = 0.0, 0
         bar = tqdm(
@@ -368,12 +384,14 @@ def fit(
             stopped = "early_stop"
             log.info("Stopping early: no better validation score for %d epochs.", config.patience)
             break
-        if config.max_minutes is not None and time.monotonic() - started > config.max_minutes * 60:
+        if _budget_spent(config, started, dist, device):
             stopped = "time_budget"
             log.info("Stopping: the time budget of %.1f minutes is spent.", config.max_minutes)
             break
     if run_dir is not None and dist.is_main and history:
         _plot_curves(history, run_dir / CURVES)
+    if created_group:
+        torch.distributed.destroy_process_group()
     model.load_state_dict(best_state)
     return FitResult(
         best_state=best_state,
