@@ -84,9 +84,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from medpredict.config import load_config
-    from medpredict.training import train
-
     from medpredict.engine import Distributed
+    from medpredict.training import train
 
     config = load_config(args.config, train_overrides(args))
     result = train(config, resume=args.resume)
