@@ -107,14 +107,6 @@ atomic.os.replace = _replace_then_die
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BundleError,
-    reason="bug: atomic.py atomic_dir moves the old folder aside (os.replace(path, old)) before moving the "
-    "new one in; a kill between the two renames leaves nothing at the path (the old bundle sits at "
-    ".model.old and nothing restores it). Fix: on entry/load, restore '.name.old' when 'name' is missing, "
-    "or swap with renameat2(RENAME_EXCHANGE)",
-)
 def test_kill_between_the_two_renames_of_a_bundle_save(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     first = _start(_SAVER.format(after_save="break"), str(folder), "16")

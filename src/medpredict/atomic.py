@@ -64,14 +64,33 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | os.PathLike[str]) -> Path:
+    """Undo a replacement that :func:`atomic_dir` could not finish.
+
+    A process killed between moving the old folder aside and moving the new one in leaves
+    nothing at ``path`` and the old folder at ``.NAME.old``; this moves it back.
+    """
+    path = Path(path)
+    aside = _aside(path)
+    if not path.exists() and aside.is_dir():
+        os.replace(aside, path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` whole.
 
     A previous folder at ``path`` stays intact until the new one is complete, then is
-    moved aside and removed, so a crash leaves either the old or the new folder.
+    moved aside and removed. A crash leaves the old or the new folder, or — killed between
+    the two renames — the old one at ``.NAME.old``, which :func:`recover_dir` (called here
+    and by every bundle load) puts back.
     """
-    path = Path(path)
+    path = recover_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o755)
@@ -79,7 +98,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _aside(path)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medpredict import __version__
-from medpredict.atomic import atomic_dir, write_json
+from medpredict.atomic import atomic_dir, recover_dir, write_json
 from medpredict.errors import BundleError
 
 FORMAT = "medpredict-bundle"
@@ -123,8 +123,13 @@ def add_files(
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
-    """Accept a run folder (``runs/x``) or the bundle folder itself (``runs/x/model``)."""
+    """Accept a run folder (``runs/x``) or the bundle folder itself (``runs/x/model``).
+
+    A bundle whose replacement was interrupted between its two renames is restored first.
+    """
     path = Path(path)
+    recover_dir(path)
+    recover_dir(path / "model")
     if (path / META).exists():
         return path
     if (path / "model" / META).exists():
