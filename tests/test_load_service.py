@@ -81,9 +81,9 @@ def test_slow_clients_do_not_block_others(server) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bug: service/app.py serve() runs uvicorn with no read timeout, so a request whose headers or "
-    "body never finish holds its connection forever (slow-loris); add a header/body read deadline "
-    "(e.g. asyncio.wait_for around receive() in BodyLimitMiddleware answering 408) or document a proxy",
+    reason="known limitation: uvicorn has no deadline for a request whose headers or body never finish, so "
+    "such a connection is held (other clients are still served, see test_slow_clients_do_not_block_others); "
+    "README: run behind a reverse proxy with client header/body timeouts",
 )
 def test_unfinished_requests_are_dropped_in_time(server) -> None:
     wait = UNFINISHED_REQUEST_LIMIT_S + 2.0 - (time.monotonic() - server.stalled_since)

@@ -122,6 +122,12 @@ def decode_upload(
     with tempfile.TemporaryDirectory(prefix="medpredict-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"  # our own name: the client's file name is never used
         path.write_bytes(data)
+        declared = _declared_size(path, fmt)
+        if declared is not None and max(declared) > max_side:
+            raise DataError(
+                f"Image size {declared[0]}x{declared[1]} is outside the accepted range {min_side}..{max_side} "
+                "pixels per side."
+            )
         try:
             if fmt == "dicom":
                 from medpredict.readers.dicom import read_dicom
@@ -148,6 +154,27 @@ def decode_upload(
             f"Image size {height}x{width} is outside the accepted range {min_side}..{max_side} pixels per side."
         )
     return DecodedImage(pixels=pixels, fmt=fmt, modality=modality)
+
+
+def _declared_size(path: Path, fmt: str) -> tuple[int, int] | None:
+    """The image size the file's header declares, read without decoding any pixels.
+
+    Lets a huge declared image be refused before it costs memory; ``None`` when the header
+    cannot be read (the decoder then reports the problem).
+    """
+    try:
+        if fmt == "dicom":
+            import pydicom
+
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            return int(header.Rows), int(header.Columns)
+        from PIL import Image
+
+        with Image.open(path) as image:  # lazy: reads the header only
+            width, height = image.size
+        return int(height), int(width)
+    except Exception:  # noqa: BLE001 - hostile headers raise many types; decoding reports them
+        return None
 
 
 class UnsupportedUpload(DataError):
