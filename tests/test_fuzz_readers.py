@@ -71,17 +71,11 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-#: Bugs in the readers that fuzzing found, each also pinned by a strict xfail test below.
-#: The properties tolerate them so they keep guarding everything else; when the lead fixes
-#: one, its xfail test passes (strict: the suite fails) and its entry here should go.
-KNOWN_BUGS: tuple[tuple[type[BaseException], str], ...] = (
-    (NotImplementedError, "Unknown Value Representation"),  # dicom.py _describe: lazily parsed bad VR
-    (MemoryError, "Unable to allocate"),  # medmnist_refs.py: npy header shape trusted
-    (TypeError, ""),  # images.py scale_by_dtype: complex/structured/datetime npz arrays
-    (ValueError, "UID is not a transfer syntax"),  # dicom.py _decode: syntax.is_compressed outside try
-    (Exception, "Cannot drop coordinates"),  # nifti.py: nibabel OrientationError not caught
-    (ValueError, "max() arg is an empty sequence"),  # tables.py read_table: no non-empty row
-)
+#: Bugs in the readers that fuzzing found and that are not fixed yet, each also pinned by a
+#: strict xfail test below. The properties tolerate them so they keep guarding everything
+#: else; when one is fixed, its xfail test passes (strict: the suite fails) and its entry here
+#: should go. Empty: every bug found so far is fixed and guarded by its test.
+KNOWN_BUGS: tuple[tuple[type[BaseException], str], ...] = ()
 
 
 def _rss_peak() -> int:
@@ -138,16 +132,10 @@ def check_image(
     clear_npz_cache()
     image = check_read(lambda: read_image(path, **kwargs), traced_limit=traced_limit, tolerate_known=tolerate_known)
     if image is not None:
-        dicom = str(path).endswith(".dcm")
-        # Known bug (test_dicom_colour_without_three_samples_is_a_data_error): RGB declared with one
-        # sample per pixel comes out 2-D.
         assert image.dtype == np.float32
-        assert (image.ndim == 3 and image.shape[0] == 1) or (tolerate_known and dicom), image.shape
-        finite = np.isfinite(image)
-        # Known bug (test_dicom_display_attributes_with_nan_inf_zero): NaN from a DICOM rescale or
-        # window passes conform()'s clip.
-        assert finite.all() or (tolerate_known and dicom)
-        assert image[finite].min(initial=0.0) >= 0.0 and image[finite].max(initial=1.0) <= 1.0
+        assert image.ndim == 3 and image.shape[0] == 1, image.shape
+        assert np.isfinite(image).all()
+        assert image.min(initial=0.0) >= 0.0 and image.max(initial=1.0) <= 1.0
     return image
 
 
@@ -373,20 +361,13 @@ def test_dicom_float_pixels_with_nan_and_inf(tmp_path, values) -> None:
     check_image(path)
 
 
-_NAN_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: readers/dicom.py _modality/_window_for accept non-finite RescaleSlope/Intercept and "
-    "WindowCenter; NaN reaches read_image's output because conform() (images.py) clips but keeps NaN",
-)
-
-
 @pytest.mark.parametrize(
     ("attribute", "value"),
     [
-        pytest.param("RescaleSlope", "nan", marks=_NAN_BUG),  # rescale to NaN
-        pytest.param("RescaleIntercept", "inf", marks=_NAN_BUG),  # rescale to inf
+        ("RescaleSlope", "nan"),  # rescale to NaN: refused (DataError)
+        ("RescaleIntercept", "inf"),  # rescale to inf: refused (DataError)
         ("WindowWidth", "0"),  # a window of zero width
-        pytest.param("WindowCenter", "nan", marks=_NAN_BUG),  # a NaN window
+        ("WindowCenter", "nan"),  # a NaN window: ignored, percentile scaling instead
         ("VOILUTFunction", "SIGMOID"),  # sigmoid with the huge width below
     ],
 )
@@ -398,11 +379,6 @@ def test_dicom_display_attributes_with_nan_inf_zero(tmp_path, attribute, value) 
     check_image(path, tolerate_known=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: readers/dicom.py _check_image accepts Photometric Interpretation RGB/YBR with "
-    "SamplesPerPixel 1; read_image then returns a 2-D array (here (1, 8)) instead of (C, H, W) or DataError",
-)
 def test_dicom_colour_without_three_samples_is_a_data_error(tmp_path) -> None:
     import pydicom
 
@@ -413,12 +389,6 @@ def test_dicom_colour_without_three_samples_is_a_data_error(tmp_path) -> None:
     check_image(path, tolerate_known=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: readers/dicom.py _decode (line ~179) calls syntax.is_compressed outside its try; a "
-    "Transfer Syntax UID that is not a transfer syntax raises pydicom's plain ValueError, not DataError",
-)
 def test_dicom_with_an_unknown_transfer_syntax_is_a_data_error(tmp_path) -> None:
     path = write_dicom(tmp_path / "ts.dcm", np.zeros((8, 8), np.uint16))
     data = path.read_bytes().replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.9\x00")
@@ -427,12 +397,6 @@ def test_dicom_with_an_unknown_transfer_syntax_is_a_data_error(tmp_path) -> None
         read_image(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: readers/nifti.py _load_volume (line ~55) catches OSError/EOFError/ValueError/TypeError/"
-    "zlib.error around as_closest_canonical, but nibabel's OrientationError subclasses Exception only; "
-    "a NIfTI whose sform has a zero row escapes as OrientationError",
-)
 def test_nifti_with_a_degenerate_affine_is_a_data_error(tmp_path) -> None:
     path = write_nifti(tmp_path / "v.nii", np.ones((4, 4, 4), np.float32))
     header = bytearray(path.read_bytes())
@@ -470,12 +434,6 @@ def _npy_entry(shape: tuple[int, ...], dtype: str = "|u1", payload: bytes = b"\x
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MemoryError,
-    reason="bug: readers/medmnist_refs.py _load_array trusts the .npy header's shape; numpy allocates it "
-    "and MemoryError escapes (not caught as DataError)",
-)
 @pytest.mark.parametrize("shape", [(10**12,), (1000, 100_000, 100_000)])
 def test_npz_declaring_a_terabyte_array_is_a_data_error(tmp_path, shape) -> None:
     path = tmp_path / "liar.npz"
@@ -511,11 +469,6 @@ def test_npz_numeric_dtypes_and_non_finite_values_give_a_valid_image(tmp_path, a
     assert check_image(f"{tmp_path}/a.npz::x/1") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: readers/images.py _npz_volume/scale_by_dtype accept any dtype; complex, structured and "
-    "datetime arrays raise TypeError instead of DataError",
-)
 @pytest.mark.parametrize(
     "array",
     [
@@ -536,12 +489,6 @@ def _ct_small() -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="bug: readers/dicom.py _describe -> _text (line ~390) reads StudyInstanceUID after decoding; a "
-    "corrupt VR there is parsed lazily and NotImplementedError escapes instead of DataError",
-)
 def test_dicom_with_a_corrupt_vr_in_a_uid_is_a_data_error(tmp_path) -> None:
     data = bytearray(_ct_small())
     study_uid = data.index(b"\x20\x00\x0d\x00UI")  # (0020,000D) Study Instance UID, explicit VR
@@ -551,12 +498,6 @@ def test_dicom_with_a_corrupt_vr_in_a_uid_is_a_data_error(tmp_path) -> None:
     check_image(path, tolerate_known=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (memory amplification): readers/dicom.py _read_dataset lets pydicom fp.read(length) with "
-    "the declared element length, so a 40 KB file declaring ~800 MB makes Python allocate it (virtual "
-    "memory; MemoryError under strict overcommit)",
-)
 def test_dicom_declaring_a_huge_element_length_does_not_allocate_it(tmp_path) -> None:
     data = bytearray(_ct_small())
     version = data.index(b"OB\x00\x00\x02\x00\x00\x00")  # File Meta Information Version, length 2
@@ -621,12 +562,6 @@ def test_random_text_as_a_table(tmp_path, text, suffix) -> None:
     check_read(lambda: load_table(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: tables.py read_table (width = max(len(r) for r in rows), line ~168): a file whose only "
-    "rows are empty cells (e.g. '\"\"') raises 'max() arg is an empty sequence', not DataError",
-)
 @pytest.mark.parametrize("text", ['""', '"",""\n""\n', ",\n,,\n"])
 def test_a_table_of_empty_cells_is_a_data_error(tmp_path, text) -> None:
     from medpredict.tables import read_table

@@ -179,6 +179,8 @@ def read_table(
     if sep is None:
         sep = "\t" if suffix in (".tsv", ".tab") else _sniff_delimiter(text)
     rows = [r for r in csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=False) if any(r)]
+    if not rows:
+        raise DataError(f"Table {path} has no data rows: every cell is empty. Check the file and its delimiter.")
     width = max(len(r) for r in rows)
     has_header = names is None and _looks_like_header(rows)
     if has_header:

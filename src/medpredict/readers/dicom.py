@@ -8,7 +8,9 @@ Enhanced multi-frame files keep rescale and window in functional groups; those a
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +33,11 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL
 _WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 # Errors pydicom's LUT and colour functions raise on malformed display attributes.
 _TRANSFORM_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError, NotImplementedError)
+# pydicom converts elements lazily, on first access; a corrupt one (e.g. an unknown VR) raises these then.
+_ELEMENT_ERRORS = (NotImplementedError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+#: Largest DICOM file read (bytes). Files are read whole and parsed from memory, so an element
+#: declaring a length beyond the data fails instead of making pydicom allocate that length.
+MAX_DICOM_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -66,16 +73,29 @@ def read_dicom(path: str | os.PathLike[str], *, channels: int = 1, spatial_dims:
     With ``spatial_dims=2`` only the middle frame ``frames // 2`` is decoded; with 3 all
     frames become ``D``. Grey images without a VOI LUT or window are scaled between the
     0.5 and 99.5 percentiles of the decoded frames. RGB and YBR are divided by
-    ``2**BitsStored - 1``; PALETTE COLOR goes through its lookup table.
+    ``2**BitsStored - 1``; PALETTE COLOR goes through its lookup table. A non-finite
+    window (NaN, inf) is ignored like any unusable one, falling back to the percentiles.
 
     Raises:
-        DataError: The file is not DICOM, holds no Pixel Data, is too large, uses a
-            compression no installed decoder reads, or its pixel data is truncated.
+        DataError: The file is not DICOM, holds no Pixel Data, is too large (pixels, or
+            ``MAX_DICOM_BYTES``), uses a compression no installed decoder reads, its pixel
+            data is truncated, a header element is corrupt, Samples per Pixel contradicts
+            the Photometric Interpretation, or Rescale Slope/Intercept is not finite.
         ConfigError: ``channels`` or ``spatial_dims`` is not supported.
     """
     check_request(channels, spatial_dims)
     source = os.fspath(path)
     ds = _read_dataset(source)
+    try:
+        return _read_pixels(ds, source, channels, spatial_dims)
+    except DataError:
+        raise
+    except _ELEMENT_ERRORS as exc:
+        raise DataError(f"'{source}' has a corrupt header element ({type(exc).__name__}: {exc}).") from exc
+
+
+def _read_pixels(ds: Dataset, source: str, channels: int, spatial_dims: int) -> DicomImage:
+    """The body of ``read_dicom`` once the dataset is parsed."""
     photometric = _check_image(ds, source)
     frames = _frame_count(ds, source)
     check_size(int(ds.Rows), int(ds.Columns), frames if spatial_dims == 3 else 1, source)
@@ -113,7 +133,20 @@ def read_dicom_series(
     """
     check_request(channels, spatial_dims)
     source = os.fspath(folder)
-    slices = _series_slices(Path(source))
+    try:
+        return _read_series_pixels(_series_slices(Path(source)), source, channels, spatial_dims)
+    except DataError:
+        raise
+    except _ELEMENT_ERRORS as exc:
+        raise DataError(
+            f"A slice header in '{source}' has a corrupt element ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _read_series_pixels(
+    slices: list[tuple[Path, Dataset]], source: str, channels: int, spatial_dims: int
+) -> DicomImage:
+    """The body of ``read_dicom_series`` once the slices are listed."""
     first = slices[0][1]
     check_size(int(first.Rows), int(first.Columns), len(slices) if spatial_dims == 3 else 1, source)
     if spatial_dims == 2:
@@ -142,13 +175,29 @@ def read_dicom_series(
     return _describe(reference, pixels, len(slices))
 
 
+def _read_bytes(source: str | Path) -> bytes:
+    """The whole file, refused beyond ``MAX_DICOM_BYTES``."""
+    try:
+        size = os.stat(source).st_size
+        if size > MAX_DICOM_BYTES:
+            raise DataError(
+                f"'{source}' is {size:,} bytes, more than the {MAX_DICOM_BYTES:,} a DICOM file may have here."
+            )
+        with open(source, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise DataError(f"Cannot read DICOM file '{source}': {exc}.") from exc
+
+
 def _read_dataset(source: str) -> Dataset:
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    data = _read_bytes(source)
     try:
-        # force=True also reads files without the 128-byte preamble (old or raw exports).
-        ds = pydicom.dcmread(source, force=True)
+        # force=True also reads files without the 128-byte preamble (old or raw exports). Parsing
+        # from memory bounds every read by the data actually there, whatever lengths the file declares.
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # corrupt input makes pydicom raise many unrelated types
         raise DataError(f"'{source}' is not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
     if "TransferSyntaxUID" not in ds.file_meta:
@@ -173,6 +222,12 @@ def _check_image(ds: Dataset, source: str) -> str:
             f"'{source}' has Photometric Interpretation '{photometric}', which medpredict cannot display. "
             "Supported: MONOCHROME1, MONOCHROME2, RGB, YBR_*, PALETTE COLOR."
         )
+    samples, expected = ds.get("SamplesPerPixel", 1), 3 if photometric in _COLOUR else 1
+    if samples != expected:
+        raise DataError(
+            f"'{source}' declares Photometric Interpretation {photometric} with Samples per Pixel {samples!r}; "
+            f"{photometric} needs {expected}. The header is inconsistent."
+        )
     return photometric
 
 
@@ -189,7 +244,14 @@ def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.nda
 
     syntax = ds.file_meta.TransferSyntaxUID
     hint = ""
-    if syntax.is_compressed:
+    try:
+        compressed = syntax.is_compressed
+    except ValueError as exc:  # pydicom: "UID is not a transfer syntax"
+        raise DataError(
+            f"'{source}' declares Transfer Syntax UID '{syntax}', which is not a transfer syntax; "
+            "the file meta information is corrupt."
+        ) from exc
+    if compressed:
         try:
             decoder = get_decoder(syntax)
         except NotImplementedError as exc:
@@ -230,12 +292,31 @@ def _modality(frame: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
     """Apply the Modality LUT or rescale slope/intercept to one frame (float32)."""
     from pydicom.pixels import apply_modality_lut
 
-    if ds.get("ModalityLUTSequence") or ("RescaleSlope" in ds and "RescaleIntercept" in ds):
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        _check_rescale(ds)
         return np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
     item = _functional_group(ds, index, "PixelValueTransformationSequence")
     if item is not None and "RescaleSlope" in item and "RescaleIntercept" in item:
-        return frame.astype(np.float32) * np.float32(item.RescaleSlope) + np.float32(item.RescaleIntercept)
+        slope, intercept = _check_rescale(item)
+        return frame.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     return frame.astype(np.float32)
+
+
+def _check_rescale(item: Dataset) -> tuple[float, float]:
+    """Rescale Slope and Intercept as floats; ``ValueError`` unless both are finite numbers.
+
+    The callers turn the ``ValueError`` into a ``DataError`` naming the file: a non-finite
+    rescale leaves no meaningful pixel value, so the image is refused rather than guessed.
+    """
+    slope, intercept = _first_number(item.get("RescaleSlope")), _first_number(item.get("RescaleIntercept"))
+    if slope is None or intercept is None or not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise ValueError(
+            f"Rescale Slope {item.get('RescaleSlope')!r} and Intercept {item.get('RescaleIntercept')!r} "
+            "must be finite numbers"
+        )
+    return slope, intercept
 
 
 def _voi(values: np.ndarray, ds: Dataset, indices: list[int]) -> np.ndarray:
@@ -280,6 +361,10 @@ def _window_for(ds: Dataset, index: int) -> tuple[float, float, str] | None:
     center, width = _first_number(source.get("WindowCenter")), _first_number(source.get("WindowWidth"))
     function = str(source.get("VOILUTFunction") or "LINEAR").strip().upper()
     if center is None or width is None:
+        return None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        # The window only sets display contrast: a non-finite one is dropped (percentile scaling).
+        logger.warning("Ignoring a non-finite DICOM window (center %s, width %s).", center, width)
         return None
     usable_width = width >= 1.0 if function == "LINEAR" else width > 0.0
     if function not in _WINDOW_FUNCTIONS or not usable_width:
@@ -326,7 +411,12 @@ def _series_slices(folder: Path) -> list[tuple[Path, Dataset]]:
         if not path.is_file() or path.name.startswith("."):
             continue
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
+            # Read whole (bounded) and parsed from memory, as in _read_dataset; the preamble check
+            # first keeps a large file that is not DICOM from being read at all.
+            with path.open("rb") as handle:
+                if handle.read(132)[128:132] != b"DICM":
+                    raise ValueError("no DICOM preamble")
+            header = pydicom.dcmread(io.BytesIO(_read_bytes(path)), stop_before_pixels=True)
         except Exception:  # not DICOM (or not readable as such): not part of the series
             logger.debug("Skipping a file that is not DICOM in a series folder.")
             continue

@@ -41,6 +41,8 @@ _FORMATS_HELP = (
 _RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
 # Luminance weights of ITU-R BT.601, the ones Pillow uses for RGB -> L.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# numpy dtype kinds an image array may have: bool, signed and unsigned integer, float.
+_NUMERIC_KINDS = "biuf"
 
 
 def read_image(path: str | os.PathLike[str], *, channels: int = 1, spatial_dims: int = 2) -> np.ndarray:
@@ -138,7 +140,8 @@ def conform(volume: np.ndarray, *, channels: int, spatial_dims: int, source: str
     """Turn a reader's ``(C, D, H, W)`` array in [0, 1] into the contract layout.
 
     ``spatial_dims=2`` keeps the middle slice ``D // 2``; ``spatial_dims=3`` keeps all and
-    needs ``D > 1``. Channels are then matched (see ``read_image``).
+    needs ``D > 1``. Channels are then matched (see ``read_image``). Any value still
+    non-finite becomes 0 (NaN, -inf) or 1 (+inf), so the output is always finite in [0, 1].
     """
     if spatial_dims == 2:
         volume = volume[:, volume.shape[1] // 2]
@@ -154,7 +157,8 @@ def conform(volume: np.ndarray, *, channels: int, spatial_dims: int, source: str
         volume = np.repeat(volume, 3, axis=0)
     elif have != channels:
         raise DataError(f"'{source}' has {have} channels; medpredict reads grey (1) or RGB (3) images.")
-    return np.clip(np.ascontiguousarray(volume, dtype=np.float32), 0.0, 1.0)
+    out = np.nan_to_num(np.ascontiguousarray(volume, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0)
 
 
 def robust_unit_range(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -198,6 +202,10 @@ def scale_by_dtype(values: np.ndarray) -> np.ndarray:
 def _npz_volume(ref: str) -> np.ndarray:
     """Read an npz reference as ``(C, D, H, W)`` in [0, 1]: (H, W), (H, W, 3) RGB or (D, H, W)."""
     array = read_npz_ref(ref)
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise DataError(
+            f"'{ref}' holds an array of dtype {array.dtype}; an image needs bool, integer or float values."
+        )
     if array.ndim == 2:
         volume = array[None, None]
     elif array.ndim == 3 and array.shape[-1] == 3:

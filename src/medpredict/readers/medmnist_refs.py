@@ -9,6 +9,7 @@ reading one image means decompressing its whole array; the arrays are therefore 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import zipfile
 import zlib
@@ -22,6 +23,11 @@ from medpredict.errors import DataError, did_you_mean
 SEPARATOR = "::"
 #: How many decompressed arrays stay cached (one per archive and key).
 CACHE_SIZE = 4
+#: Largest array (bytes, decompressed) a reference may load: MedMNIST's largest split, the
+#: 224 x 224 ChestMNIST training images, is about 4 GiB.
+MAX_ARRAY_BYTES = 16 * 2**30
+#: Deflate cannot expand data more than about 1032-fold; a zip entry claiming more lies.
+_MAX_DEFLATE_RATIO = 1100
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,59 @@ def _load_array(path: str, key: str, mtime_ns: int, size: int) -> np.ndarray:
                     f"npz file '{path}' has no array '{key}'.{did_you_mean(key, archive.files)} "
                     f"It holds: {', '.join(archive.files)}."
                 )
+            _check_declared_size(archive.zip, key, path)
             array = archive[key]
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"npz file '{path}' is not a readable npz archive ({exc}).") from exc
+    except MemoryError as exc:
+        raise DataError(f"Array '{key}' in npz file '{path}' is too large to load into memory.") from exc
     if array.ndim < 1:
         raise DataError(
             f"Array '{key}' in '{path}' is a scalar; an image reference needs an indexable array."
         )
     array.flags.writeable = False
     return array
+
+
+def _check_declared_size(archive: zipfile.ZipFile, key: str, path: str) -> None:
+    """Refuse a member whose .npy header declares more data than it holds, before numpy allocates it.
+
+    numpy allocates the array its header declares and only then reads the data, so a few
+    bytes declaring ``shape=(10**12,)`` would ask for a terabyte. The member's uncompressed
+    size (itself bounded by its compressed size) caps what the header may declare.
+    """
+    # The lookup np.load's NpzFile does: the exact member name first, then KEY.npy.
+    member = key if key in archive.namelist() else f"{key}.npy"
+    info = archive.getinfo(member)
+    stored_cap = info.compress_size if info.compress_type == zipfile.ZIP_STORED else None
+    deflate_cap = info.compress_size * _MAX_DEFLATE_RATIO + 1024
+    if (stored_cap is not None and info.file_size > stored_cap) or (
+        info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > deflate_cap
+    ):
+        raise DataError(
+            f"npz file '{path}' is corrupt: member '{member}' claims {info.file_size:,} bytes "
+            f"from {info.compress_size:,} compressed bytes."
+        )
+    with archive.open(info) as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise DataError(f"Array '{key}' in npz file '{path}' uses .npy format {version}, which is not read.")
+        available = info.file_size - handle.tell()
+    if dtype.hasobject:
+        raise DataError(
+            f"npz file '{path}' is not a readable npz archive: array '{key}' holds Python objects, "
+            "which are never unpickled. Save it with a numeric dtype."
+        )
+    declared = math.prod(int(n) for n in shape) * dtype.itemsize
+    if declared > available or declared > MAX_ARRAY_BYTES:
+        raise DataError(
+            f"Array '{key}' in npz file '{path}' declares shape {tuple(shape)} of {dtype} ({declared:,} bytes), "
+            f"but the archive holds {max(available, 0):,} bytes for it (and at most {MAX_ARRAY_BYTES:,} are "
+            "loaded); the file is corrupt or too large."
+        )

@@ -37,6 +37,7 @@ def read_nifti(path: str | os.PathLike[str], *, channels: int = 1, spatial_dims:
 def _load_volume(source: str) -> np.ndarray:
     """Load the (first) 3-D volume as float32 ``(D, H, W)`` in the orientation described above."""
     import nibabel as nib
+    from nibabel.orientations import OrientationError
 
     try:
         image = nib.load(source)
@@ -57,6 +58,11 @@ def _load_volume(source: str) -> np.ndarray:
     except (OSError, EOFError, ValueError, TypeError, zlib.error) as exc:
         raise DataError(
             f"The image data of '{source}' could not be read; the file is truncated or corrupt ({exc})."
+        ) from exc
+    except OrientationError as exc:  # a degenerate affine (e.g. an sform row of zeros) has no orientation
+        raise DataError(
+            f"'{source}' has a degenerate orientation (sform/qform) that maps no axis to patient space ({exc}); "
+            "fix its affine."
         ) from exc
     if data.ndim == 2:
         data = data[..., None]
