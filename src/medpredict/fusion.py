@@ -290,7 +290,7 @@ def train_fusion(
     from medpredict.models.tabular import build_tabular_model
     from medpredict.splits import assign_splits, require_no_leakage
     from medpredict.tables import infer_schema
-    from medpredict.training import post_fit
+    from medpredict.training import post_fit, training_summary
     from medpredict.transforms import BatchAugment, Normalisation
 
     started = time.monotonic()
@@ -575,13 +575,7 @@ def train_fusion(
             "with_image": {k: int(has_image[v].sum()) for k, v in part.items()},
             "with_record": {k: int(has_record[v].sum()) for k, v in part.items()},
         },
-        "training": {
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "stopped": result.stopped,
-            "seconds": round(time.monotonic() - started, 1),
-            "device": str(next(model.parameters()).device),
-        },
+        "training": training_summary(result, started, model),
     }
     bundle_dir = run_dir / "model"
     save_bundle(bundle_dir, state_dict=model.state_dict(), meta=meta, json_files={"cleaner.json": cleaner.to_dict()})

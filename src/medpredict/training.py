@@ -274,13 +274,7 @@ def _train(
             "patients": {k: int(v["patient_id"].nunique()) for k, v in parts.items()},
             "prevalence": {k: _prevalence(v, task) for k, v in parts.items() if len(v)},
         },
-        "training": {
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "stopped": result.stopped,
-            "seconds": round(time.monotonic() - started, 1),
-            "device": str(next(model.parameters()).device),
-        },
+        "training": training_summary(result, started, model),
     }
     bundle_dir = run_dir / "model"
     if dist.is_main:
@@ -293,6 +287,17 @@ def _train(
             result.best_epoch,
         )
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result)
+
+
+def training_summary(result: FitResult, started: float, model: torch.nn.Module) -> dict[str, Any]:
+    """The ``training`` section of ``bundle.json``: best epoch, epochs run, why it stopped, time, device."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "seconds": round(time.monotonic() - started, 1),
+        "device": str(next(model.parameters()).device),
+    }
 
 
 def _prevalence(frame: pd.DataFrame, task: str) -> Any:
