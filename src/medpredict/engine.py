@@ -209,6 +209,11 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _is_2d_image_model(dataset: ArrayDataset) -> bool:
+    """Whether the first input is a batch of 2-D images ``(N, C, H, W)`` (channels-last applies)."""
+    return bool(dataset.inputs) and dataset.inputs[0].dim() == 4
+
+
 def _budget_spent(config: TrainConfig, started: float, dist: Distributed, device: torch.device) -> bool:
     """Whether the wall-time budget is spent, decided by rank 0 for every rank of a torchrun job."""
     if config.max_minutes is None:
@@ -255,6 +260,9 @@ def fit(
     run_dir = Path(run_dir) if run_dir is not None else None
     torch.manual_seed(config.seed)
     model.to(device)
+    channels_last = config.channels_last and _is_2d_image_model(train_set)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     created_group = False
     if dist.enabled:
@@ -317,6 +325,8 @@ def fit(
             if train_transform is not None:
                 inputs = train_transform(inputs, generator)
             inputs = tuple(t.to(device, non_blocking=True) for t in inputs)
+            if channels_last:
+                inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
             target = target.to(device, non_blocking=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(*inputs)
