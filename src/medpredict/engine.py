@@ -262,7 +262,7 @@ def fit(
     model.to(device)
     channels_last = config.channels_last and _is_2d_image_model(train_set)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net: nn.Module = model
     created_group = False
     if dist.enabled:

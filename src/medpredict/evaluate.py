@@ -67,6 +67,8 @@ def _rows(
 
         manifest = load_data(config)
         return manifest.split(split), manifest.split("val"), False
+    if data is None:
+        raise DataError("Give --data: this model has no training data of its own to evaluate on.")
     manifest = load_manifest(data, target=target or (config.data.target if config else "label"))
     frame = manifest.frame
     if "split" in frame.columns and split in set(frame["split"].dropna()):
@@ -325,8 +327,11 @@ def evaluate(
     meta = predictor.meta
     bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
     history_path = bundle.path.parent / "metrics.jsonl" if bundle is not None else None
-    has_history = history_path is not None and history_path.exists() and not got.external
-    curves = _training_curves(history_path) if has_history else None
+    curves = (
+        _training_curves(history_path)
+        if history_path is not None and history_path.exists() and not got.external
+        else None
+    )
     evaluation = assemble_evaluation(
         got.y,
         got.probs,
@@ -358,9 +363,12 @@ def evaluate(
         n_boot=n_boot,
         **got.val,
     )
-    if out is None and bundle is None:
+    if out is not None:
+        out_dir = Path(out)
+    elif bundle is not None:
+        out_dir = bundle.path.parent
+    else:
         raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
-    out_dir = Path(out) if out else bundle.path.parent
     report_path = build_report(out_dir, evaluation, lang=lang)
     if bundle is not None and not got.external and split == "test" and out is None:
         from medpredict.bundle import add_files

@@ -117,7 +117,8 @@ def _load_array(path: str, key: str, mtime_ns: int, size: int) -> np.ndarray:
                     f"npz file '{path}' has no array '{key}'.{did_you_mean(key, archive.files)} "
                     f"It holds: {', '.join(archive.files)}."
                 )
-            _check_declared_size(archive.zip, key, path)
+            if archive.zip is not None:  # always set for a file opened by np.load
+                _check_declared_size(archive.zip, key, path)
             array = archive[key]
     except DataError:
         raise
