@@ -15,7 +15,6 @@ from medpredict.onnx_model import (  # noqa: E402
     OnnxPredictor,
     is_descriptor,
     load_descriptor,
-    occlusion_map,
 )
 
 
@@ -215,10 +214,17 @@ def test_explain_occlusion_points_at_the_finding(keras_yaml):
     assert heat[:32, :32].mean() > 3 * heat[32:, 32:].mean()
 
 
-def test_occlusion_map_of_a_pixel_sum():
+def test_occlusion_of_a_pixel_sum():
+    from medpredict.explain import occlusion
+
     img = np.zeros((1, 8, 8), np.float32)
     img[0, 6:, 6:] = 1.0
-    heat = occlusion_map(img, lambda b: b[:, 0, 6:, 6:].sum(axis=(1, 2)), patch=2)
+
+    def score(b: np.ndarray) -> np.ndarray:
+        s = b[:, 0, 6:, 6:].sum(axis=(1, 2))
+        return np.stack([-s, s], axis=1)
+
+    heat = occlusion(score, img, 1, patch=2, baseline=float(img.mean()), progress=False)
     assert heat[7, 7] == 1.0 and heat[0, 0] == 0.0
 
 

@@ -521,43 +521,17 @@ class OnnxPredictor:
         d = self.descriptor
         base = self.predict_proba_batch(self.preprocess([chw]))[0]
         target = int(np.argmax(base)) if self.task != "binary" else self.positive_index
-        heat = occlusion_map(
+        from medpredict.explain import occlusion
+
+        heat = occlusion(
+            lambda batch: self.predict_proba_batch(self.preprocess(list(batch))),
             chw,
-            lambda batch: self.predict_proba_batch(self.preprocess(list(batch)))[:, target],
+            target,
             patch=patch or max(2, min(d.height, d.width) // 7),
+            baseline=float(chw.mean()),
+            progress=False,
         )
         return _resize(heat[None], int(out_h), int(out_w))[0]
-
-
-def occlusion_map(image: np.ndarray, score_fn: Any, *, patch: int, batch_size: int = 32) -> np.ndarray:
-    """Occlusion sensitivity of ``score_fn`` for one ``(C, H, W)`` image, as ``(H, W)`` in [0, 1].
-
-    ``score_fn`` maps a batch ``(N, C, H, W)`` to one score per image. Patches of side
-    ``patch`` on a grid of stride ``patch // 2`` are filled with the image mean.
-    """
-    _, h, w = image.shape
-    stride = max(1, patch // 2)
-    fill = float(image.mean())
-    base = float(score_fn(image[None])[0])
-    heat = np.zeros((h, w), np.float64)
-    counts = np.zeros((h, w), np.float64)
-    boxes = [
-        (y, x)
-        for y in range(0, max(1, h - patch + stride), stride)
-        for x in range(0, max(1, w - patch + stride), stride)
-    ]
-    for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start : start + batch_size]
-        batch = np.repeat(image[None], len(chunk), axis=0)
-        for i, (y, x) in enumerate(chunk):
-            batch[i, :, y : y + patch, x : x + patch] = fill
-        drops = base - np.asarray(score_fn(batch), np.float64)
-        for (y, x), drop in zip(chunk, drops, strict=True):
-            heat[y : y + patch, x : x + patch] += drop
-            counts[y : y + patch, x : x + patch] += 1
-    heat = np.clip(heat / np.maximum(counts, 1), 0, None)
-    peak = heat.max()
-    return (heat / peak if peak > 0 else heat).astype(np.float32)
 
 
 def _uncertainty(row: np.ndarray, score: float, threshold: float) -> dict[str, float]:
