@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medpredict.errors import DataError, require_extra
+from medpredict.predict import prediction_dict
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -32,16 +32,6 @@ MANUFACTURER = "medpredict"
 LABEL_SCHEME = "99MEDPRED"
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
-
-
-def _as_dict(prediction: Any) -> dict[str, Any]:
-    values = prediction.to_dict() if hasattr(prediction, "to_dict") else prediction
-    if not isinstance(values, Mapping) or "probabilities" not in values or "label" not in values:
-        raise DataError(
-            "A prediction for DICOM output needs 'probabilities' (label -> probability) and 'label'; "
-            f"got {type(prediction).__name__}."
-        )
-    return dict(values)
 
 
 def _check_source(source: Dataset) -> None:
@@ -94,7 +84,7 @@ def structured_report(
     from pydicom.sr.codedict import codes
 
     _check_source(source)
-    p = _as_dict(prediction)
+    p = prediction_dict(prediction, "DICOM output")
     probs = {str(k): float(v) for k, v in p["probabilities"].items()}
     finding = positive_label or str(p["label"])
     if finding not in probs:
@@ -279,7 +269,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def caption_for(prediction: Any, *, model_name: str, model_version: str) -> str:
     """The standard burned-in caption: model, decision, probability, threshold, and a caveat."""
-    p = _as_dict(prediction)
+    p = prediction_dict(prediction, "DICOM output")
     score = p.get("score")
     parts = [f"AI ({model_name} {model_version}): {p['label']}"]
     if score is not None:

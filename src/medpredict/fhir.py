@@ -14,10 +14,11 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from medpredict.errors import DataError, require_extra
+from medpredict.predict import prediction_dict
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,6 @@ logger = logging.getLogger(__name__)
 LABEL_SYSTEM = "urn:medpredict:label"
 _INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
-
-
-def _as_dict(prediction: Any) -> dict[str, Any]:
-    """Accept a ``Prediction`` (``.to_dict()``) or a mapping with the same keys."""
-    values = prediction.to_dict() if hasattr(prediction, "to_dict") else prediction
-    if not isinstance(values, Mapping) or "probabilities" not in values or "label" not in values:
-        raise DataError(
-            "A prediction for FHIR needs 'probabilities' (label -> probability) and 'label'; "
-            f"got {type(prediction).__name__}."
-        )
-    return dict(values)
 
 
 def _reference(subject: str | None) -> dict[str, str]:
@@ -95,7 +85,7 @@ def risk_assessment(
     Raises:
         DataError: the prediction lacks probabilities, or the result is not valid FHIR.
     """
-    p = _as_dict(prediction)
+    p = prediction_dict(prediction, "FHIR")
     decided = str(p["label"])
     threshold = p.get("threshold")
     notes = [
@@ -157,7 +147,7 @@ def observation(
         derived_from: references of the sources (``"ImagingStudy/…"``).
         Other arguments as in :func:`risk_assessment`.
     """
-    p = _as_dict(prediction)
+    p = prediction_dict(prediction, "FHIR")
     probs = {str(k): float(v) for k, v in p["probabilities"].items()}
     target = positive_label or str(p["label"])
     if target not in probs:

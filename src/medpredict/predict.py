@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,21 @@ class Prediction:
             "probabilities": self.probabilities,
             "uncertainty": self.uncertainty,
         }
+
+
+def prediction_dict(prediction: Any, purpose: str) -> dict[str, Any]:
+    """A :class:`Prediction` (or a mapping with its keys) as a dict, for writers such as FHIR or DICOM.
+
+    Raises:
+        DataError: it lacks ``probabilities`` or ``label``; ``purpose`` says what needed them.
+    """
+    values = prediction.to_dict() if hasattr(prediction, "to_dict") else prediction
+    if not isinstance(values, Mapping) or "probabilities" not in values or "label" not in values:
+        raise DataError(
+            f"A prediction for {purpose} needs 'probabilities' (label -> probability) and 'label'; "
+            f"got {type(prediction).__name__}."
+        )
+    return dict(values)
 
 
 class Predictor:
