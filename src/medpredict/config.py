@@ -298,18 +298,27 @@ def from_dict(values: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, values, "")
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML file of data (``yaml.safe_load``: no tags that run code) holding a mapping.
+
+    ``what`` names the file in errors ("Config file", "Schema file", ...).
+
+    Raises:
+        ConfigError: the file is missing, not valid YAML, or not a mapping at the top level.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}. Give the path of a YAML file.")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level.")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML config (data only, ``yaml.safe_load``) and apply dotted overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file not found: {path}. Give the path of a YAML file.")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
-        values = loaded or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
+    values = read_yaml_mapping(path, "Config file") if path is not None else {}
     return from_dict(merge_overrides(values, overrides or {}))

@@ -228,17 +228,10 @@ def load_descriptor(path: str | os.PathLike[str]) -> OnnxDescriptor:
         ConfigError: missing file, unknown keys (with a suggestion), or invalid values.
         BundleError: the ``.onnx`` file it names does not exist.
     """
-    import yaml
+    from medpredict.config import read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Model descriptor not found: {path}. Give the path of a YAML file.")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Model descriptor {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"Model descriptor {path} must hold a mapping at the top level.")
+    raw = read_yaml_mapping(path, "Model descriptor")
     _check_keys(raw, _TOP_KEYS, "")
     inp = raw.get("input") or {}
     out = raw.get("output") or {}

@@ -524,18 +524,9 @@ def _known_column(column: str, columns: Sequence[str], where: str) -> str:
 
 def load_schema_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML schema override file (data only) into a dict for :func:`infer_schema`."""
-    import yaml
+    from medpredict.config import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Schema file not found: {path}. Give the path of a YAML file.")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Schema file {path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"Schema file {path} must hold a mapping at the top level.")
-    return values
+    return read_yaml_mapping(path, "Schema file")
 
 
 def load_table(
