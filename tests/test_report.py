@@ -204,3 +204,32 @@ def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape[0] > 3000 and pixels.std() > 20  # a long page with real content, not blank
     assert re.search(r"\d", (report_dir / "report.html").read_text(encoding="utf-8"))
+
+
+def test_report_compares_validation_with_test(binary_evaluation, report_dir: Path) -> None:
+    agreement = binary_evaluation["agreement"]
+    assert [r["metric"] for r in agreement["rows"]][:3] == ["auc", "sensitivity", "specificity"]
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    assert "Validation vs test" in page and "Prediction-set coverage" in page
+    # every flag is also a warning of the summary
+    assert set(agreement["flags"]) <= set(binary_evaluation["warnings"])
+
+
+def test_report_warns_when_test_is_not_like_validation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    y_val, logits_val, _ = _split(rng, 300)
+    y, logits, groups = _split(rng, 300)
+    logits[y == 0, 1] += 6.0  # test negatives look positive: specificity and coverage collapse
+    scaler = TemperatureScaler().fit(logits_val, y_val)
+    probs_val, probs = scaler.transform(logits_val), scaler.transform(logits)
+    ev = assemble_evaluation(
+        y, probs, labels=["normal", "pneumonia"], groups=groups,
+        threshold=ThresholdPicker().fit(y_val, probs_val[:, 1]).to_dict(), calibration=scaler.to_dict(),
+        probs_uncalibrated=softmax(logits), y_val=y_val, probs_val=probs_val,
+        conformal=SplitConformal(0.1).fit(probs_val, y_val).to_dict(), n_boot=100,
+    )
+    assert any("exchangeable" in w for w in ev["warnings"])
+    assert any(w.startswith("Specificity is") for w in ev["warnings"])
+    build_report(tmp_path, ev)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "differs" in page and "The test cases differ from the validation cases" in page

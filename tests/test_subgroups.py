@@ -1,4 +1,4 @@
-"""Tests for medpredict.subgroups: subgroup tables and shift diagnostics."""
+"""Tests for medpredict.subgroups: subgroup tables, shift diagnostics and validation-test agreement."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from medpredict.subgroups import (
     reference_statistics,
     shift_diagnostics,
     subgroup_table,
+    validation_agreement,
 )
 
 
@@ -100,3 +101,52 @@ def test_shift_diagnostics_flags_brightness_prevalence_and_citl() -> None:
     text = " ".join(ext["flags"])
     assert "brightness" in text and "Prevalence" in text and "under-estimates" in text
     assert "'chol'" in text and "age" in text
+
+
+def _scored(rng: np.random.Generator, n: int, negative_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated-looking binary probabilities; ``negative_shift`` pushes the negatives' scores up."""
+    y = rng.integers(0, 2, n)
+    z = 2.0 * (2 * y - 1) + rng.normal(0, 1.5, n) + np.where(y == 0, negative_shift, 0.0)
+    pos = 1 / (1 + np.exp(-z))
+    return y, np.c_[1 - pos, pos]
+
+
+def _agreement(y_val, p_val, y, p):
+    from medpredict.conformal import SplitConformal, coverage
+    from medpredict.metrics import classification_metrics
+
+    sets = SplitConformal(0.1).fit(p_val, y_val).predict_sets(p)
+    metrics = classification_metrics(y, p, labels=["neg", "pos"], threshold=0.5, n_boot=300, seed=0)
+    cov = {"coverage": coverage(sets, y), "target_coverage": 0.9, "n": y.size}
+    return validation_agreement(y_val, p_val, metrics, threshold=0.5, coverage=cov)
+
+
+def test_validation_agreement_is_quiet_when_test_resembles_validation() -> None:
+    rng = np.random.default_rng(3)
+    out = _agreement(*_scored(rng, 600), *_scored(rng, 600))
+    assert [r["metric"] for r in out["rows"]] == ["auc", "sensitivity", "specificity", "conformal coverage"]
+    assert all(r["agrees"] for r in out["rows"]) and out["flags"] == []
+
+
+def test_validation_agreement_flags_a_test_set_whose_negatives_look_positive() -> None:
+    # like the Kermany/PneumoniaMNIST test split: normals score higher than on validation
+    rng = np.random.default_rng(4)
+    out = _agreement(*_scored(rng, 600), *_scored(rng, 600, negative_shift=2.0))
+    verdict = {r["metric"]: r["agrees"] for r in out["rows"]}
+    assert verdict["specificity"] is False and verdict["conformal coverage"] is False
+    assert verdict["sensitivity"] is True  # positives unchanged
+    text = " ".join(out["flags"])
+    assert "Specificity is" in text and "exchangeable" in text
+
+
+def test_validation_agreement_flags_calibration_that_made_test_worse() -> None:
+    rng = np.random.default_rng(5)
+    y, p = _scored(rng, 300)
+    from medpredict.metrics import classification_metrics
+
+    metrics = classification_metrics(y, p, labels=["neg", "pos"], threshold=0.5, n_boot=100, seed=0)
+    worse = validation_agreement(y, p, metrics, threshold=0.5, ece_change=0.004)
+    assert any("raised the test ECE by 0.004" in f for f in worse["flags"])
+    assert validation_agreement(y, p, metrics, threshold=0.5, ece_change=-0.01)["flags"] == []
+    with pytest.raises(DataError, match="probs_val must be"):
+        validation_agreement(y, p[:10], metrics)

@@ -9,6 +9,10 @@
 * :func:`shift_diagnostics` - compare a new dataset or site against those reference
   statistics: standardised mean differences of inputs, prevalence change and
   calibration-in-the-large, with plain-language flags.
+* :func:`validation_agreement` - compare the test figures with what the validation split
+  (where calibration, threshold and conformal sets were fitted) promised, and flag the
+  disagreements that chance does not explain: the sign that test is not exchangeable
+  with validation, so validation-fitted guarantees do not carry over.
 """
 
 from __future__ import annotations
@@ -283,3 +287,90 @@ def shift_diagnostics(
     for flag in flags:
         logger.warning("Shift: %s", flag)
     return out
+
+
+def validation_agreement(
+    y_val: Any,
+    probs_val: Any,
+    test_metrics: dict[str, Any],
+    *,
+    groups_val: Any = None,
+    threshold: float | None = None,
+    coverage: dict[str, Any] | None = None,
+    ece_change: float | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Whether the test data behave like the validation data the model was tuned on.
+
+    Calibration, the locked threshold and the conformal quantile are all fitted on
+    validation; they carry over to test only when both are samples of one population.
+    Each row compares a validation figure with its test counterpart. Flagged in plain
+    words: a difference whose two-sided z-test (each side's standard error from its own
+    patient-bootstrap 95% CI) gives p < 0.05, conformal coverage whose 95% Wilson interval
+    lies wholly below the target, and a calibration that made test worse.
+
+    Args:
+        y_val / probs_val: validation class indices ``(M,)`` and calibrated probabilities ``(M, K)``.
+        test_metrics: :func:`medpredict.metrics.classification_metrics` on test (with CIs).
+        groups_val: validation patient ids (bootstrap unit); ``None`` resamples rows.
+        threshold: the locked binary threshold (sensitivity/specificity rows); ``None`` for multiclass.
+        coverage: ``{"coverage", "target_coverage", "n"}`` of the conformal sets on test.
+        ece_change: test ECE after minus before calibration (positive = calibration made it worse).
+
+        n_boot / seed: bootstrap of the validation figures.
+
+    Returns:
+        ``{rows: [{metric, validation, validation_ci, test, test_ci, p_value, agrees}], flags: [str]}``.
+    """
+    from scipy.stats import binomtest
+
+    y = np.asarray(y_val).astype(np.int64)
+    p = np.asarray(probs_val, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise DataError(f"probs_val must be (M, K) with M = len(y_val) = {y.shape[0]}; got shape {p.shape}.")
+    from scipy.stats import norm
+
+    val = classification_metrics(y, p, labels=[str(k) for k in range(p.shape[1])], threshold=threshold,
+                                 groups=groups_val, n_boot=n_boot, seed=seed)
+    keys = ("auc", "sensitivity", "specificity") if p.shape[1] == 2 else ("auc", "accuracy")
+    rows: list[dict[str, Any]] = []
+    flags: list[str] = []
+    for key in keys:
+        v, v_ci = val.get(key), val.get(f"{key}_ci")
+        t, t_ci = test_metrics.get(key), test_metrics.get(f"{key}_ci")
+        if v is None or t is None or not v_ci or not t_ci or not np.all(np.isfinite([v, t, *v_ci, *t_ci])):
+            continue
+        # standard errors from the 95% percentile intervals (half-width / 1.96)
+        se = np.hypot(v_ci[1] - v_ci[0], t_ci[1] - t_ci[0]) / (2 * 1.959964)
+        p_value = float(2 * norm.sf(abs(v - t) / se)) if se > 0 else (1.0 if v == t else 0.0)
+        agrees = p_value >= 0.05
+        rows.append({"metric": key, "validation": float(v), "validation_ci": [float(c) for c in v_ci],
+                     "test": float(t), "test_ci": [float(c) for c in t_ci], "p_value": p_value, "agrees": agrees})
+        if not agrees:
+            flags.append(
+                f"{key.upper() if key == 'auc' else key.capitalize()} is {v:.3f} on validation but {t:.3f} on test "
+                f"(p = {p_value:.2g}): the test cases differ from the validation cases beyond chance."
+            )
+    if coverage and coverage.get("n"):
+        n, target = int(coverage["n"]), float(coverage["target_coverage"])
+        hits = int(round(float(coverage["coverage"]) * n))
+        interval = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+        agrees = bool(interval.high >= target)
+        rows.append({"metric": "conformal coverage", "validation": target, "validation_ci": None,
+                     "test": hits / n, "test_ci": [float(interval.low), float(interval.high)],
+                     "p_value": float(binomtest(hits, n, target, alternative="less").pvalue), "agrees": agrees})
+        if not agrees:
+            flags.append(
+                f"Prediction sets covered {hits / n:.1%} of test cases (95% CI {interval.low:.1%}-"
+                f"{interval.high:.1%}) against the {target:.0%} promised on validation: the coverage guarantee "
+                "needs test cases exchangeable with validation, and these are not."
+            )
+    if ece_change is not None and np.isfinite(ece_change) and ece_change > 0:
+        flags.append(
+            f"Calibration fitted on validation raised the test ECE by {ece_change:.3f}: validation and test "
+            "disagree on how confident the model should be; recalibrate on data like the deployment population."
+        )
+    for flag in flags:
+        logger.warning("Validation vs test: %s", flag)
+    return {"rows": rows, "flags": flags}

@@ -30,6 +30,7 @@ Evaluation dict (``schema_version`` 1). Every value is JSON-safe except the arra
     referral        {source: "entropy"|"given", rows: referral_curve()}
     subgroups       subgroup_table() rows | None
     shift           shift_diagnostics() | None
+    agreement       validation_agreement(): {rows, flags} | None     with validation data only
     explanations    {examples: [{title, caption, image: array|PNG path, heatmap: array,
                                  shortcut: shortcut_flag()}],
                      checks: explanation_sanity() | None,
@@ -233,7 +234,7 @@ def assemble_evaluation(
     from medpredict.conformal import predictive_entropy, referral_curve
     from medpredict.decision_curve import decision_curve
     from medpredict.metrics import classification_metrics, pr_points, roc_band, roc_points
-    from medpredict.subgroups import subgroup_table
+    from medpredict.subgroups import subgroup_table, validation_agreement
     from medpredict.thresholds import threshold_sweep
 
     p = np.asarray(probs, dtype=np.float64)
@@ -281,10 +282,20 @@ def assemble_evaluation(
         "referral": None,
         "subgroups": None,
         "shift": shift,
+        "agreement": None,
         "explanations": None,
         "training_curves": training_curves,
         "warnings": warnings_,
     }
+    if y_val is not None and probs_val is not None:
+        conformal_test = evaluation["conformal"]
+        reduction = evaluation["calibration"]["ece_reduction"]
+        evaluation["agreement"] = validation_agreement(
+            y_val, probs_val, metrics, groups_val=groups_val, threshold=locked,
+            coverage={**conformal_test, "n": int(y_arr.size)} if conformal_test else None,
+            ece_change=None if reduction is None else -reduction, n_boot=min(n_boot, 500), seed=seed,
+        )
+        warnings_.extend(evaluation["agreement"]["flags"])
     both_classes = binary and np.unique(y_arr).size == 2
     if both_classes:
         evaluation["curves"] = {

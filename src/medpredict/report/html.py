@@ -252,10 +252,27 @@ def _subgroups(ev: dict[str, Any], t: Callable[..., str]) -> str:
     return _table(header, body) + f'<div class="figs">{fig}</div>'
 
 
+def _agreement(ev: dict[str, Any], t: Callable[..., str]) -> str:
+    agreement = ev.get("agreement")
+    if not agreement or not agreement.get("rows"):
+        return ""
+    rows = []
+    for row in agreement["rows"]:
+        pct = row["metric"] != "auc"
+        key = "coverage" if row["metric"] == "conformal coverage" else row["metric"]
+        rows.append([t(key), _fmt(row["validation"], row["validation_ci"], pct), _fmt(row["test"], row["test_ci"], pct),
+                     t("agrees") if row["agrees"] else t("differs")])
+    flags = agreement.get("flags") or []
+    text = "".join(f"<li>{_e(f)}</li>" for f in flags) if flags else f"<li>{_e(t('agreement_ok'))}</li>"
+    return (f"<h3>{_e(t('agreement_title'))}</h3><p>{_e(t('agreement_lead'))}</p>"
+            + _table(["", t("validation"), t("test"), ""], rows) + f'<ul class="flags">{text}</ul>')
+
+
 def _shift(ev: dict[str, Any], t: Callable[..., str]) -> str:
+    agreement = _agreement(ev, t)
     shift = ev.get("shift")
     if not shift:
-        return f'<p class="na">{_e(t("shift_none"))}</p>'
+        return agreement + f'<p class="na">{_e(t("shift_none"))}</p>'
     rows = [[t("prevalence"), f"{_fmt(shift.get('prevalence_reference'), pct=True)} -> "
                               f"{_fmt(shift.get('prevalence'), pct=True)}"],
             [t("citl"), _fmt(shift.get("calibration_in_the_large"))]]
@@ -265,7 +282,7 @@ def _shift(ev: dict[str, Any], t: Callable[..., str]) -> str:
         rows.append([f"{col} SMD", _fmt(smd)])
     flags = shift.get("flags") or []
     text = "".join(f"<li>{_e(f)}</li>" for f in flags) if flags else f"<li>{_e(t('shift_ok'))}</li>"
-    return _table([t("metric"), t("value")], rows) + f'<ul class="flags">{text}</ul>'
+    return agreement + _table([t("metric"), t("value")], rows) + f'<ul class="flags">{text}</ul>'
 
 
 def _example_images(examples: list[dict[str, Any]], t: Callable[..., str]) -> str:

@@ -101,6 +101,16 @@ EN: dict[str, str] = {
     "status_one_class": "one class only",
     "shift_none": "No external-validation diagnostics were run.",
     "shift_ok": "No notable shift against the development data.",
+    "agreement_title": "Validation vs test",
+    "agreement_lead": "Calibration, the threshold and the prediction sets were fitted on validation data; they "
+                      "carry over only if the test cases resemble the validation cases. 'Differs' marks a "
+                      "difference that chance does not explain (p < 0.05; 95% CIs in parentheses).",
+    "agreement_ok": "Validation and test agree: the validation-fitted settings carry over.",
+    "agrees": "agrees",
+    "differs": "differs",
+    "validation": "Validation",
+    "test": "Test",
+    "coverage": "Prediction-set coverage",
     "checks": "Explanation checks",
     "randomisation": "Randomisation sanity check (maps must change when weights are randomised)",
     "faithfulness": "Faithfulness (insertion - deletion, vs random order)",
@@ -114,6 +124,8 @@ EN: dict[str, str] = {
                               "were given; intervals may be too narrow.",
     "lim_single_site": "Evaluated on one data source; performance elsewhere is unknown until "
                        "externally validated.",
+    "lim_agreement": "The test cases differ from the validation cases (see 'Validation vs test'): "
+                     "probabilities, the threshold and prediction sets fitted on validation may not hold in use.",
     "lim_calibration": "Calibration slope {slope:.2f} is far from 1: predicted risks are "
                        "{kind}; recalibrate before using them as probabilities.",
     "lim_over": "too extreme (over-confident)",
@@ -213,6 +225,15 @@ ZH: dict[str, str] = {
     "status_one_class": "仅含单一类别",
     "shift_none": "未进行外部验证诊断。",
     "shift_ok": "与开发数据相比未见明显偏移。",
+    "agreement_title": "验证集与测试集对比",
+    "agreement_lead": "校准、阈值和预测集合均在验证数据上拟合；只有当测试病例与验证病例相似时它们才适用。"
+                      "“不一致”表示差异不能用偶然解释（p < 0.05；括号内为 95% 置信区间）。",
+    "agreement_ok": "验证集与测试集一致：在验证集上拟合的设置可以沿用。",
+    "agrees": "一致",
+    "differs": "不一致",
+    "validation": "验证集",
+    "test": "测试集",
+    "coverage": "预测集合覆盖率",
     "checks": "可解释性检查",
     "randomisation": "随机化合理性检查（权重随机化后热图应改变）",
     "faithfulness": "忠实度（插入 - 删除，相对随机顺序）",
@@ -224,6 +245,8 @@ ZH: dict[str, str] = {
     "lim_small": "测试集较小（{n} 名患者）：置信区间较宽。",
     "lim_images_per_patient": "未提供患者编号，自助法将每张图像视为独立样本；置信区间可能偏窄。",
     "lim_single_site": "仅在单一数据来源上评估；在其他机构的表现需经外部验证。",
+    "lim_agreement": "测试病例与验证病例不同（见“验证集与测试集对比”）："
+                     "在验证集上拟合的概率、阈值和预测集合在使用中可能不成立。",
     "lim_calibration": "校准斜率为 {slope:.2f}，明显偏离 1：预测风险{kind}；作为概率使用前需重新校准。",
     "lim_over": "过于极端（过度自信）",
     "lim_under": "过于保守（自信不足）",

@@ -79,6 +79,8 @@ def limitations(evaluation: dict[str, Any], t: Callable[..., str]) -> list[str]:
         out.append(t("lim_images_per_patient"))
     if not evaluation.get("shift"):
         out.append(t("lim_single_site"))
+    if (evaluation.get("agreement") or {}).get("flags"):
+        out.append(t("lim_agreement"))
     slope = (evaluation.get("calibration") or {}).get("test", {}).get("slope")
     if slope is not None and np.isfinite(slope) and not 0.8 <= slope <= 1.25:
         out.append(t("lim_calibration", slope=slope, kind=t("lim_over") if slope < 1 else t("lim_under")))
