@@ -50,6 +50,30 @@ def test_conformal_sets_reach_target_coverage_on_test(method: str, k: int, alpha
     assert 0.8 <= summary["mean_size"] < k  # informative: not every class every time
 
 
+def _accurate_binary(rng: np.random.Generator, n: int, harder_negatives: float = 0.0):
+    """A binary model right on ~97% of cases; ``harder_negatives`` moves negatives towards positive."""
+    y = rng.integers(0, 2, n)
+    z = 3.0 * (2 * y - 1) + rng.normal(0, 1.5, n) + np.where(y == 0, harder_negatives, 0.0)
+    pos = 1 / (1 + np.exp(-z))
+    return np.c_[1 - pos, pos], y
+
+
+def test_aps_is_the_default_and_holds_coverage_when_test_cases_are_harder() -> None:
+    # Why APS is the default: with accuracy above 1 - alpha, LAC's quantile drops below 0.5,
+    # so uncertain cases get empty sets, and coverage collapses once test negatives are
+    # harder than validation's (as on PneumoniaMNIST's official test split). APS gives
+    # such cases both classes instead.
+    rng = np.random.default_rng(0)
+    probs_val, y_val = _accurate_binary(rng, 1000)
+    probs_test, y_test = _accurate_binary(rng, 1000, harder_negatives=1.5)
+    assert SplitConformal().method == "aps"
+    aps = SplitConformal(alpha=0.1).fit(probs_val, y_val).predict_sets(probs_test)
+    lac = SplitConformal(alpha=0.1, method="lac").fit(probs_val, y_val).predict_sets(probs_test)
+    assert abs(coverage(aps, y_test) - 0.9) <= 0.03
+    assert coverage(lac, y_test) < 0.85
+    assert set_size_summary(lac)["empty_rate"] > 2 * set_size_summary(aps)["empty_rate"]
+
+
 def test_lower_alpha_gives_larger_sets() -> None:
     probs_val, y_val = _draw(0, 2000, 4)
     probs_test, _ = _draw(1, 2000, 4)

@@ -2,8 +2,8 @@
 
 * :class:`SplitConformal` - split-conformal prediction sets calibrated on validation,
   with the finite-sample guarantee P(true class in set) >= 1 - alpha for exchangeable
-  data. ``lac`` (score 1 - p_true) gives the smallest sets; ``aps`` (cumulative
-  probability up to the true class) adapts set size to how hard a case is.
+  data. ``aps`` (cumulative probability up to the true class; the default) adapts set
+  size to how hard a case is; ``lac`` (score 1 - p_true) gives the smallest sets.
 * :func:`coverage`, :func:`set_size_summary` - how the sets behave on test.
 * :func:`mc_dropout_probs` and :func:`tta_probs` - repeated stochastic predictions
   (dropout left on, or small test-time augmentations) summarised as mean probability,
@@ -25,7 +25,7 @@ from medpredict.errors import ConfigError, DataError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("lac", "aps")
+METHODS = ("aps", "lac")
 
 
 def _probs_2d(probs: Any) -> np.ndarray:
@@ -50,15 +50,23 @@ def _labels(y: Any, n: int, k: int) -> np.ndarray:
 class SplitConformal:
     """Split-conformal classifier sets (estimator contract; fitted on validation).
 
+    APS is the default. When a model is right on more than ``1 - alpha`` of validation
+    cases, LAC's quantile falls below 0.5 and it answers an uncertain binary case with an
+    *empty* set; APS answers it with both classes ("refer"), so its coverage is spread
+    evenly over easy and hard cases. That is also why APS holds its coverage far better
+    when the cases in use are harder than validation's: on PneumoniaMNIST's official test
+    split (a separately collected set; see ``bench/calibration_transfer.py``) LAC covered
+    80-92% and APS 90-93% at a 90% target, over 20 trained models.
+
     Args:
         alpha: allowed miss rate; sets contain the true class for at least
             ``1 - alpha`` of exchangeable future cases.
-        method: ``lac`` or ``aps``.
+        method: ``aps`` or ``lac``.
         seed: seed of the uniform draws that randomise APS scores (without them APS
             over-covers badly, e.g. always giving both classes in a binary task).
     """
 
-    def __init__(self, alpha: float = 0.1, method: str = "lac", seed: int = 0) -> None:
+    def __init__(self, alpha: float = 0.1, method: str = "aps", seed: int = 0) -> None:
         self.alpha = alpha
         self.method = method
         self.seed = seed

@@ -171,7 +171,7 @@ def post_fit(
             fields["threshold"] = ThresholdPicker(method="youden").fit(y_val, probs[:, 1]).to_dict()
         except DataError as exc:
             log.warning("No threshold fitted (%s); using 0.5.", exc)
-    conformal = SplitConformal(alpha=0.1).fit(probs, y_val)
+    conformal = SplitConformal(alpha=0.1, method="aps").fit(probs, y_val)
     fields["conformal"] = conformal.to_dict()
     return fields, probs
 
