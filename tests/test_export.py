@@ -116,12 +116,13 @@ def test_unknown_exporter_gets_a_suggestion(model, tmp_path):
         export.export_onnx(model, tmp_path / "m.onnx", [_images(2)], exporter="dynamoo")
 
 
-def test_int8_quantisation_reports_accuracy_change(model, tmp_path):
+def test_dynamic_int8_quantisation_reports_accuracy_change(model, tmp_path):
     export.export_onnx(model, tmp_path / "m.onnx", [_images(2)], exporter="torchscript")
     x = _images(40, seed=3)
     with torch.no_grad():
         labels = model(torch.from_numpy(x)).argmax(1).numpy()  # fp32 is right on every sample
-    q = export.quantize_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx", [x], labels=labels)
+    q = export.quantize_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx", [x], labels=labels, method="dynamic")
+    assert q.method == "dynamic"
     assert (tmp_path / "m8.onnx").is_file()
     assert q.accuracy_fp32 == 1.0
     assert q.accuracy_change == pytest.approx(q.accuracy_int8 - 1.0)
@@ -133,6 +134,26 @@ def test_int8_quantisation_reports_accuracy_change(model, tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m8.onnx")).graph.node}
     assert ops & {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
+def test_static_int8_quantisation_uses_integer_convolutions_and_reports_auc(model, tmp_path):
+    export.export_onnx(model, tmp_path / "m.onnx", [_images(2)], exporter="torchscript")
+    x = _images(60, seed=4)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).numpy()
+    labels = (logits[:, 1] - logits[:, 0] > np.median(logits[:, 1] - logits[:, 0])).astype(int)
+    q = export.quantize_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx", [x], labels=labels,
+                             calibration_inputs=[_images(32, seed=5)])
+    assert q.method == "static" and q.auc_fp32 == 1.0  # labels were made from the fp32 scores
+    assert q.auc_change == pytest.approx(q.auc_int8 - 1.0) and q.auc_int8 > 0.9
+    assert "auc_change" in q.to_dict()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ graph: ORT runs int8 kernels
+    with pytest.raises(ConfigError, match="Did you mean 'static'"):
+        export.quantize_int8(tmp_path / "m.onnx", tmp_path / "m9.onnx", [x], method="statik")
+    assert not (tmp_path / "m9.onnx").exists()
 
 
 # --------------------------------------------------------------------------- a real bundle
@@ -157,9 +178,14 @@ def test_export_run_writes_onnx_parity_and_int8_report(run_copy):
     assert (run_copy / "onnx" / "model.onnx").is_file() and (run_copy / "onnx" / "model.int8.onnx").is_file()
     assert report.max_abs_diff < 1e-4
     assert report.input_shapes == [[-1, 1, 28, 28]]
+    # checked on the run's own 20 validation images, int8 calibrated on its training images
+    assert report.parity_samples == 20
+    assert report.quantized.method == "static" and report.quantized.samples == 20
+    assert report.quantized.auc_fp32 is not None
     saved = json.loads((run_copy / "onnx" / "export.json").read_text())
     assert saved["max_abs_diff"] == report.max_abs_diff
     assert 0.0 <= saved["quantized"]["label_agreement"] <= 1.0
+    assert saved["quantized"]["auc_change"] == pytest.approx(report.quantized.auc_change)
     meta = OnnxBackend(run_copy / "onnx" / "model.onnx").metadata
     assert meta["medpredict.labels"] == "normal,pneumonia"
     assert len(meta["medpredict.weights_sha256"]) == 64
@@ -176,3 +202,15 @@ def test_export_refuses_a_tampered_bundle(run_copy, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum"):
         export.export_run(tampered, exporter="torchscript")
+
+
+def test_cli_export_int8_prints_the_validation_auc_change(run_copy, capsys):
+    from medpredict.cli import main
+
+    assert main(["export", str(run_copy), "--int8", "--exporter", "torchscript", "--out",
+                 str(run_copy / "onnx-cli")]) == 0
+    out = capsys.readouterr().out
+    assert "int8 model (static)" in out and "int8 AUC on 20 validation images" in out
+    assert main(["export", str(run_copy), "--int8", "--int8-method", "dynamic", "--exporter", "torchscript",
+                 "--out", str(run_copy / "onnx-dyn")]) == 0
+    assert "int8 model (dynamic)" in capsys.readouterr().out

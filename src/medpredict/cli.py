@@ -361,7 +361,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run's model to ONNX with a parity check (and int8)")
     p.add_argument("run", help="run folder (or its model/ bundle folder)")
     p.add_argument("--onnx", action="store_true", help="export to ONNX (the only format; for clarity)")
-    p.add_argument("--int8", action="store_true", help="also write an int8 dynamically quantised model")
+    p.add_argument("--int8", action="store_true", help="also write an int8 quantised model (model.int8.onnx)")
+    p.add_argument("--int8-method", choices=("static", "dynamic"),
+                   help="static (QDQ, calibrated on training images; default for image models) or dynamic "
+                        "(default for record and fused models)")
     p.add_argument("--exporter", default="dynamo", help="dynamo (default) or torchscript")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (default 1e-4)")
     p.add_argument("--out", help="output folder (default RUN/onnx)")
@@ -372,14 +375,18 @@ def _export(args: argparse.Namespace) -> int:
     from medpredict.export import export_run
 
     report = export_run(
-        args.run, out_dir=args.out, quantize=args.int8, atol=args.atol, exporter=args.exporter
+        args.run, out_dir=args.out, quantize=args.int8, quant_method=args.int8_method, atol=args.atol,
+        exporter=args.exporter,
     )
     print(f"ONNX model: {report.path} ({report.exporter} exporter, opset {report.opset})")
     print(f"Parity: max |ONNX - PyTorch| = {report.max_abs_diff:.3g} on {report.parity_samples} inputs")
     if report.quantized is not None:
         q = report.quantized
-        print(f"int8 model: {q.path} ({q.size_fp32_bytes} -> {q.size_int8_bytes} bytes, "
+        print(f"int8 model ({q.method}): {q.path} ({q.size_fp32_bytes} -> {q.size_int8_bytes} bytes, "
               f"max |dp| = {q.max_abs_prob_diff:.3g}, label agreement {q.label_agreement:.3f})")
+        if q.auc_change is not None:
+            print(f"int8 AUC on {q.samples} validation images: {q.auc_fp32:.4f} -> {q.auc_int8:.4f} "
+                  f"({q.auc_change:+.4f})")
     return 0
 
 

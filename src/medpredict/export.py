@@ -4,8 +4,9 @@ The exported graph returns the same logits as the PyTorch model, with a dynamic 
 axis. :func:`export_onnx` always runs a parity check on the exported file and refuses a
 graph whose outputs differ from PyTorch by more than ``atol``; the measured maximum
 absolute difference is part of the returned :class:`ExportReport`. :func:`quantize_int8`
-applies ONNX Runtime's dynamic int8 quantisation and reports how far the outputs (and,
-given labels, the accuracy) moved.
+applies ONNX Runtime's int8 quantisation (static QDQ with calibrated activation ranges for
+image networks, dynamic for record models) and reports how far the outputs (and, given
+labels, the accuracy and AUC) moved.
 
 :func:`export_run` does the whole job for a training run folder and writes
 ``RUN/onnx/model.onnx``, optionally ``RUN/onnx/model.int8.onnx``, and the figures as
@@ -42,6 +43,7 @@ EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
 INPUT_NAMES = ("image", "record")
 OUTPUT_NAME = "logits"
+QUANT_METHODS = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -78,17 +80,20 @@ class ExportReport:
 
 @dataclass(frozen=True)
 class QuantizationReport:
-    """How int8 dynamic quantisation changed the model.
+    """How int8 quantisation changed the model.
 
     Attributes:
         path: the written int8 ``.onnx`` file.
+        method: ``static`` (QDQ, calibrated activation ranges) or ``dynamic``.
         size_fp32_bytes / size_int8_bytes: file sizes before and after.
         max_abs_prob_diff: largest change of any class probability on the check inputs.
         label_agreement: fraction of check inputs whose arg-max class did not change.
         accuracy_fp32 / accuracy_int8: accuracies on the check inputs when labels were given.
+        auc_fp32 / auc_int8: the same for AUC (two classes, both present).
     """
 
     path: str
+    method: str
     size_fp32_bytes: int
     size_int8_bytes: int
     max_abs_prob_diff: float
@@ -96,6 +101,8 @@ class QuantizationReport:
     samples: int
     accuracy_fp32: float | None = None
     accuracy_int8: float | None = None
+    auc_fp32: float | None = None
+    auc_int8: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -105,9 +112,17 @@ class QuantizationReport:
             return None
         return self.accuracy_int8 - self.accuracy_fp32
 
+    @property
+    def auc_change(self) -> float | None:
+        """int8 AUC minus fp32 AUC (binary, labelled check inputs), else ``None``."""
+        if self.auc_fp32 is None or self.auc_int8 is None:
+            return None
+        return self.auc_int8 - self.auc_fp32
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["accuracy_change"] = self.accuracy_change
+        out["auc_change"] = self.auc_change
         return out
 
 
@@ -315,53 +330,77 @@ def quantize_int8(
     *,
     labels: np.ndarray | None = None,
     activation: str = "softmax",
+    method: str = "static",
+    calibration_inputs: Sequence[np.ndarray] | None = None,
 ) -> QuantizationReport:
-    """Quantise weights to int8 with ONNX Runtime's dynamic quantisation and report the change.
+    """Quantise a model to int8 with ONNX Runtime and report how its outputs changed.
+
+    ``static`` (QDQ: per-channel int8 weights, uint8 activations whose ranges are measured
+    on ``calibration_inputs``) runs convolutions on integer kernels and is what pays for
+    CNNs; ``dynamic`` quantises weights only and computes activation ranges on the fly,
+    which suits record MLPs but is slower than float for convolutions on this CPU.
 
     Args:
         fp32_path: the exported float model.
         int8_path: where to write the quantised model (written atomically).
         check_inputs: inputs (one array per graph input, batch first) on which the fp32 and
             int8 outputs are compared; real validation data gives a meaningful figure.
-        labels: optional true class indices ``(N,)`` for ``check_inputs``, to report accuracy.
+        labels: optional true class indices ``(N,)`` for ``check_inputs``, to report accuracy
+            (and AUC for two classes).
         activation: ``softmax`` or ``sigmoid``, how logits become probabilities.
+        method: ``static`` or ``dynamic``.
+        calibration_inputs: inputs whose activation ranges fix the static scales; real
+            training images, never the check inputs' labels. Defaults to ``check_inputs``.
 
     Raises:
+        ConfigError: unknown ``method``.
         DataError: ``labels`` does not match the number of check inputs.
     """
     require_extra("onnxruntime", "onnx")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from medpredict.onnx_model import OnnxBackend
 
+    if method not in QUANT_METHODS:
+        raise unknown_choice("quantisation method", method, QUANT_METHODS)
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    arrays = [np.asarray(a, dtype=np.float32) for a in check_inputs]
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != arrays[0].shape[0]:
+            raise DataError(
+                f"quantize_int8 got {labels.shape[0]} labels for {arrays[0].shape[0]} check inputs; "
+                "give one label per input."
+            )
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model.int8.onnx"
         # ORT logs a pre-processing hint on the root logger; it is advice, not a problem.
         root_level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
         try:
-            quantize_dynamic(str(fp32_path), str(target), weight_type=QuantType.QInt8)
+            if method == "static":
+                calibration = [np.asarray(a, dtype=np.float32) for a in (calibration_inputs or arrays)]
+                _quantize_static(fp32_path, target, calibration, Path(tmp))
+            else:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(fp32_path), str(target), weight_type=QuantType.QInt8)
         finally:
             logging.getLogger().setLevel(root_level)
         write_bytes(int8_path, target.read_bytes())
 
-    arrays = [np.asarray(a, dtype=np.float32) for a in check_inputs]
     p32 = OnnxBackend(fp32_path, activation=activation).predict_proba(*arrays)
     p8 = OnnxBackend(int8_path, activation=activation).predict_proba(*arrays)
     agree = float(np.mean(p32.argmax(1) == p8.argmax(1))) if len(p32) else 1.0
-    acc32 = acc8 = None
+    acc32 = acc8 = auc32 = auc8 = None
     if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != p32.shape[0]:
-            raise DataError(
-                f"quantize_int8 got {labels.shape[0]} labels for {p32.shape[0]} check inputs; "
-                "give one label per input."
-            )
         acc32 = float(np.mean(p32.argmax(1) == labels))
         acc8 = float(np.mean(p8.argmax(1) == labels))
+        if p32.shape[1] == 2 and np.unique(labels).size == 2:
+            from sklearn.metrics import roc_auc_score
+
+            auc32, auc8 = float(roc_auc_score(labels, p32[:, 1])), float(roc_auc_score(labels, p8[:, 1]))
     report = QuantizationReport(
         path=str(int8_path),
+        method=method,
         size_fp32_bytes=fp32_path.stat().st_size,
         size_int8_bytes=int8_path.stat().st_size,
         max_abs_prob_diff=float(np.max(np.abs(p32 - p8))) if p32.size else 0.0,
@@ -369,10 +408,13 @@ def quantize_int8(
         samples=int(p32.shape[0]),
         accuracy_fp32=acc32,
         accuracy_int8=acc8,
+        auc_fp32=auc32,
+        auc_int8=auc8,
         notes=[] if labels is not None else ["no labels given: accuracy not measured, agreement only"],
     )
     logger.info(
-        "int8 model %s: %d -> %d bytes, max |dp| = %.3g, agreement %.3f",
+        "int8 (%s) model %s: %d -> %d bytes, max |dp| = %.3g, agreement %.3f",
+        method,
         int8_path,
         report.size_fp32_bytes,
         report.size_int8_bytes,
@@ -382,11 +424,42 @@ def quantize_int8(
     return report
 
 
+def _quantize_static(source: Path, target: Path, calibration: list[np.ndarray], workdir: Path) -> None:
+    """QDQ static quantisation of ``source`` into ``target``, scales measured on ``calibration``."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    names = [i.name for i in onnxruntime.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+             .get_inputs()]
+    if len(names) != len(calibration):
+        raise DataError(f"The model takes {len(names)} inputs ({names}); got {len(calibration)} calibration arrays.")
+
+    class _Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            n = calibration[0].shape[0]
+            self._batches = iter([{name: a[i : i + 32] for name, a in zip(names, calibration, strict=True)}
+                                  for i in range(0, n, 32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    prepared = workdir / "model.prepared.onnx"
+    try:  # shape inference + graph fusions: recommended before static quantisation
+        quant_pre_process(str(source), str(prepared))
+    except Exception as exc:  # an optional optimisation; quantising the raw graph still works
+        logger.warning("ONNX pre-processing before quantisation failed (%s); quantising the raw graph.", exc)
+        prepared = source
+    quantize_static(str(prepared), str(target), _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+
+
 def export_run(
     run: str | os.PathLike[str],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     quantize: bool = False,
+    quant_method: str | None = None,
     check_inputs: Sequence[np.ndarray] | None = None,
     check_labels: np.ndarray | None = None,
     atol: float = 1e-4,
@@ -395,16 +468,23 @@ def export_run(
 ) -> ExportReport:
     """Export the model of a training run (or bundle folder) to ``RUN/onnx/``.
 
+    Without ``check_inputs``, an image run whose training data is still readable is
+    checked on its own validation images (parity, and the int8 accuracy/AUC change) and
+    statically quantised with activation ranges from its training images; otherwise 16
+    seeded random inputs of the model's shape are used.
+
     Args:
         run: a run folder holding ``model/``, or the bundle folder itself.
         out_dir: where to write; defaults to ``RUN/onnx``.
         quantize: also write ``model.int8.onnx`` and report its accuracy change.
+        quant_method: ``static`` or ``dynamic``; ``None`` picks static for image models and
+            dynamic for record and fused models.
         check_inputs: inputs for the parity and quantisation checks, already preprocessed
-            as the model expects; defaults to 16 seeded random inputs of the model's shape.
+            as the model expects.
         check_labels: true class indices for ``check_inputs`` (accuracy change of int8).
         atol: parity bound, see :func:`export_onnx`.
         exporter: see :func:`export_onnx`.
-        seed: seed of the generator for the default random check inputs.
+        seed: seed of the generator for random check inputs and the image samples.
 
     Raises:
         BundleError: the run holds no loadable bundle, or the export fails parity.
@@ -422,11 +502,15 @@ def export_run(
     shapes = _input_shapes(predictor)
     rng = np.random.default_rng(seed)
     example = [rng.random((2, *shape), dtype=np.float32) for shape in shapes]
-    checks = (
-        list(check_inputs)
-        if check_inputs is not None
-        else [rng.random((16, *shape), dtype=np.float32) for shape in shapes]
-    )
+    calibration = None
+    if check_inputs is not None:
+        checks = list(check_inputs)
+    else:
+        own = _run_images(predictor, seed=seed)
+        if own is not None:
+            calibration, checks, check_labels = [own[0]], [own[1]], own[2]
+        else:
+            checks = [rng.random((16, *shape), dtype=np.float32) for shape in shapes]
     out = Path(out_dir) if out_dir is not None else bundle_dir.parent / "onnx"
     weights = bundle_dir / "weights.safetensors"
     meta = {
@@ -441,8 +525,10 @@ def export_run(
     )
     if quantize:
         activation = "sigmoid" if getattr(predictor, "task", "") == "multilabel" else "softmax"
+        method = quant_method or ("static" if getattr(predictor, "input_kind", "") == "image" else "dynamic")
         q = quantize_int8(
-            out / "model.onnx", out / "model.int8.onnx", checks, labels=check_labels, activation=activation
+            out / "model.onnx", out / "model.int8.onnx", checks, labels=check_labels, activation=activation,
+            method=method, calibration_inputs=calibration,
         )
         report = dataclasses.replace(report, quantized=q)
     summary = report.to_dict()
@@ -450,6 +536,42 @@ def export_run(
         summary["quantized"] = report.quantized.to_dict()
     write_json(out / "export.json", summary)
     return report
+
+
+def _run_images(
+    predictor: Any, *, seed: int, calibration_rows: int = 256, check_rows: int = 1000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Training images (calibration) and validation images with labels (checks) of an image run.
+
+    Returns ``(calibration (N, C, H, W), checks (M, C, H, W), labels (M,))`` float32 in
+    [0, 1], or ``None`` when the bundle is not an image classifier or its data is gone.
+    """
+    meta = getattr(predictor, "meta", {})
+    if getattr(predictor, "input_kind", "") != "image" or "config" not in meta:
+        return None
+    if getattr(predictor, "task", "") not in ("binary", "multiclass"):
+        return None
+    from medpredict.config import from_dict
+    from medpredict.training import build_dataset, load_data
+
+    config = from_dict(meta["config"])
+    try:
+        manifest = load_data(config)
+    except (DataError, ConfigError, OSError) as exc:
+        logger.warning("The run's data could not be read (%s); checking the export on random inputs.", exc)
+        return None
+    rng = np.random.default_rng(seed)
+    parts = []
+    for split, limit in (("train", calibration_rows), ("val", check_rows)):
+        frame = manifest.split(split)
+        if frame.empty:
+            return None
+        frame = frame.iloc[np.sort(rng.permutation(len(frame))[:limit])]
+        dataset = build_dataset(frame, config, manifest.task, progress=False)
+        parts.append((dataset.inputs[0].float().div(255).numpy(), dataset.target.numpy()))
+    logger.info("Checking the export on %d validation images; int8 scales from %d training images.",
+                len(parts[1][0]), len(parts[0][0]))
+    return parts[0][0], parts[1][0], parts[1][1]
 
 
 def _input_shapes(predictor: Any) -> list[tuple[int, ...]]:
