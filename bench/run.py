@@ -21,7 +21,7 @@ figures mean nothing.
 Usage::
 
     nice .venv/bin/python bench/run.py --quick
-    nice .venv/bin/python bench/run.py --sections pneumonia cpu --epochs 12 --peer-epochs 100
+    nice .venv/bin/python bench/run.py --sections pneumonia cpu --peer-epochs 100
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_medmnist  # noqa: E402  (a sibling script, not a package)
 
 from medpredict.atomic import write_json, write_text  # noqa: E402
+from medpredict.demo import DEMO_SETTINGS  # noqa: E402
 
 log = logging.getLogger("bench.run")
 HERE = Path(__file__).resolve().parent
@@ -123,7 +124,6 @@ def medpredict_recipe(npz: Path, *, epochs: int, threads: int | None, workdir: P
     from medpredict import engine, training
     from medpredict.checkpoint import load_state
     from medpredict.config import load_config
-    from medpredict.demo import DEMO_SETTINGS
     from medpredict.evaluate import evaluate
 
     settings = {**DEMO_SETTINGS, "data.source": str(npz), "train.epochs": epochs, "train.max_minutes": None,
@@ -165,7 +165,7 @@ def medpredict_recipe(npz: Path, *, epochs: int, threads: int | None, workdir: P
     n_train = result.fit.history and len(manifest.split("train"))
     train_s = sum(r["seconds"] for r in result.fit.history) - sum(tracker.overhead[:-1])
     return {
-        "recipe": "medpredict demo: tiny-resnet 28 px, AdamW one-cycle, light augmentation",
+        "recipe": "medpredict demo: tiny-resnet 28 px, AdamW one-cycle, light augmentation, label smoothing 0.1",
         "epochs_run": len(history), "best_epoch": result.fit.best_epoch, "test_auc": m.get("auc"),
         "test_auc_ci": m.get("auc_ci"), "test_acc": m.get("accuracy"), "threshold": m.get("threshold"),
         "wall_s": train_wall - sum(tracker.overhead), "images_per_s": n_train * len(history) / max(train_s, 1e-9),
@@ -413,7 +413,8 @@ def section_kermany(args: argparse.Namespace, workdir: Path, out: Path) -> dict[
 # --- (d) inference ----------------------------------------------------------------------------
 
 
-def section_inference(args: argparse.Namespace) -> dict[str, Any] | None:
+def section_inference(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | None:
+    """Random-weight speed pairs, then every model trained by an earlier section, scored on its test split."""
     path = HERE / "onnx_speed.py"
     if not path.is_file():
         return None
@@ -427,7 +428,13 @@ def section_inference(args: argparse.Namespace) -> dict[str, Any] | None:
         rows.append(module.measure(name, int(size), batch=64 if int(size) <= 64 else 8, reps=3 if args.quick else 5,
                                    single=20 if args.quick else 50, threads=1, exporter="dynamo",
                                    int8=not args.quick))
-    return {"rows": rows}
+    trained = []
+    for run_name in ("demo_recipe", "kermany_pneumonia"):
+        if (workdir / run_name / "model").is_dir():
+            log.info("inference: trained run %s in PyTorch, ONNX Runtime fp32 and int8", run_name)
+            trained.append(module.trained_run(workdir / run_name, threads=1, reps=3 if args.quick else 5,
+                                              single=20 if args.quick else 50))
+    return {"rows": rows, "trained": trained}
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -511,7 +518,21 @@ def to_markdown(payload: dict[str, Any]) -> str:
             for runtime, r in row["results"].items():
                 lines.append(f"| {row['model']} | {row['size']} | {runtime} | {_fmt(r.get('throughput_img_s'), 1)} | "
                              f"{_fmt(r.get('latency_p50_ms'))} | {_fmt(r.get('latency_p99_ms'))} |")
-        lines.append("")
+        lines += ["", "Random weights, 1 thread per runtime; int8 static = QDQ with activation ranges from "
+                  "32 random inputs, dynamic = weights only.", ""]
+        if d.get("trained"):
+            lines += ["Trained models of this run, exported with `medpredict export --int8` (parity on validation, "
+                      "static int8 calibrated on training images), scored on their test split; 1 thread, "
+                      "runtimes timed in alternating rounds:", "",
+                      "| run | runtime | test AUC | AUC change | batch images/s | vs PyTorch | p50 ms | p99 ms |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for t in d["trained"]:
+                for runtime, r in t["results"].items():
+                    lines.append(f"| {t['run']} ({t['model']} {t['size']} px, n={t['n_test']}) | {runtime} | "
+                                 f"{r['test_auc']:.4f} | {r['auc_change_vs_pytorch']:+.4f} | "
+                                 f"{r['throughput_img_s']:.1f} | x{r['speedup_vs_pytorch']:.2f} | "
+                                 f"{r['latency_p50_ms']:.3f} | {r['latency_p99_ms']:.3f} |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -521,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="a smoke run of every section (a few minutes)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every section (default 2)")
-    parser.add_argument("--epochs", type=int, default=12, help="demo-recipe epochs (default: the demo's 12)")
+    parser.add_argument("--epochs", type=int, default=DEMO_SETTINGS["train.epochs"],
+                        help=f"demo-recipe epochs (default: the demo's {DEMO_SETTINGS['train.epochs']})")
     parser.add_argument("--peer-epochs", type=int, default=100, help="peer epochs (the recipe's 100; hours here)")
     parser.add_argument("--peer-max-train", type=int, help="peer trains on the first N images only")
     parser.add_argument("--speed-rounds", type=int, default=3, help="alternating rounds, recipe throughput")
@@ -554,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "pneumonia": lambda: section_pneumonia(args, workdir),
             "cpu": lambda: section_cpu(args),
             "kermany": lambda: section_kermany(args, workdir, args.out),
-            "inference": lambda: section_inference(args),
+            "inference": lambda: section_inference(args, workdir),
         }
         for name in SECTIONS:
             if name not in args.sections:

@@ -26,6 +26,13 @@ def test_own_test_split_report_metrics_and_model_card_in_bundle(tiny_run: Path, 
     assert result.metrics["threshold"] == pytest.approx(locked)  # never re-tuned on test
     html = (run / "report.html").read_text(encoding="utf-8")
     assert all(f'id="{key}"' in html for key in SECTIONS)
+    train = metrics["run"]["splits"]["train"]  # from the bundle: the training split's counts
+    bundle_data = json.loads((run / "model" / "bundle.json").read_text())["data"]
+    assert train["n"] == bundle_data["rows"]["train"] and train["prevalence"] == bundle_data["prevalence"]["train"]
+    assert train["n_positive"] == round(train["prevalence"] * train["n"])
+    # validation figures sit beside the test figures, with the coverage promised on validation
+    assert [r["metric"] for r in metrics["agreement"]["rows"]][-1] == "conformal coverage"
+    assert "Validation vs test" in html and "90% (target)" in html
     assert (run / "model" / "model_card.md").is_file()  # the card travels with the bundle
     from medpredict.predict import Predictor
 

@@ -25,14 +25,19 @@ NPZ = Path("medmnist") / "pneumoniamnist.npz"
 CHEST_CR = Path("dicom") / "pydicom_data" / "RG1_J2KI.dcm"
 
 # The demo recipe: small residual net at the native 28 px, one-cycle AdamW, light
-# augmentation; chosen to finish in a few minutes on 2 CPU cores.
+# augmentation, label smoothing 0.1; about 1.5 minutes of training on 2 CPU cores.
+# Label smoothing is what lets the validation-fitted temperature, threshold and conformal
+# sets carry over to the official test split (a separately collected set): over seeds,
+# temperature scaling then lowers test ECE every time instead of about half the time
+# (bench/calibration_transfer.py measures it).
 DEMO_SETTINGS: dict[str, Any] = {
     "model.name": "tiny-resnet",
     "preprocess.image_size": 28,
-    "train.epochs": 12,
+    "train.epochs": 20,
     "train.batch_size": 128,
     "train.lr": 3e-3,
-    "train.patience": 12,
+    "train.label_smoothing": 0.1,
+    "train.patience": 20,
     "train.max_minutes": 9.0,
 }
 

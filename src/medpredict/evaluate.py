@@ -355,10 +355,7 @@ def evaluate(
             "intended_use": (
                 "Research and decision support only: flags cases for a clinician's review; not a diagnosis."
             ),
-            "splits": {
-                k: {"n": v, "n_patients": meta["data"]["patients"].get(k)}
-                for k, v in meta.get("data", {}).get("rows", {}).items()
-            },
+            "splits": {k: _split_info(meta.get("data", {}), k) for k in meta.get("data", {}).get("rows", {})},
         },
         n_boot=n_boot,
         **got.val,
@@ -382,6 +379,16 @@ def evaluate(
     return EvaluationResult(
         metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
     )
+
+
+def _split_info(data: dict[str, Any], split: str) -> dict[str, Any]:
+    """Rows, patients and (binary) positives and prevalence of one training-time split, from the bundle."""
+    n = data["rows"][split]
+    info: dict[str, Any] = {"n": n, "n_patients": data.get("patients", {}).get(split)}
+    prevalence = data.get("prevalence", {}).get(split)
+    if isinstance(prevalence, float):
+        info.update(prevalence=prevalence, n_positive=int(round(prevalence * n)))
+    return info
 
 
 def _read_json(path: Path) -> Any:

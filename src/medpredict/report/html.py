@@ -260,7 +260,9 @@ def _agreement(ev: dict[str, Any], t: Callable[..., str]) -> str:
     for row in agreement["rows"]:
         pct = row["metric"] != "auc"
         key = "coverage" if row["metric"] == "conformal coverage" else row["metric"]
-        rows.append([t(key), _fmt(row["validation"], row["validation_ci"], pct), _fmt(row["test"], row["test_ci"], pct),
+        promised = (t("coverage_target", value=row["validation"]) if row["validation_ci"] is None
+                    else _fmt(row["validation"], row["validation_ci"], pct))
+        rows.append([t(key), promised, _fmt(row["test"], row["test_ci"], pct),
                      t("agrees") if row["agrees"] else t("differs")])
     flags = agreement.get("flags") or []
     text = "".join(f"<li>{_e(f)}</li>" for f in flags) if flags else f"<li>{_e(t('agreement_ok'))}</li>"
