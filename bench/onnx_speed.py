@@ -2,7 +2,7 @@
 
 For each (model, size) pair the network from ``medpredict.models`` (random weights, eval
 mode) is exported with :func:`medpredict.export.export_onnx` (parity checked on 8
-inputs), optionally quantised to int8, and timed:
+inputs), optionally quantised to int8 (static QDQ and dynamic), and timed:
 
 * throughput: images per second on batches of ``--batch`` (median of ``--reps`` runs);
 * latency: p50 and p99 of ``--single`` single-image calls.
@@ -84,12 +84,14 @@ def measure(
         )
         export_s = time.perf_counter() - started
         backends = {"onnxruntime_fp32": OnnxBackend(path, threads=threads)}
-        quant = None
+        quant: dict[str, Any] = {}
         if int8:
-            quant = quantize_int8(
-                path, Path(tmp) / "model.int8.onnx", [rng.random((32, 1, size, size), dtype=np.float32)]
-            )
-            backends["onnxruntime_int8"] = OnnxBackend(Path(tmp) / "model.int8.onnx", threads=threads)
+            for method in ("static", "dynamic"):
+                target = Path(tmp) / f"model.int8.{method}.onnx"
+                quant[method] = quantize_int8(
+                    path, target, [rng.random((32, 1, size, size), dtype=np.float32)], method=method
+                )
+                backends[f"onnxruntime_int8_{method}"] = OnnxBackend(target, threads=threads)
 
         tensor_batch, tensor_one = torch.from_numpy(batch_x), torch.from_numpy(one)
         runners = {"pytorch_eager": (lambda: _torch(model, tensor_batch), lambda: _torch(model, tensor_one))}
@@ -114,8 +116,8 @@ def measure(
         "exporter": report.exporter,
         "export_seconds": round(export_s, 2),
         "parity_max_abs_diff": report.max_abs_diff,
-        "int8_max_abs_prob_diff": None if quant is None else quant.max_abs_prob_diff,
-        "int8_label_agreement": None if quant is None else quant.label_agreement,
+        "int8_max_abs_prob_diff": {m: q.max_abs_prob_diff for m, q in quant.items()} or None,
+        "int8_label_agreement": {m: q.label_agreement for m, q in quant.items()} or None,
         "batch": batch,
         "results": rows,
     }
@@ -124,6 +126,64 @@ def measure(
 @torch.no_grad()
 def _torch(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
+
+
+def trained_run(run_dir: Path, *, threads: int, reps: int = 5, single: int = 50) -> dict[str, Any]:
+    """A trained run exported as medpredict users export it, scored and timed in each runtime.
+
+    ``export_run(quantize=True)`` checks parity on the run's validation images and calibrates
+    the static int8 scales on its training images; the test split is then scored by PyTorch,
+    ONNX Runtime fp32 and int8 (AUC, so the int8 accuracy cost is measured on real data), and
+    each runtime is timed on batches of test images and on single images, in alternating rounds.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from medpredict.config import from_dict
+    from medpredict.export import export_run
+    from medpredict.predict import Predictor
+    from medpredict.training import build_dataset, load_data
+
+    torch.set_num_threads(threads)
+    report = export_run(run_dir, quantize=True)
+    predictor = Predictor.from_bundle(run_dir / "model")
+    config = from_dict(predictor.meta["config"])
+    manifest = load_data(config)
+    test = manifest.split("test")
+    x = build_dataset(test, config, manifest.task, progress=False).inputs[0].float().div(255)
+    y = test["target"].to_numpy()
+    onnx_dir = run_dir / "onnx"
+    runtimes = {
+        "pytorch_eager": lambda a: _torch(predictor.model, torch.from_numpy(a)).numpy(),
+        "onnxruntime_fp32": OnnxBackend(onnx_dir / "model.onnx", threads=threads).logits,
+        "onnxruntime_int8_static": OnnxBackend(onnx_dir / "model.int8.onnx", threads=threads).logits,
+    }
+    xs = x.numpy()
+    batch = xs[: min(len(xs), 64 if predictor.image_size <= 64 else 8)]
+    rows: dict[str, Any] = {}
+    for name, run in runtimes.items():
+        logits = np.concatenate([run(xs[i : i + 256]) for i in range(0, len(xs), 256)])
+        rows[name] = {"test_auc": float(roc_auc_score(y, logits[:, 1] - logits[:, 0]))}
+        run(batch)  # warm-up: first calls allocate
+        run(batch[:1])
+    timings: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in runtimes}
+    for _ in range(reps):  # alternate the runtimes so that machine load hits all alike
+        for name, run in runtimes.items():
+            timings[name][0].extend(_timed(lambda r=run: r(batch), 1))
+            timings[name][1].extend(_timed(lambda r=run: r(batch[:1]), max(1, single // reps)))
+    for name, (batch_times, single_times) in timings.items():
+        rows[name].update({
+            "throughput_img_s": round(len(batch) / statistics.median(batch_times), 1),
+            "latency_p50_ms": round(1e3 * _percentile(single_times, 50), 3),
+            "latency_p99_ms": round(1e3 * _percentile(single_times, 99), 3),
+        })
+    base = rows["pytorch_eager"]
+    for row in rows.values():
+        row["speedup_vs_pytorch"] = round(row["throughput_img_s"] / base["throughput_img_s"], 2)
+        row["auc_change_vs_pytorch"] = row["test_auc"] - base["test_auc"]
+    q = report.quantized
+    return {"run": run_dir.name, "model": predictor.meta["model"]["name"], "size": predictor.image_size,
+            "n_test": int(len(y)), "batch": int(len(batch)), "parity_max_abs_diff": report.max_abs_diff,
+            "int8_val_auc_change": None if q is None else q.auc_change, "results": rows}
 
 
 def to_markdown(payload: dict[str, Any]) -> str:
