@@ -51,30 +51,35 @@ class _FakeTrial:
         return len(self.reported) >= self.prune_at
 
 
-def test_epoch_reporter_scores_each_validation_pass_and_prunes() -> None:
-    y_val = np.array([0, 1, 0, 1])
+def _fit_with(reporter: _EpochReporter, epochs: int) -> Any:
+    """Four epochs of a linear model on 32 separable points, reporting through ``on_epoch``."""
+    from medpredict.config import TrainConfig
+    from medpredict.datasets import ArrayDataset
+    from medpredict.engine import fit
+
+    rng = np.random.default_rng(0)
+    y = torch.tensor(np.arange(32) % 2)
+    x = torch.tensor(rng.normal(0, 1, (32, 3)), dtype=torch.float32) + 2.0 * y[:, None]
+    data = ArrayDataset((x,), y)
+    config = TrainConfig(epochs=epochs, batch_size=8, patience=epochs, threads=1, channels_last=False)
+    return fit(torch.nn.Linear(3, 2), data, data, task="binary", config=config, progress=False,
+               on_epoch=reporter)
+
+
+def test_epoch_reporter_reports_every_epoch_and_prunes_through_fit() -> None:
     trial = _FakeTrial(prune_at=2)
-    reporter = _EpochReporter(trial, y_val, "binary")
-    model = torch.nn.Linear(1, 2)
-    model.register_forward_hook(reporter.hook)
-    transform = reporter.wrap(lambda inputs, g: inputs)
-    x = torch.tensor([[0.0], [1.0], [0.1], [0.9]])
-    model.train()
-    model(x)  # training forward passes are not validation
-    transform((x,), torch.Generator())
-    assert trial.reported == []
-    model.eval()
-    model(x[:2])  # a validation pass in two batches
-    model(x[2:])
-    model.train()
-    transform((x,), torch.Generator())
-    assert len(trial.reported) == 1 and trial.reported[0][1] == 1
-    assert trial.reported[0][0] in (0.0, 1.0)  # a linear map of one feature ranks perfectly either way
-    model.eval()
-    model(x)
+    reporter = _EpochReporter(trial, epochs=4)
     with pytest.raises(optuna.TrialPruned):
-        transform((x,), torch.Generator())
-    assert [step for _, step in trial.reported] == [1, 2]
+        _fit_with(reporter, epochs=4)
+    assert [step for _, step in trial.reported] == [1, 2]  # pruning ended fit after epoch 2
+    assert reporter.scores == [value for value, _ in trial.reported]
+
+
+def test_epoch_reporter_never_prunes_a_finished_trial() -> None:
+    trial = _FakeTrial(prune_at=3)  # would prune at the last epoch
+    result = _fit_with(_EpochReporter(trial, epochs=3), epochs=3)
+    assert [step for _, step in trial.reported] == [1, 2, 3]
+    assert [v for v, _ in trial.reported] == [h["val_score"] for h in result.history]
 
 
 def _spy_evaluate(monkeypatch: pytest.MonkeyPatch, *, stub: bool = False) -> list[dict[str, Any]]:

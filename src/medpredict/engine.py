@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 BatchTransform = Callable[[tuple[torch.Tensor, ...], torch.Generator], tuple[torch.Tensor, ...]]
+EpochCallback = Callable[[dict[str, Any], nn.Module], None]
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
@@ -238,6 +239,7 @@ def fit(
     progress: bool = True,
     resume: bool = False,
     train_transform: BatchTransform | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Train ``model`` and return the best weights by validation score.
 
@@ -249,6 +251,11 @@ def fit(
         class_counts: samples per class in the training set, for balanced weighting.
         resume: continue from ``run_dir/checkpoint.safetensors`` if it exists.
         train_transform: batch augmentation ``(inputs, generator) -> inputs``.
+        on_epoch: called after every epoch (on every rank) with that epoch's record
+            (``epoch``, ``train_loss``, ``val_loss``, ``val_score``, ``seconds``, ...) and the
+            model holding that epoch's weights, after the checkpoint is written; an exception
+            it raises (e.g. ``optuna.TrialPruned``) ends training. Its own time is not part
+            of the epoch's ``seconds``.
     """
     dist = Distributed.from_env()
     device = resolve_device(config.device, dist)
@@ -390,6 +397,8 @@ def fit(
             if time.monotonic() - last_plot > CURVE_EVERY_S:
                 _plot_curves(history, run_dir / CURVES)
                 last_plot = time.monotonic()
+        if on_epoch is not None:
+            on_epoch(record, model)
         if bad_epochs >= config.patience:
             stopped = "early_stop"
             log.info("Stopping early: no better validation score for %d epochs.", config.patience)

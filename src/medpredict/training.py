@@ -33,7 +33,7 @@ from medpredict.atomic import write_text
 from medpredict.bundle import save_bundle
 from medpredict.config import RunConfig
 from medpredict.datasets import ArrayDataset, load_images, target_tensor
-from medpredict.engine import Distributed, FitResult, fit, outputs_to_probs, predict_logits
+from medpredict.engine import Distributed, EpochCallback, FitResult, fit, outputs_to_probs, predict_logits
 from medpredict.errors import ConfigError, DataError
 from medpredict.manifest import Manifest, load_manifest
 from medpredict.splits import assign_splits, require_no_leakage
@@ -176,8 +176,13 @@ def post_fit(
     return fields, probs
 
 
-def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train one model as configured and write its run folder (see the module docstring)."""
+def train(
+    config: RunConfig, *, resume: bool = False, progress: bool = True, on_epoch: EpochCallback | None = None
+) -> TrainResult:
+    """Train one model as configured and write its run folder (see the module docstring).
+
+    ``on_epoch`` is passed to :func:`medpredict.engine.fit` (called after every epoch).
+    """
     from medpredict.errors import unknown_choice
     from medpredict.models import MODELS
 
@@ -191,11 +196,12 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     with _log_to(run_dir / "train.log") if dist.is_main else contextlib.nullcontext():
-        return _train(config, run_dir, resume=resume, progress=progress, dist=dist)
+        return _train(config, run_dir, resume=resume, progress=progress, dist=dist, on_epoch=on_epoch)
 
 
 def _train(
-    config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, dist: Distributed
+    config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, dist: Distributed,
+    on_epoch: EpochCallback | None,
 ) -> TrainResult:
     started = time.monotonic()
     if dist.is_main:
@@ -243,6 +249,7 @@ def _train(
         progress=progress,
         resume=resume,
         train_transform=lambda inputs, g: (augment(inputs[0], g),),
+        on_epoch=on_epoch,
     )
     val_logits = predict_logits(model, val_set)
     y_val = val_set.target.numpy()

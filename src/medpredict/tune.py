@@ -33,7 +33,7 @@ import torch
 from medpredict.atomic import write_json
 from medpredict.config import RunConfig
 from medpredict.datasets import ArrayDataset
-from medpredict.engine import BatchTransform, fit, outputs_to_probs, predict_logits, validation_score
+from medpredict.engine import fit, predict_logits
 from medpredict.errors import ConfigError, DataError, require_extra
 from medpredict.evaluate import evaluate
 from medpredict.manifest import Manifest
@@ -148,43 +148,24 @@ class _DataCache:
 
 
 class _EpochReporter:
-    """Reports each epoch's validation AUC to an Optuna trial while ``engine.fit`` runs.
+    """Reports each epoch's validation AUC to an Optuna trial (``engine.fit``'s ``on_epoch``).
 
-    ``engine.fit`` has no per-epoch callback yet, so this collects the model's eval-mode
-    outputs (the validation pass) with a forward hook, and scores them when the next
-    training batch arrives through the batch transform; there it may raise
-    ``optuna.TrialPruned``, which ends ``fit``. The last epoch's score comes from
-    ``fit``'s history.
+    Raises ``optuna.TrialPruned`` when the trial trails the median of earlier trials at the
+    same epoch, which ends ``fit``; never after the last epoch, when the trial is complete.
     """
 
-    def __init__(self, trial: Any, y_val: np.ndarray, task: str) -> None:
-        self.trial, self.y_val, self.task = trial, y_val, task
-        self.chunks: list[torch.Tensor] = []
+    def __init__(self, trial: Any, epochs: int) -> None:
+        self.trial, self.epochs = trial, epochs
         self.scores: list[float] = []
 
-    def hook(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        if not module.training:
-            self.chunks.append(output.detach().float().cpu())
-
-    def wrap(self, transform: BatchTransform) -> BatchTransform:
-        def wrapped(inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            if self.chunks:
-                self.report(torch.cat(self.chunks))
-                self.chunks = []
-            return transform(inputs, generator)
-
-        return wrapped
-
-    def report(self, logits: torch.Tensor) -> None:
+    def __call__(self, record: dict[str, Any], model: torch.nn.Module) -> None:
         import optuna
 
-        if len(logits) != len(self.y_val):  # not a whole validation pass
-            return
-        score = validation_score(self.y_val, outputs_to_probs(logits, self.task).numpy(), self.task)
+        score = float(record["val_score"])
         self.scores.append(score)
-        self.trial.report(score, len(self.scores))
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"validation AUC {score:.4f} at epoch {len(self.scores)} is below the median")
+        self.trial.report(score, record["epoch"])
+        if record["epoch"] < self.epochs and self.trial.should_prune():
+            raise optuna.TrialPruned(f"validation AUC {score:.4f} at epoch {record['epoch']} is below the median")
 
 
 def search_sizes(manifest: Manifest, base: RunConfig) -> tuple[int, ...]:
@@ -280,20 +261,17 @@ def tune(
         data = cache.get(config.preprocess.image_size)
         torch.manual_seed(config.train.seed)  # the same initialisation training.train uses
         model = build_network(config, num_outputs, data.normalisation)
-        reporter = _EpochReporter(trial, data.val.target.numpy(), task)
+        reporter = _EpochReporter(trial, config.train.epochs)
         augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
-        handle = model.register_forward_hook(reporter.hook)
         try:
             result = fit(
                 model, data.train, data.val, task=task, config=config.train, run_dir=None,
                 class_counts=_class_counts(data.train, task, num_outputs), progress=False,
-                train_transform=reporter.wrap(lambda inputs, g: (augment(inputs[0], g),)),
+                train_transform=lambda inputs, g: (augment(inputs[0], g),), on_epoch=reporter,
             )
         finally:
-            handle.remove()
             record["seconds"] = round(time.monotonic() - trial_start, 2)
             record["val_auc_per_epoch"] = [round(s, 5) for s in reporter.scores]
-        record["val_auc_per_epoch"] = [round(float(h["val_score"]), 5) for h in result.history]
         record.update({"val_auc": result.best_score, "best_epoch": result.best_epoch, "stopped": result.stopped})
         states[trial.number] = result.best_state
         for number in sorted(states, key=lambda n: -_score(records, n))[keep:]:
