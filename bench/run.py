@@ -356,7 +356,8 @@ def _kermany_task(manifest: Path, target: str, args: argparse.Namespace, workdir
         "data.source": str(manifest), "data.target": target, "data.image_column": "path",
         "data.patient_column": "patient_id", "data.channels": 1, "data.val_fraction": 0.1,
         "preprocess.image_size": args.kermany_size, "model.name": args.kermany_model,
-        "train.epochs": args.kermany_epochs, "train.patience": args.kermany_epochs, "name": name,
+        "train.epochs": args.kermany_epochs, "train.patience": args.kermany_epochs,
+        "train.label_smoothing": DEMO_SETTINGS["train.label_smoothing"], "name": name,
         "out_dir": str(workdir),
     }
     if args.threads:
