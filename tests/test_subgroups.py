@@ -145,8 +145,9 @@ def test_validation_agreement_flags_calibration_that_made_test_worse() -> None:
     from medpredict.metrics import classification_metrics
 
     metrics = classification_metrics(y, p, labels=["neg", "pos"], threshold=0.5, n_boot=100, seed=0)
-    worse = validation_agreement(y, p, metrics, threshold=0.5, ece_change=0.004)
-    assert any("raised the test ECE by 0.004" in f for f in worse["flags"])
+    worse = validation_agreement(y, p, metrics, threshold=0.5, ece_change=0.012)
+    assert any("raised the test ECE by 0.012" in f for f in worse["flags"])
     assert validation_agreement(y, p, metrics, threshold=0.5, ece_change=-0.01)["flags"] == []
+    assert validation_agreement(y, p, metrics, threshold=0.5, ece_change=0.002)["flags"] == []  # binning noise
     with pytest.raises(DataError, match="probs_val must be"):
         validation_agreement(y, p[:10], metrics)
