@@ -349,8 +349,8 @@ def quantize_int8(
             (and AUC for two classes).
         activation: ``softmax`` or ``sigmoid``, how logits become probabilities.
         method: ``static`` or ``dynamic``.
-        calibration_inputs: inputs whose activation ranges fix the static scales; real
-            training images, never the check inputs' labels. Defaults to ``check_inputs``.
+        calibration_inputs: inputs whose activation ranges fix the static scales, e.g. a few
+            hundred training images; defaults to ``check_inputs``.
 
     Raises:
         ConfigError: unknown ``method``.
@@ -448,7 +448,8 @@ def _quantize_static(source: Path, target: Path, calibration: list[np.ndarray], 
     try:  # shape inference + graph fusions: recommended before static quantisation
         quant_pre_process(str(source), str(prepared))
     except Exception as exc:  # an optional optimisation; quantising the raw graph still works
-        logger.warning("ONNX pre-processing before quantisation failed (%s); quantising the raw graph.", exc)
+        logger.warning("ONNX pre-processing before quantisation failed (%s: %s); quantising the raw graph.",
+                       type(exc).__name__, exc)
         prepared = source
     quantize_static(str(prepared), str(target), _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
@@ -526,6 +527,9 @@ def export_run(
     if quantize:
         activation = "sigmoid" if getattr(predictor, "task", "") == "multilabel" else "softmax"
         method = quant_method or ("static" if getattr(predictor, "input_kind", "") == "image" else "dynamic")
+        if method == "static" and calibration is None and check_inputs is None:
+            logger.warning("The run's images could not be read: static int8 scales come from random inputs and "
+                           "may cost accuracy. Pass check_inputs (preprocessed images) for real scales.")
         q = quantize_int8(
             out / "model.onnx", out / "model.int8.onnx", checks, labels=check_labels, activation=activation,
             method=method, calibration_inputs=calibration,
