@@ -146,14 +146,25 @@ def test_corrupt_metadata_is_a_bundle_error(tmp_path: Path) -> None:
         load_state(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="bug: checkpoint.save_state hands tensors that share memory (tied weights) "
-    "to safetensors, which refuses them",
-)
 def test_tied_weights_round_trip(tmp_path: Path) -> None:
     shared = torch.arange(4.0)
     save_state(tmp_path / "s.safetensors", {"encoder.weight": shared, "decoder.weight": shared})
     loaded = load_state(tmp_path / "s.safetensors")
-    assert torch.equal(loaded["encoder.weight"], loaded["decoder.weight"])
+    assert torch.equal(loaded["encoder.weight"], shared)
+    assert loaded["encoder.weight"] is loaded["decoder.weight"]  # stored once, still tied
+
+
+def test_tied_module_and_views_of_one_memory_round_trip(tmp_path: Path) -> None:
+    embed = torch.nn.Embedding(5, 3)
+    head = torch.nn.Linear(3, 5, bias=False)
+    head.weight = embed.weight  # tied as in language models: state_dict gives two tensors, one memory
+    base = torch.arange(6.0)
+    save_state(tmp_path / "m.safetensors", {"model": torch.nn.Sequential(embed, head).state_dict(),
+                                            "whole": base, "tail": base[2:], "strided": base[::2],
+                                            "transposed": base.view(2, 3).t()})
+    loaded = load_state(tmp_path / "m.safetensors")
+    restored = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    restored.load_state_dict(loaded["model"])
+    assert torch.equal(restored[0].weight, embed.weight) and torch.equal(restored[1].weight, embed.weight)
+    assert loaded["tail"].tolist() == [2.0, 3.0, 4.0, 5.0] and loaded["strided"].tolist() == [0.0, 2.0, 4.0]
+    assert torch.equal(loaded["transposed"], base.view(2, 3).t()) and torch.equal(loaded["whole"], base)

@@ -19,15 +19,27 @@ from medpredict.atomic import write_bytes
 from medpredict.errors import BundleError
 
 
-def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], views: dict[tuple[Any, ...], str]) -> Any:
+    """The JSON skeleton of ``obj``; its tensors go into ``tensors``.
+
+    safetensors refuses tensors that share memory. Tied weights (one tensor under two
+    names, as ``state_dict`` gives them) are stored once and both names point at it;
+    a different view of already stored memory is stored as a copy.
+    """
     if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if view in views:
+            return {"__tensor__": views[view]}
         key = f"t{len(tensors)}"
-        tensors[key] = obj.detach().cpu().contiguous()
+        shares_memory = any(seen[0] == view[0] for seen in views)
+        tensors[key] = t.clone(memory_format=torch.contiguous_format) if shares_memory else t.contiguous()
+        views[view] = key
         return {"__tensor__": key}
     if isinstance(obj, dict):
-        return {"__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
+        return {"__dict__": [[_flatten(k, tensors, views), _flatten(v, tensors, views)] for k, v in obj.items()]}
     if isinstance(obj, list | tuple):
-        return {"__list__": [_flatten(v, tensors) for v in obj], "tuple": isinstance(obj, tuple)}
+        return {"__list__": [_flatten(v, tensors, views) for v in obj], "tuple": isinstance(obj, tuple)}
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     raise TypeError(f"Cannot store a {type(obj).__name__} in a checkpoint.")
@@ -48,7 +60,7 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (nested dicts/lists of tensors and plain values)."""
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(state, tensors)
+    skeleton = _flatten(state, tensors, {})
     write_bytes(path, st_save(tensors, metadata={"medpredict_state": json.dumps(skeleton)}))
 
 
