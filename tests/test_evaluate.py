@@ -101,3 +101,7 @@ def test_pneumoniamnist_and_uci_heart_reports_render_in_chromium(shared_data: Pa
         assert pixels.shape[0] > 2000 and pixels.std() > 20
     heart_report = json.loads((table_run / "metrics.json").read_text())
     assert heart_report["explanations"]["feature_importance"]  # permutation importance for records
+    for run in (image_run, table_run):  # both compare test with the validation split they were tuned on
+        rows = json.loads((run / "metrics.json").read_text())["agreement"]["rows"]
+        assert {"auc", "sensitivity", "specificity"} <= {r["metric"] for r in rows}
+        assert "Validation vs test" in (run / "report.html").read_text(encoding="utf-8")
