@@ -114,6 +114,14 @@ def test_referral_curve_rises_when_uncertainty_is_informative() -> None:
     assert abs(flat[-1]["accuracy_kept"] - flat[0]["accuracy_kept"]) < 0.05
 
 
+def test_referral_curve_decides_at_the_locked_threshold() -> None:
+    y = np.array([1, 1, 0, 0])
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.9, 0.1], [0.8, 0.2]])
+    # arg-max misses the first positive; a rule-out threshold of 0.25 catches it
+    assert referral_curve(y, probs, rates=[0.0])[0]["accuracy_kept"] == 0.75
+    assert referral_curve(y, probs, rates=[0.0], threshold=0.25)[0]["accuracy_kept"] == 1.0
+
+
 def test_predictive_entropy_bounds() -> None:
     ent = predictive_entropy(np.array([[1.0, 0.0], [0.5, 0.5]]))
     assert ent[0] == pytest.approx(0.0, abs=1e-9) and ent[1] == pytest.approx(np.log(2))

@@ -100,6 +100,8 @@ def test_conformal_and_referral_sections(binary_evaluation) -> None:
     assert conf["target_coverage"] == 0.9 and abs(conf["coverage"] - 0.9) < 0.06
     rows = binary_evaluation["referral"]["rows"]
     assert rows[-1]["accuracy_kept"] > rows[0]["accuracy_kept"]
+    # the curve starts from the accuracy reported at the locked threshold
+    assert rows[0]["accuracy_kept"] == pytest.approx(binary_evaluation["metrics"]["accuracy"])
 
 
 def test_report_has_every_section_and_no_external_resources(report_dir: Path) -> None:

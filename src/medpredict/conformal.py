@@ -266,15 +266,18 @@ def tta_probs(
 
 
 def referral_curve(
-    y: Any, probs: Any, uncertainty: Any = None, *, rates: Any = None
+    y: Any, probs: Any, uncertainty: Any = None, *, rates: Any = None, threshold: float | None = None
 ) -> list[dict[str, float]]:
     """Accuracy on the cases kept when the most uncertain share is referred to a clinician.
 
     Args:
         y: ``(N,)`` class indices.
-        probs: ``(N, K)`` probabilities; the decision is the arg-max.
+        probs: ``(N, K)`` probabilities; the decision is the arg-max, or for two classes
+            ``p_1 >= threshold`` when a (locked) threshold is given.
         uncertainty: ``(N,)`` higher = less certain; defaults to predictive entropy.
         rates: referral rates to report (default 0, 0.05, ..., 0.5).
+        threshold: the binary operating threshold, so that the curve starts at the
+            accuracy the model is reported with.
 
     Returns:
         Rows ``{referral_rate, n_kept, accuracy_kept}``; accuracy should rise with the
@@ -288,7 +291,11 @@ def referral_curve(
     grid = np.round(np.linspace(0.0, 0.5, 11), 4) if rates is None else np.asarray(rates, dtype=float)
     if np.any((grid < 0) | (grid >= 1)):
         raise ConfigError("Referral rates must lie in [0, 1).")
-    correct = (p.argmax(axis=1) == labels).astype(np.float64)
+    if threshold is not None and p.shape[1] == 2:
+        decision = (p[:, 1] >= threshold).astype(np.int64)
+    else:
+        decision = p.argmax(axis=1)
+    correct = (decision == labels).astype(np.float64)
     order = np.argsort(u, kind="stable")  # most certain first
     rows = []
     for rate in grid:

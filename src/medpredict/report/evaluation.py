@@ -310,7 +310,7 @@ def assemble_evaluation(
         warnings_.append("The test set holds one class only: ROC, PR and decision curves are undefined.")
     u = predictive_entropy(p) if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
     evaluation["referral"] = {"source": "entropy" if uncertainty is None else "given",
-                              "rows": referral_curve(y_arr, p, u)}
+                              "rows": referral_curve(y_arr, p, u, threshold=locked)}
     if subgroup_frame is not None and subgroup_columns:
         evaluation["subgroups"] = subgroup_table(
             y_arr, p, subgroup_frame, list(subgroup_columns), labels=list(labels), threshold=locked,

@@ -219,7 +219,8 @@ def _uncertainty(ev: dict[str, Any], t: Callable[..., str]) -> str:
     conf = ev.get("conformal")
     if conf:
         parts.append("<p>" + _e(t("conformal_line", target=conf["target_coverage"], coverage=conf["coverage"],
-                                   size=conf["mean_size"], single=conf["singleton_rate"])) + "</p>")
+                                   size=conf["mean_size"], single=conf["singleton_rate"],
+                                   empty=conf["empty_rate"])) + "</p>")
     referral = ev.get("referral")
     if referral and referral.get("rows"):
         rows = referral["rows"]

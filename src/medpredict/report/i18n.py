@@ -92,7 +92,7 @@ EN: dict[str, str] = {
     "useful_none": "The model does not beat 'treat all' or 'treat none' at any threshold.",
     "conformal_line": "Prediction sets (split-conformal, target coverage {target:.0%}): the set held the "
                       "true answer for {coverage:.1%} of test cases; average set size {size:.2f}; "
-                      "{single:.0%} of cases got a single answer.",
+                      "{single:.0%} of cases got a single answer, {empty:.0%} an empty set (treat as 'refer').",
     "referral_line": "Referring the {rate:.0%} most uncertain cases raises accuracy on the rest from "
                      "{acc0:.1%} to {acc1:.1%}.",
     "level": "Level",
@@ -218,7 +218,8 @@ ZH: dict[str, str] = {
     "useful_none": "在任何阈值下，模型都不优于“全部治疗”或“全部不治疗”。",
     "conformal_line": "预测集合（分割共形预测，目标覆盖率 {target:.0%}）："
                       "{coverage:.1%} 的测试病例的集合包含真实答案；"
-                      "平均集合大小 {size:.2f}；{single:.0%} 的病例得到唯一答案。",
+                      "平均集合大小 {size:.2f}；{single:.0%} 的病例得到唯一答案，"
+                      "{empty:.0%} 得到空集合（按“转诊”处理）。",
     "referral_line": "将最不确定的 {rate:.0%} 病例转诊后，其余病例的准确率从 {acc0:.1%} 提高到 {acc1:.1%}。",
     "level": "水平",
     "status": "状态",
