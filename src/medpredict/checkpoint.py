@@ -19,22 +19,23 @@ from medpredict.atomic import write_bytes
 from medpredict.errors import BundleError
 
 
-def _flatten(obj: Any, tensors: dict[str, torch.Tensor], views: dict[tuple[Any, ...], str]) -> Any:
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], views: dict[int, dict[tuple[Any, ...], str]]) -> Any:
     """The JSON skeleton of ``obj``; its tensors go into ``tensors``.
 
     safetensors refuses tensors that share memory. Tied weights (one tensor under two
     names, as ``state_dict`` gives them) are stored once and both names point at it;
-    a different view of already stored memory is stored as a copy.
+    a different view of already stored memory is stored as a copy. ``views`` maps each
+    stored memory block to the views of it already stored, and their keys.
     """
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
-        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if view in views:
-            return {"__tensor__": views[view]}
+        stored = views.setdefault(t.untyped_storage().data_ptr(), {})
+        view = (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if view in stored:
+            return {"__tensor__": stored[view]}
         key = f"t{len(tensors)}"
-        shares_memory = any(seen[0] == view[0] for seen in views)
-        tensors[key] = t.clone(memory_format=torch.contiguous_format) if shares_memory else t.contiguous()
-        views[view] = key
+        tensors[key] = t.clone(memory_format=torch.contiguous_format) if stored else t.contiguous()
+        stored[view] = key
         return {"__tensor__": key}
     if isinstance(obj, dict):
         return {"__dict__": [[_flatten(k, tensors, views), _flatten(v, tensors, views)] for k, v in obj.items()]}
