@@ -26,10 +26,9 @@ CHEST_CR = Path("dicom") / "pydicom_data" / "RG1_J2KI.dcm"
 
 # The demo recipe: small residual net at the native 28 px, one-cycle AdamW, light
 # augmentation, label smoothing 0.1; about 1.5 minutes of training on 2 CPU cores.
-# Label smoothing is what lets the validation-fitted temperature, threshold and conformal
-# sets carry over to the official test split (a separately collected set): over seeds,
-# temperature scaling then lowers test ECE every time instead of about half the time
-# (bench/calibration_transfer.py measures it).
+# Label smoothing is what lets the temperature fitted on validation carry over to the
+# official test split (a separately collected set): bench/calibration_transfer.py measured
+# it lowering test ECE in 5 of 5 seeds with label smoothing and 3 of 5 without.
 DEMO_SETTINGS: dict[str, Any] = {
     "model.name": "tiny-resnet",
     "preprocess.image_size": 28,
