@@ -1,8 +1,8 @@
 """Do validation-fitted calibration, threshold and conformal sets carry over to test? Over many seeds.
 
 Trains the demo recipe (``medpredict.demo.DEMO_SETTINGS``) on PneumoniaMNIST's official
-train split for several seeds, each through ``medpredict.training.train`` and
-``medpredict.evaluate.evaluate`` exactly as ``medpredict demo`` does, and reports per seed:
+train split for several seeds, each through ``medpredict.training.image.train`` and
+``medpredict.workflows.evaluate.evaluate`` exactly as ``medpredict demo`` does, and reports per seed:
 
 * test ECE before and after the temperature fitted on validation (``ece_reduction`` > 0 means
   temperature scaling lowered it);
@@ -58,13 +58,13 @@ def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 def one_seed(npz: Path, seed: int, overrides: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
     """Train and evaluate one seed of one recipe; return its figures."""
+    from medpredict.calibration.conformal import SplitConformal, coverage
+    from medpredict.calibration.thresholds import ThresholdPicker
     from medpredict.config import load_config
-    from medpredict.conformal import SplitConformal, coverage
     from medpredict.demo import DEMO_SETTINGS
-    from medpredict.evaluate import _predict_frame, evaluate
-    from medpredict.predict import Predictor
-    from medpredict.thresholds import ThresholdPicker
-    from medpredict.training import load_data, train
+    from medpredict.inference.predictor import Predictor
+    from medpredict.training.image import load_data, train
+    from medpredict.workflows.evaluate import _predict_frame, evaluate
 
     settings = {**DEMO_SETTINGS, "train.max_minutes": None, **overrides, "train.seed": seed,
                 "data.source": str(npz), "name": f"{name}_s{seed}", "out_dir": str(workdir)}
@@ -135,7 +135,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def to_markdown(payload: dict[str, Any]) -> str:
     lines = ["# Calibration, threshold and conformal sets: validation -> test (PneumoniaMNIST)", "",
              f"Command: `{payload['command']}`. Official train/val/test splits; every seed trained and evaluated "
-             "through medpredict.training.train and medpredict.evaluate.evaluate.", ""]
+             "through medpredict.training.image.train and medpredict.workflows.evaluate.evaluate.", ""]
     for name, block in payload["recipes"].items():
         s = block["summary"]
         lines += [f"## {name}: {block['overrides'] or 'the demo recipe as shipped'}", "",

@@ -143,7 +143,7 @@ def atheris_child(seconds: int, corpus: Path, findings: Path) -> None:
         from medpredict.errors import DataError
         from medpredict.readers import read_image
         from medpredict.readers.medmnist_refs import clear_npz_cache
-        from medpredict.tables import load_table
+        from medpredict.records.tables import load_table
 
     sys.path.insert(0, str(TESTS))
     from test_fuzz_readers import _known_bug

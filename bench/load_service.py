@@ -317,7 +317,7 @@ def api_key_coverage(server: Server) -> dict[str, int]:
 def train_tiny_run(root: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_square_npz, tiny_config
-    from medpredict.training import train
+    from medpredict.training.image import train
 
     npz = make_square_npz(root / "squaremnist.npz")
     return train(tiny_config(npz, root / "runs"), progress=False).run_dir

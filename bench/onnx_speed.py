@@ -1,7 +1,7 @@
 """ONNX Runtime vs PyTorch eager on CPU: parity, batch throughput and single-image latency.
 
 For each (model, size) pair the network from ``medpredict.models`` (random weights, eval
-mode) is exported with :func:`medpredict.export.export_onnx` (parity checked on 8
+mode) is exported with :func:`medpredict.deploy.export.export_onnx` (parity checked on 8
 inputs), optionally quantised to int8 (static QDQ and dynamic), and timed:
 
 * throughput: images per second on batches of ``--batch`` (median of ``--reps`` runs);
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from medpredict.atomic import write_json, write_text
-from medpredict.export import export_onnx, quantize_int8
+from medpredict.deploy.export import export_onnx, quantize_int8
+from medpredict.inference.onnx import OnnxBackend
 from medpredict.models import build_model
-from medpredict.onnx_model import OnnxBackend
 
 log = logging.getLogger("bench.onnx_speed")
 RESULTS = Path(__file__).parent / "results"
@@ -139,9 +139,9 @@ def trained_run(run_dir: Path, *, threads: int, reps: int = 5, single: int = 50)
     from sklearn.metrics import roc_auc_score
 
     from medpredict.config import from_dict
-    from medpredict.export import export_run
-    from medpredict.predict import Predictor
-    from medpredict.training import build_dataset, load_data
+    from medpredict.deploy.export import export_run
+    from medpredict.inference.predictor import Predictor
+    from medpredict.training.image import build_dataset, load_data
 
     torch.set_num_threads(threads)
     report = export_run(run_dir, quantize=True)

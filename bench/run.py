@@ -3,7 +3,7 @@
 Sections (each optional; all by default):
 
 * ``pneumonia`` — the demo recipe (``medpredict.demo.DEMO_SETTINGS``, through
-  ``medpredict.training.train`` and ``medpredict.evaluate.evaluate``) against the MedMNIST v2
+  ``medpredict.training.image.train`` and ``medpredict.workflows.evaluate.evaluate``) against the MedMNIST v2
   ResNet-18 (28) recipe (``bench/peer_medmnist.py``) on PneumoniaMNIST, in the same run:
   test AUC/ACC, wall time, images/s and the time each needs to reach AUC 0.944.
 * ``cpu`` — training throughput of the default network at 28 px: fp32, bf16 autocast,
@@ -101,8 +101,8 @@ class _TestEveryEpoch:
     def __call__(self, record: dict[str, Any], model: torch.nn.Module) -> None:
         from sklearn.metrics import roc_auc_score
 
-        from medpredict.datasets import ArrayDataset
-        from medpredict.engine import predict_logits
+        from medpredict.data.datasets import ArrayDataset
+        from medpredict.training.engine import predict_logits
 
         tick = time.perf_counter()
         dataset = ArrayDataset((self.test_x,), torch.from_numpy(self.y_test))
@@ -113,9 +113,9 @@ class _TestEveryEpoch:
 
 def medpredict_recipe(npz: Path, *, epochs: int, threads: int | None, workdir: Path) -> dict[str, Any]:
     """The demo recipe through ``training.train`` + ``evaluate``, with the per-epoch test analysis."""
-    from medpredict import training
     from medpredict.config import load_config
-    from medpredict.evaluate import evaluate
+    from medpredict.training import image as training
+    from medpredict.workflows.evaluate import evaluate
 
     settings = {**DEMO_SETTINGS, "data.source": str(npz), "train.epochs": epochs, "train.max_minutes": None,
                 "train.patience": max(epochs, 1), "name": "demo_recipe", "out_dir": str(workdir)}
@@ -155,8 +155,8 @@ def interleaved_throughput(npz: Path, *, rounds: int, steps: int) -> dict[str, f
     with Adam. Each round times ``steps`` batches of 128 of one recipe, then of the other.
     """
     from medpredict.config import AugmentConfig
+    from medpredict.data.transforms import BatchAugment
     from medpredict.models import build_model
-    from medpredict.transforms import BatchAugment
 
     x, y = peer_medmnist.load_split(npz, "train", 128 * steps)
     augment = BatchAugment(AugmentConfig())
@@ -350,8 +350,8 @@ def _kermany_manifests(out: Path) -> tuple[Path, Path]:
 
 def _kermany_task(manifest: Path, target: str, args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
     from medpredict.config import load_config
-    from medpredict.evaluate import evaluate
-    from medpredict.training import train
+    from medpredict.training.image import train
+    from medpredict.workflows.evaluate import evaluate
 
     settings = {
         "data.source": str(manifest), "data.target": target, "data.image_column": "path",

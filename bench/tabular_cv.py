@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from medpredict.atomic import write_json, write_text
-from medpredict.tabular import cross_validate, load_table_data
+from medpredict.training.records import cross_validate, load_table_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tabular"

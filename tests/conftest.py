@@ -88,7 +88,7 @@ def tiny_config(source: Path, out_dir: Path, name: str = "tiny", **overrides: ob
 @pytest.fixture(scope="session")
 def tiny_run(square_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run folder (bundle under ``model/``), shared by predictor, evaluation and service tests."""
-    from medpredict.training import train
+    from medpredict.training.image import train
 
     result = train(tiny_config(square_npz, tmp_path_factory.mktemp("runs")), progress=False)
     return result.run_dir

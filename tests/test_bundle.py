@@ -1,4 +1,4 @@
-"""Tests for medpredict.bundle: verified, optionally signed, atomically written model bundles."""
+"""Tests for medpredict.bundle.store: verified, optionally signed, atomically written model bundles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from medpredict import atomic
-from medpredict.bundle import (
+from medpredict.bundle.store import (
     CHECKSUMS,
     FORMAT_VERSION,
     KEY_ENV,

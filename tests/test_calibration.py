@@ -1,4 +1,4 @@
-"""Tests for medpredict.calibration: scalers, serialisation, calibration summaries."""
+"""Tests for medpredict.calibration.scalers: scalers, serialisation, calibration summaries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medpredict.calibration import (
+from medpredict.calibration.scalers import (
     IsotonicCalibrator,
     PlattScaler,
     TemperatureScaler,

@@ -1,4 +1,4 @@
-"""Tests for medpredict.checkpoint: nested training state in safetensors, never pickle."""
+"""Tests for medpredict.training.checkpoint: nested training state in safetensors, never pickle."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from medpredict.checkpoint import load_state, save_state
 from medpredict.errors import BundleError
+from medpredict.training.checkpoint import load_state, save_state
 
 
 def assert_same(a: object, b: object) -> None:

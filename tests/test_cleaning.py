@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medpredict.cleaning import CleaningConfig, TableCleaner, default_range, drop_duplicate_rows
 from medpredict.errors import ConfigError, DataError
-from medpredict.tables import infer_schema
+from medpredict.records.cleaning import CleaningConfig, TableCleaner, default_range, drop_duplicate_rows
+from medpredict.records.tables import infer_schema
 
 
 def make_raw_table(n: int = 50, seed: int = 0) -> pd.DataFrame:

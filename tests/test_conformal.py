@@ -1,4 +1,4 @@
-"""Tests for medpredict.conformal: coverage guarantee, sampled uncertainty, referral."""
+"""Tests for medpredict.calibration.conformal: coverage guarantee, sampled uncertainty, referral."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medpredict.calibration import softmax
-from medpredict.conformal import (
+from medpredict.calibration.conformal import (
     SplitConformal,
     coverage,
     mc_dropout_probs,
@@ -18,6 +17,7 @@ from medpredict.conformal import (
     set_size_summary,
     tta_probs,
 )
+from medpredict.calibration.scalers import softmax
 from medpredict.errors import ConfigError, DataError
 
 

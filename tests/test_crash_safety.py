@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from medpredict.bundle import load_bundle
+from medpredict.bundle.store import load_bundle
 from medpredict.errors import BundleError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "medpredict"
@@ -34,7 +34,7 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # A child that saves bundles over ``folder`` forever; version v holds weights filled with v.
 _SAVER = """
 import sys, torch
-from medpredict.bundle import save_bundle
+from medpredict.bundle.store import save_bundle
 folder, size = sys.argv[1], int(sys.argv[2])
 version = 0
 while True:
@@ -152,7 +152,7 @@ def test_kill_during_atomic_file_write_keeps_the_previous_file(tmp_path: Path) -
 
 _EXPORTER = """
 import sys
-from medpredict.export import export_run
+from medpredict.deploy.export import export_run
 print("exporting", flush=True)
 export_run(sys.argv[1], exporter="torchscript")
 print("exported", flush=True)
@@ -255,7 +255,7 @@ def test_a_bundle_file_replaced_by_a_pickle_is_refused_and_never_run(tiny_run: P
         load_bundle(folder)
     # Even with the checksums rewritten to match (an attacker without the HMAC key can do that),
     # the pickle is read as safetensors/JSON, never unpickled.
-    from medpredict.bundle import write_checksums
+    from medpredict.bundle.store import write_checksums
 
     write_checksums(folder)
     with pytest.raises((BundleError, ValueError)):
@@ -267,7 +267,7 @@ def test_a_pickled_bundle_is_refused_when_a_signing_key_is_set(tiny_run: Path, t
     monkeypatch.setenv("MEDPREDICT_BUNDLE_KEY", "site-secret-key")
     folder = tmp_path / "model"
     shutil.copytree(tiny_run / "model", folder)
-    from medpredict.bundle import write_checksums
+    from medpredict.bundle.store import write_checksums
 
     write_checksums(folder)  # signed with the key
     load_bundle(folder)

@@ -1,4 +1,4 @@
-"""Tests for medpredict.datacheck: the image data-quality report (JSON + HTML)."""
+"""Tests for medpredict.data.check: the image data-quality report (JSON + HTML)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from fixtures_images import write_png
-from medpredict.datacheck import check_images
-from medpredict.manifest import load_manifest
+from medpredict.data.check import check_images
+from medpredict.data.manifest import load_manifest
 
 
 def blocks(seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for medpredict.datasets: bulk image loading, uint8 storage and target tensors."""
+"""Tests for medpredict.data.datasets: bulk image loading, uint8 storage and target tensors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from fixtures_images import write_npz, write_png
 from medpredict.config import PreprocessConfig
-from medpredict.datasets import ArrayDataset, load_images, target_tensor
+from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
 from medpredict.errors import DataError
 
 

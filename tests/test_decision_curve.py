@@ -1,12 +1,12 @@
-"""Tests for medpredict.decision_curve."""
+"""Tests for medpredict.evaluation.decision_curve."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medpredict.decision_curve import decision_curve
 from medpredict.errors import ConfigError, DataError
+from medpredict.evaluation.decision_curve import decision_curve
 
 
 def test_hand_computed_net_benefit() -> None:

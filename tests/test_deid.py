@@ -10,7 +10,7 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from fixtures_images import SHARED_DATA, write_dicom  # noqa: E402
-from medpredict.deid import EMPTY, REMOVE, deidentify, deidentify_file  # noqa: E402
+from medpredict.deploy.deid import EMPTY, REMOVE, deidentify, deidentify_file  # noqa: E402
 from medpredict.errors import DataError  # noqa: E402
 
 # Fake identifiers, each distinctive enough that a substring scan finds it wherever it hides.
@@ -123,7 +123,7 @@ def test_burned_in_annotation_is_refused_unless_allowed(tmp_path: Path, caplog) 
     ds.BurnedInAnnotation = "YES"
     with pytest.raises(DataError, match="Burned In Annotation"):
         deidentify(ds)
-    with caplog.at_level("WARNING", logger="medpredict.deid"):
+    with caplog.at_level("WARNING", logger="medpredict.deploy.deid"):
         clean = deidentify(ds, allow_burned_in=True)
     assert "burned-in" in caplog.text and not clean.PatientName
 

@@ -13,7 +13,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from medpredict import dicom_out  # noqa: E402
+from medpredict.deploy import dicom_out  # noqa: E402
 from medpredict.errors import DataError  # noqa: E402
 
 MODEL = {"model_name": "pneumonia-cnn", "model_version": "1.2.0"}

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_square_npz, tiny_config
-from medpredict.predict import Predictor
-from medpredict.training import train
+from medpredict.inference.predictor import Predictor
+from medpredict.training.image import train
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 EPOCHS = 4

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import make_square_npz, tiny_config
 from medpredict.errors import DataError
-from medpredict.evaluate import evaluate
 from medpredict.report.html import SECTIONS
+from medpredict.workflows.evaluate import evaluate
 
 
 def test_own_test_split_report_metrics_and_model_card_in_bundle(tiny_run: Path, tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_own_test_split_report_metrics_and_model_card_in_bundle(tiny_run: Path, 
     assert [r["metric"] for r in metrics["agreement"]["rows"]][-1] == "conformal coverage"
     assert "Validation vs test" in html and "90% (target)" in html
     assert (run / "model" / "model_card.md").is_file()  # the card travels with the bundle
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
 
     assert Predictor.from_bundle(run).card["performance"]  # and the bundle still verifies
 
@@ -81,8 +81,8 @@ def _render(report: Path, shot: Path) -> list[str]:
 def test_pneumoniamnist_and_uci_heart_reports_render_in_chromium(shared_data: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from medpredict.tabular import train_table
-    from medpredict.training import train
+    from medpredict.training.image import train
+    from medpredict.training.records import train_table
 
     image_run = train(
         tiny_config(

@@ -1,4 +1,4 @@
-"""Tests for medpredict.explain: Grad-CAM, occlusion, overlays and their PNGs."""
+"""Tests for medpredict.explain.maps: Grad-CAM, occlusion, overlays and their PNGs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.explain import gradcam, occlusion, overlay, save_overlay_png
+from medpredict.explain.maps import gradcam, occlusion, overlay, save_overlay_png
 from medpredict.models import MODELS, build_model
 
 SIZE = 24

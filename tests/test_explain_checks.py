@@ -1,4 +1,4 @@
-"""Tests for medpredict.explain_checks, with a tiny CNN trained here in well under a second."""
+"""Tests for medpredict.explain.checks, with a tiny CNN trained here in well under a second."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.explain_checks import (
+from medpredict.explain.checks import (
     border_fraction,
     burned_in_text_mask,
     deletion_insertion,
@@ -67,7 +67,7 @@ def _local_gradcam(model: nn.Module, image: np.ndarray, class_index: int) -> np.
 def _gradcam():
     """The project's Grad-CAM when it is there, else the plain one above."""
     try:
-        from medpredict.explain import gradcam
+        from medpredict.explain.maps import gradcam
     except ImportError:
         return _local_gradcam
     return gradcam

@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from medpredict import export  # noqa: E402
+from medpredict.deploy import export  # noqa: E402
 from medpredict.errors import BundleError, ConfigError  # noqa: E402
-from medpredict.onnx_model import OnnxBackend  # noqa: E402
+from medpredict.inference.onnx import OnnxBackend  # noqa: E402
 
 
 class TinyCNN(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Tests for medpredict.fetch: verified downloads from a loopback HTTP server (no internet)."""
+"""Tests for medpredict.data.fetch: verified downloads from a loopback HTTP server (no internet)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from medpredict.data.fetch import CATALOGUE, fetch, md5sum
 from medpredict.errors import ConfigError, DataError
-from medpredict.fetch import CATALOGUE, fetch, md5sum
 
 PAYLOAD = bytes(range(256)) * 300  # 75 kB: more than one 64 kB read chunk
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()

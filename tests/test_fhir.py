@@ -12,7 +12,7 @@ from fhir.resources.R4B.bundle import Bundle  # noqa: E402
 from fhir.resources.R4B.observation import Observation  # noqa: E402
 from fhir.resources.R4B.riskassessment import RiskAssessment  # noqa: E402
 
-from medpredict import fhir  # noqa: E402
+from medpredict.deploy import fhir  # noqa: E402
 from medpredict.errors import DataError  # noqa: E402
 
 MODEL = {"model_name": "pneumonia-cnn", "model_version": "1.2.0"}
@@ -30,7 +30,7 @@ def prediction() -> dict:
 
 
 class _PredictionLike:
-    """Anything with to_dict(), like medpredict.predict.Prediction."""
+    """Anything with to_dict(), like medpredict.inference.predictor.Prediction."""
 
     def __init__(self, values: dict) -> None:
         self.values = values

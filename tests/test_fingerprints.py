@@ -1,4 +1,4 @@
-"""Tests for medpredict.fingerprints: exact (SHA-256) and near-duplicate (average hash) fingerprints."""
+"""Tests for medpredict.data.fingerprints: exact (SHA-256) and near-duplicate (average hash) fingerprints."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from fixtures_images import write_npz, write_png
-from medpredict.fingerprints import average_hashes, content_hashes
-from medpredict.transforms import resize
+from medpredict.data.fingerprints import average_hashes, content_hashes
+from medpredict.data.transforms import resize
 
 
 def blocks(seed: int, side: int = 64) -> torch.Tensor:

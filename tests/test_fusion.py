@@ -18,10 +18,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.fusion import build_fusion_from_meta, fusion_inputs, prepare_fusion_batch, train_fusion
 from medpredict.models import build_model
 from medpredict.models.fusion import FusionNet, drop_modalities
 from medpredict.models.tabular import TabularEncoder
+from medpredict.training.fusion import build_fusion_from_meta, fusion_inputs, prepare_fusion_batch, train_fusion
 
 N_ROWS = 400
 CLINICAL = ["lab_a", "lab_b", "noise_1", "noise_2", "smoker"]
@@ -188,7 +188,7 @@ def runs(
     }
     with pytest.MonkeyPatch.context() as patch:
         # curves.png is redrawn every epoch (~0.6 s each), longer than a 16-px epoch takes
-        patch.setattr("medpredict.engine._plot_curves", lambda history, path: None)
+        patch.setattr("medpredict.training.engine._plot_curves", lambda history, path: None)
         patch.setattr(fusion_models, "drop_modalities", spy)
         trained = {}
         for name, options in variants.items():
@@ -245,9 +245,9 @@ def test_training_batches_get_modality_dropout(runs: dict[str, object], hidden: 
 
 def test_bundle_rebuilds_and_predicts_through_the_predictor(runs: dict[str, object], paired: Path) -> None:
     """The wiring the Predictor needs for input_kind 'fusion', exercised with the real Predictor class."""
-    from medpredict.bundle import load_bundle
-    from medpredict.cleaning import TableCleaner
-    from medpredict.predict import Predictor
+    from medpredict.bundle.store import load_bundle
+    from medpredict.inference.predictor import Predictor
+    from medpredict.records.cleaning import TableCleaner
 
     run = runs["intermediate"]
     bundle = load_bundle(run.run_dir)  # type: ignore[attr-defined]
@@ -319,7 +319,7 @@ def test_cli_trains_a_fusion_model(paired: Path, tmp_path: Path, capsys: pytest.
     from medpredict.cli import main
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("medpredict.engine._plot_curves", lambda history, path: None)
+        patch.setattr("medpredict.training.engine._plot_curves", lambda history, path: None)
         code = main(
             [
                 "-q",
@@ -348,7 +348,7 @@ def test_cli_trains_a_fusion_model(paired: Path, tmp_path: Path, capsys: pytest.
 
 
 def test_predictor_from_bundle_predicts_with_either_modality_missing(runs: dict[str, object], paired: Path) -> None:
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
 
     run = runs["intermediate"]
     predictor = Predictor.from_bundle(run.run_dir)  # type: ignore[attr-defined]

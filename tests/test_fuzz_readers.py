@@ -541,7 +541,7 @@ def table_seeds() -> dict[str, tuple[str, bytes]]:
 @FUZZ
 @given(data=st.data())
 def test_mutated_tables_give_data_error_or_a_frame(table_seeds, tmp_path, data) -> None:
-    from medpredict.tables import load_table, read_table
+    from medpredict.records.tables import load_table, read_table
 
     suffix, content = data.draw(_mutated_seed_strategy(table_seeds, list(table_seeds)))
     path = tmp_path / f"t{suffix}"
@@ -555,7 +555,7 @@ def test_mutated_tables_give_data_error_or_a_frame(table_seeds, tmp_path, data) 
 @FUZZ
 @given(text=st.text(max_size=400), suffix=st.sampled_from((".csv", ".tsv", ".arff", ".data", ".txt")))
 def test_random_text_as_a_table(tmp_path, text, suffix) -> None:
-    from medpredict.tables import load_table
+    from medpredict.records.tables import load_table
 
     path = tmp_path / f"t{suffix}"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -564,7 +564,7 @@ def test_random_text_as_a_table(tmp_path, text, suffix) -> None:
 
 @pytest.mark.parametrize("text", ['""', '"",""\n""\n', ",\n,,\n"])
 def test_a_table_of_empty_cells_is_a_data_error(tmp_path, text) -> None:
-    from medpredict.tables import read_table
+    from medpredict.records.tables import read_table
 
     path = tmp_path / "empty.csv"
     path.write_text(text)
@@ -572,7 +572,7 @@ def test_a_table_of_empty_cells_is_a_data_error(tmp_path, text) -> None:
 
 
 def test_huge_header_line_in_a_csv_stays_bounded(tmp_path) -> None:
-    from medpredict.tables import read_table
+    from medpredict.records.tables import read_table
 
     path = tmp_path / "wide.csv"
     path.write_text(",".join(f"c{i}" for i in range(20_000)) + "\n" + ",".join("1" * 20_000) + "\n")

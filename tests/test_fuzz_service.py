@@ -42,7 +42,7 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run: Path):
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
 
     return Predictor.from_bundle(tiny_run)
 

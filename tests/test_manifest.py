@@ -1,4 +1,4 @@
-"""Tests for medpredict.manifest: every data source turned into the one manifest frame."""
+"""Tests for medpredict.data.manifest: every data source turned into the one manifest frame."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fixtures_images import write_npz, write_png
+from medpredict.data.manifest import from_frame, load_manifest
 from medpredict.errors import DataError
-from medpredict.manifest import from_frame, load_manifest
 
 GREY = np.full((8, 8), 128, dtype=np.uint8)
 

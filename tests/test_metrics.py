@@ -1,4 +1,4 @@
-"""Tests for medpredict.metrics: point estimates, patient bootstrap, DeLong, comparisons."""
+"""Tests for medpredict.evaluation.metrics: point estimates, patient bootstrap, DeLong, comparisons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.metrics import (
+from medpredict.evaluation.metrics import (
     _AucKernel,
     classification_metrics,
     delong_test,

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from medpredict.errors import BundleError, ConfigError, DataError  # noqa: E402
-from medpredict.onnx_model import (  # noqa: E402
+from medpredict.inference.onnx import (  # noqa: E402
     OnnxBackend,
     OnnxPredictor,
     is_descriptor,
@@ -195,7 +195,7 @@ def test_service_serves_an_external_model(keras_yaml, tmp_path):
 
 
 def test_predict_returns_predictions_at_the_locked_threshold(keras_yaml):
-    pytest.importorskip("medpredict.predict")
+    pytest.importorskip("medpredict.inference.predictor")
     pred = OnnxPredictor.from_path(keras_yaml)
     out = pred.predict(images=[_image(True), _image(False)])
     assert [p.label for p in out] == ["pneumonia", "normal"]
@@ -215,7 +215,7 @@ def test_explain_occlusion_points_at_the_finding(keras_yaml):
 
 
 def test_occlusion_of_a_pixel_sum():
-    from medpredict.explain import occlusion
+    from medpredict.explain.maps import occlusion
 
     img = np.zeros((1, 8, 8), np.float32)
     img[0, 6:, 6:] = 1.0
@@ -235,7 +235,7 @@ def test_occlusion_of_a_pixel_sum():
 def exported_run(tmp_path_factory):
     import shutil
 
-    from medpredict.export import export_run
+    from medpredict.deploy.export import export_run
     from test_service import tiny_run
 
     target = tmp_path_factory.mktemp("onnxrun") / "tiny"
@@ -256,8 +256,8 @@ def _xrays(n: int) -> list[np.ndarray]:
 
 
 def test_onnx_bundle_predictor_matches_pytorch(exported_run):
-    from medpredict.onnx_model import OnnxBundlePredictor, load_predictor
-    from medpredict.predict import Predictor
+    from medpredict.inference.onnx import OnnxBundlePredictor, load_predictor
+    from medpredict.inference.predictor import Predictor
 
     torch_pred = Predictor.from_bundle(exported_run)
     onnx_pred = load_predictor(exported_run, backend="onnx")
@@ -274,8 +274,8 @@ def test_onnx_bundle_predictor_matches_pytorch(exported_run):
 def test_stale_onnx_export_is_refused(exported_run, tmp_path):
     import shutil
 
-    from medpredict.bundle import load_bundle, save_bundle
-    from medpredict.onnx_model import OnnxBundlePredictor
+    from medpredict.bundle.store import load_bundle, save_bundle
+    from medpredict.inference.onnx import OnnxBundlePredictor
 
     stale = tmp_path / "stale"
     shutil.copytree(exported_run, stale)
@@ -290,7 +290,7 @@ def test_stale_onnx_export_is_refused(exported_run, tmp_path):
 
 
 def test_unknown_backend_gets_a_suggestion(exported_run):
-    from medpredict.onnx_model import load_predictor
+    from medpredict.inference.onnx import load_predictor
 
     with pytest.raises(ConfigError, match="Did you mean 'onnx'"):
         load_predictor(exported_run, backend="onxx")

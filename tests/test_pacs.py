@@ -11,7 +11,7 @@ pytest.importorskip("dicomweb_client")
 pytest.importorskip("highdicom")
 
 import orthanc_server  # noqa: E402
-from medpredict import pacs  # noqa: E402
+from medpredict.deploy import pacs  # noqa: E402
 from medpredict.errors import ConfigError  # noqa: E402
 
 CHEST_CR = (
@@ -65,7 +65,7 @@ def orthanc(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     """The real Predictor on the tiny run trained (once per session) through the library."""
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
     from test_service import tiny_run
 
     return Predictor.from_bundle(tiny_run(tmp_path_factory))

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from medpredict.errors import BundleError, DataError
-from medpredict.predict import Predictor
-from medpredict.predict_files import predict_files
+from medpredict.inference.files import predict_files
+from medpredict.inference.predictor import Predictor
 
 
 def _square_png(path: Path, positive: bool) -> Path:

@@ -78,9 +78,9 @@ class _Capture(logging.Handler):
 def pipeline(tmp_path_factory: pytest.TempPathFactory):
     """Run everything once on the identified DICOMs; return (folders written, captured log lines)."""
     from conftest import tiny_config
-    from medpredict.evaluate import evaluate
-    from medpredict.predict_files import predict_files
-    from medpredict.training import train
+    from medpredict.inference.files import predict_files
+    from medpredict.training.image import train
+    from medpredict.workflows.evaluate import evaluate
 
     root = tmp_path_factory.mktemp("privacy")
     data = root / "data"
@@ -98,7 +98,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
         service_dir.mkdir()
         responses = _service_round(run.run_dir, data, service_dir)
         (service_dir / "responses.json").write_text(json.dumps(responses))
-        from medpredict.deid import deidentify_file
+        from medpredict.deploy.deid import deidentify_file
 
         deid_dir = root / "deidentified"
         for source in sorted(data.glob("*.dcm"))[:3]:
@@ -114,7 +114,7 @@ def _service_round(run_dir: Path, data: Path, audit_dir: Path) -> list[dict]:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
     from medpredict.service.app import ServiceSettings, create_app
 
     settings = ServiceSettings(api_key="privacy-key-123", audit_path=str(audit_dir / "audit.sqlite"))

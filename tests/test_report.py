@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medpredict.calibration import TemperatureScaler, softmax
-from medpredict.conformal import SplitConformal
+from medpredict.calibration.conformal import SplitConformal
+from medpredict.calibration.scalers import TemperatureScaler, softmax
+from medpredict.calibration.thresholds import ThresholdPicker
 from medpredict.errors import ConfigError
 from medpredict.report import assemble_evaluation, build_report, evaluation_to_json
 from medpredict.report.html import SECTIONS
-from medpredict.thresholds import ThresholdPicker
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def train_tiny_run(root: Path) -> Path:
     """Train a 2-epoch tiny-resnet on 28 px synthetic 'X-rays' through the library; return the run folder."""
     from medpredict.config import from_dict
-    from medpredict.training import train
+    from medpredict.training.image import train
 
     rng = np.random.default_rng(0)
     # Given splits (train/val/test folders), one class folder each.
@@ -70,7 +70,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(run_dir):
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
 
     return Predictor.from_bundle(run_dir)
 
@@ -285,8 +285,8 @@ def test_short_keys_are_refused():
 def record_client(tmp_path_factory):
     import pandas as pd
 
-    from medpredict.predict import Predictor
-    from medpredict.tabular import train_table
+    from medpredict.inference.predictor import Predictor
+    from medpredict.training.records import train_table
 
     root = tmp_path_factory.mktemp("table")
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tests for medpredict.splits: patient-level splits and the leakage check."""
+"""Tests for medpredict.data.splits: patient-level splits and the leakage check."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medpredict.data.manifest import Manifest, load_manifest
+from medpredict.data.splits import SPLITS, assign_splits, check_leakage, group_ids, require_no_leakage
 from medpredict.errors import DataError, LeakageError
-from medpredict.manifest import Manifest, load_manifest
-from medpredict.splits import SPLITS, assign_splits, check_leakage, group_ids, require_no_leakage
 
 # StratifiedGroupKFold warns when a class is rarer than the number of folds; tiny layouts do that.
 pytestmark = pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")

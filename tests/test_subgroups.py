@@ -1,4 +1,4 @@
-"""Tests for medpredict.subgroups: subgroup tables, shift diagnostics and validation-test agreement."""
+"""Tests for medpredict.evaluation.subgroups: subgroup tables, shift diagnostics and validation-test agreement."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medpredict.errors import DataError
-from medpredict.subgroups import (
+from medpredict.evaluation.subgroups import (
     image_statistics,
     reference_statistics,
     shift_diagnostics,
@@ -112,8 +112,8 @@ def _scored(rng: np.random.Generator, n: int, negative_shift: float = 0.0) -> tu
 
 
 def _agreement(y_val, p_val, y, p):
-    from medpredict.conformal import SplitConformal, coverage
-    from medpredict.metrics import classification_metrics
+    from medpredict.calibration.conformal import SplitConformal, coverage
+    from medpredict.evaluation.metrics import classification_metrics
 
     sets = SplitConformal(0.1).fit(p_val, y_val).predict_sets(p)
     metrics = classification_metrics(y, p, labels=["neg", "pos"], threshold=0.5, n_boot=300, seed=0)
@@ -142,7 +142,7 @@ def test_validation_agreement_flags_a_test_set_whose_negatives_look_positive() -
 def test_validation_agreement_flags_calibration_that_made_test_worse() -> None:
     rng = np.random.default_rng(5)
     y, p = _scored(rng, 300)
-    from medpredict.metrics import classification_metrics
+    from medpredict.evaluation.metrics import classification_metrics
 
     metrics = classification_metrics(y, p, labels=["neg", "pos"], threshold=0.5, n_boot=100, seed=0)
     worse = validation_agreement(y, p, metrics, threshold=0.5, ece_change=0.012)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from medpredict.table_check import check_table
+from medpredict.records.check import check_table
 
 CSV = """patient_id,age,chol,smoker,outcome
 p1,63,233,never,0

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.tables import (
+from medpredict.records.tables import (
     apply_target_rule,
     infer_kind,
     infer_schema,

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from medpredict.cleaning import TableCleaner
 from medpredict.errors import ConfigError, DataError
 from medpredict.models.tabular import build_tabular_model
-from medpredict.tabular import corrected_interval, cross_validate, load_table_data, train_table
-from medpredict.tabular_cluster import cluster_embeddings, cluster_table
-from medpredict.tabular_fit import NetSettings
+from medpredict.records.cleaning import TableCleaner
+from medpredict.training.clustering import cluster_embeddings, cluster_table
+from medpredict.training.record_fit import NetSettings
+from medpredict.training.records import corrected_interval, cross_validate, load_table_data, train_table
 
 FAST = NetSettings(epochs=15)
 
@@ -49,7 +49,7 @@ def table(tmp_path):
 
 
 def test_train_table_writes_a_loadable_bundle(table, tmp_path):
-    from medpredict.bundle import load_bundle
+    from medpredict.bundle.store import load_bundle
 
     run = train_table(
         table, target="outcome", out=tmp_path / "run", settings=FAST, n_boot=100, progress=False

@@ -1,4 +1,4 @@
-"""Tests for medpredict.thresholds: picking on validation, locking, sweeping."""
+"""Tests for medpredict.calibration.thresholds: picking on validation, locking, sweeping."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from medpredict.calibration.thresholds import ThresholdPicker, threshold_sweep
 from medpredict.errors import ConfigError, DataError
-from medpredict.metrics import classification_metrics
-from medpredict.thresholds import ThresholdPicker, threshold_sweep
+from medpredict.evaluation.metrics import classification_metrics
 
 
 @pytest.fixture

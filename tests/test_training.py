@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from medpredict.errors import ConfigError, DataError
-from medpredict.training import train
+from medpredict.training.image import train
 
 RUN_FILES = (
     "config.yaml",
@@ -76,7 +76,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from conftest import tiny_config
-from medpredict.training import train
+from medpredict.training.image import train
 train(tiny_config(Path({npz!r}), Path({out!r}), name="killed", **{{"train.epochs": 8, "train.batch_size": 8}}),
       resume="--resume" in sys.argv, progress=False)
 """

@@ -1,4 +1,4 @@
-"""Tests for medpredict.transforms: resizing, channels, normalisation and batch augmentation."""
+"""Tests for medpredict.data.transforms: resizing, channels, normalisation and batch augmentation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medpredict.config import AugmentConfig, PreprocessConfig
-from medpredict.transforms import BatchAugment, Normalisation, preprocess, resize, to_channels
+from medpredict.data.transforms import BatchAugment, Normalisation, preprocess, resize, to_channels
 
 
 def smooth_batch(n: int, spatial: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from medpredict import tune as tune_module
 from medpredict.errors import ConfigError
-from medpredict.predict import Predictor
-from medpredict.tune import _EpochReporter, parse_budget, tune
+from medpredict.inference.predictor import Predictor
+from medpredict.workflows import tune as tune_module
+from medpredict.workflows.tune import _EpochReporter, parse_budget, tune
 
 
 @pytest.mark.parametrize(
@@ -54,8 +54,8 @@ class _FakeTrial:
 def _fit_with(reporter: _EpochReporter, epochs: int) -> Any:
     """Four epochs of a linear model on 32 separable points, reporting through ``on_epoch``."""
     from medpredict.config import TrainConfig
-    from medpredict.datasets import ArrayDataset
-    from medpredict.engine import fit
+    from medpredict.data.datasets import ArrayDataset
+    from medpredict.training.engine import fit
 
     rng = np.random.default_rng(0)
     y = torch.tensor(np.arange(32) % 2)

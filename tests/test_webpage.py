@@ -37,7 +37,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     import uvicorn
 
-    from medpredict.predict import Predictor
+    from medpredict.inference.predictor import Predictor
 
     root = tmp_path_factory.mktemp("page")
     predictor = Predictor.from_bundle(tiny_run(tmp_path_factory))

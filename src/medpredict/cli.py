@@ -84,8 +84,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from medpredict.config import load_config
-    from medpredict.engine import Distributed
-    from medpredict.training import train
+    from medpredict.training.engine import Distributed
+    from medpredict.training.image import train
 
     config = load_config(args.config, train_overrides(args))
     result = train(config, resume=args.resume)
@@ -115,7 +115,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def _tune(args: argparse.Namespace) -> int:
     from medpredict.config import load_config
-    from medpredict.tune import parse_budget, tune
+    from medpredict.workflows.tune import parse_budget, tune
 
     overrides = train_overrides(argparse.Namespace(**{**vars(args), "out": None}))  # --out is the search folder
     result = tune(
@@ -144,7 +144,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medpredict.evaluate import evaluate
+    from medpredict.workflows.evaluate import evaluate
 
     subgroups = tuple(c.strip() for c in args.subgroups.split(",") if c.strip())
     result = evaluate(
@@ -169,7 +169,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medpredict.predict_files import predict_files
+    from medpredict.inference.files import predict_files
 
     result = predict_files(args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend)
     print(result.summary())
@@ -196,9 +196,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from medpredict.datacheck import check_images
-    from medpredict.manifest import load_manifest
-    from medpredict.table_check import looks_like_table
+    from medpredict.data.check import check_images
+    from medpredict.data.manifest import load_manifest
+    from medpredict.records.check import looks_like_table
 
     if looks_like_table(args.source):
         return _table_check(args)
@@ -224,7 +224,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from medpredict.fetch import fetch
+    from medpredict.data.fetch import fetch
 
     path = fetch(args.name, args.dest, url=args.url, md5=args.md5)
     print(f"Downloaded and verified: {path}")
@@ -257,7 +257,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _table_check(args: argparse.Namespace) -> int:
-    from medpredict.table_check import check_table
+    from medpredict.records.check import check_table
 
     # "label" is the image default; for a table, None lets the reader guess the target
     target = None if args.target == "label" else args.target
@@ -304,10 +304,10 @@ def _add_tabular(sub: argparse._SubParsersAction) -> None:
 def _tabular(args: argparse.Namespace) -> int:
     import json
 
-    from medpredict import tabular
+    from medpredict.training import records as tabular
 
     if args.tabular_command == "cluster":
-        from medpredict.tabular_cluster import cluster_table
+        from medpredict.training.clustering import cluster_table
 
         summary = cluster_table(args.table, target=args.target, schema=args.schema, out=args.out, k=args.k,
                                 model=args.model, seed=args.seed)
@@ -372,7 +372,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medpredict.export import export_run
+    from medpredict.deploy.export import export_run
 
     report = export_run(
         args.run, out_dir=args.out, quantize=args.int8, quant_method=args.int8_method, atol=args.atol,
@@ -431,7 +431,7 @@ def _add_pacs(sub: argparse._SubParsersAction) -> None:
 def _pacs(args: argparse.Namespace) -> int:
     import os
 
-    from medpredict.pacs import run_pacs
+    from medpredict.deploy.pacs import run_pacs
 
     results = run_pacs(
         args.run, args.url, ledger_path=args.ledger, modality=args.modality, limit=args.limit,
@@ -472,7 +472,7 @@ def _add_fusion(sub: argparse._SubParsersAction) -> None:
 
 
 def _fusion(args: argparse.Namespace) -> int:
-    from medpredict.fusion import train_fusion
+    from medpredict.training.fusion import train_fusion
 
     columns = [c.strip() for c in args.clinical_columns.split(",")] if args.clinical_columns else None
     run = train_fusion(

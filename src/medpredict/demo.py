@@ -108,9 +108,9 @@ def run_demo(
 ) -> DemoResult:
     """Train, evaluate and explain on PneumoniaMNIST; see the module docstring."""
     from medpredict.config import load_config
-    from medpredict.evaluate import evaluate
-    from medpredict.predict_files import predict_files
-    from medpredict.training import train
+    from medpredict.inference.files import predict_files
+    from medpredict.training.image import train
+    from medpredict.workflows.evaluate import evaluate
 
     started = time.monotonic()
     root = find_data_dir(data_dir)

@@ -217,14 +217,14 @@ def run_mimic_task(
 
     Writes ``out/cohort.csv`` (the extracted table), ``out/cohort.json`` (extraction
     counts and the schema used) and the run folder of
-    :func:`medpredict.tabular.train_table` (bundle in ``out/model``).
+    :func:`medpredict.training.records.train_table` (bundle in ``out/model``).
 
     Returns:
-        The :class:`medpredict.tabular.TableRun`.
+        The :class:`medpredict.training.records.TableRun`.
     """
     from medpredict.atomic import write_json, write_text
-    from medpredict.tables import infer_schema
-    from medpredict.tabular import table_data_from_frame, train_table
+    from medpredict.records.tables import infer_schema
+    from medpredict.training.records import table_data_from_frame, train_table
 
     cohort, info = build_cohort(root, task=task)
     out = Path(out)

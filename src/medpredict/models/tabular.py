@@ -1,6 +1,6 @@
 """Networks for clinical tables: an MLP with categorical embeddings and a small transformer.
 
-Every model takes the :class:`~medpredict.cleaning.TableCleaner` output ``(N, F)``
+Every model takes the :class:`~medpredict.records.cleaning.TableCleaner` output ``(N, F)``
 float32 — ``n_continuous`` float columns, then one integer code per categorical column
 (0 = missing/unseen) — and returns ``(N, num_classes)`` logits (``num_classes=1`` for
 regression; binary tasks use 2 logits with softmax, as the image models do).

@@ -90,7 +90,7 @@ def _calibration_section(
     y: np.ndarray, probs: np.ndarray, probs_uncal: Any, calibration: dict[str, Any] | None,
     y_val: Any, probs_val: Any,
 ) -> dict[str, Any]:
-    from medpredict.calibration import calibration_summary
+    from medpredict.calibration.scalers import calibration_summary
 
     binary = probs.shape[1] == 2
 
@@ -122,7 +122,7 @@ def _calibration_section(
 def _threshold_section(
     threshold: float | dict[str, Any] | None, y_val: Any, probs_val: Any, method: str, target: float
 ) -> tuple[float, dict[str, Any]]:
-    from medpredict.thresholds import ThresholdPicker
+    from medpredict.calibration.thresholds import ThresholdPicker
 
     if isinstance(threshold, dict):
         picker, source = ThresholdPicker.from_dict(threshold), "validation"
@@ -151,7 +151,7 @@ def _conformal_section(
     y: np.ndarray, probs: np.ndarray, conformal: dict[str, Any] | None, y_val: Any, probs_val: Any,
     alpha: float,
 ) -> dict[str, Any] | None:
-    from medpredict.conformal import SplitConformal, coverage, set_size_summary
+    from medpredict.calibration.conformal import SplitConformal, coverage, set_size_summary
 
     if conformal is not None:
         predictor, source = SplitConformal.from_dict(conformal), "bundle (validation)"
@@ -219,7 +219,7 @@ def assemble_evaluation(
         uncertainty: ``(N,)`` per-case uncertainty for the referral curve (e.g. MC
             dropout mutual information); default predictive entropy.
         subgroup_frame, subgroup_columns: test rows' subgroup columns (sex, age, site).
-        shift: :func:`medpredict.subgroups.shift_diagnostics` output (external data).
+        shift: :func:`medpredict.evaluation.subgroups.shift_diagnostics` output (external data).
         explanations: see the module docstring.
         training_curves: ``{"epoch": [...], "train_loss": [...], ...}``.
         run_info: model name, dataset, intended use, seed, ...; passed through. Its
@@ -231,11 +231,11 @@ def assemble_evaluation(
     Returns:
         The evaluation dict (module docstring).
     """
-    from medpredict.conformal import predictive_entropy, referral_curve
-    from medpredict.decision_curve import decision_curve
-    from medpredict.metrics import classification_metrics, pr_points, roc_band, roc_points
-    from medpredict.subgroups import subgroup_table, validation_agreement
-    from medpredict.thresholds import threshold_sweep
+    from medpredict.calibration.conformal import predictive_entropy, referral_curve
+    from medpredict.calibration.thresholds import threshold_sweep
+    from medpredict.evaluation.decision_curve import decision_curve
+    from medpredict.evaluation.metrics import classification_metrics, pr_points, roc_band, roc_points
+    from medpredict.evaluation.subgroups import subgroup_table, validation_agreement
 
     p = np.asarray(probs, dtype=np.float64)
     y_arr = np.asarray(y)

@@ -99,11 +99,11 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
     """Build the FastAPI app around one loaded predictor.
 
     Args:
-        predictor: a :class:`~medpredict.predict.Predictor` or an
-            :class:`~medpredict.onnx_model.OnnxPredictor` (the same surface).
+        predictor: a :class:`~medpredict.inference.predictor.Predictor` or an
+            :class:`~medpredict.inference.onnx.OnnxPredictor` (the same surface).
         settings: see :class:`ServiceSettings`.
     """
-    from medpredict.pacs import model_identity
+    from medpredict.deploy.pacs import model_identity
 
     name, version = model_identity(predictor)
     audit = AuditLog(settings.audit_path or ":memory:")
@@ -328,7 +328,7 @@ def _predict(
     for i, row in enumerate(rows):
         item: dict[str, Any] = {"prediction": row}
         if fhir:
-            from medpredict import fhir as fhir_out
+            from medpredict.deploy import fhir as fhir_out
 
             item["fhir"] = fhir_out.prediction_resources(
                 row,
@@ -378,7 +378,7 @@ def _jsonable(value: Any) -> Any:
 def _overlay_data_url(pixels: np.ndarray, heat: np.ndarray, side: int) -> str:
     from PIL import Image
 
-    from medpredict.explain import overlay
+    from medpredict.explain.maps import overlay
 
     rgb = overlay(pixels, heat)
     picture = Image.fromarray(rgb, mode="RGB")
@@ -416,7 +416,7 @@ def _channels(predictor: Any) -> int:
 
 
 def _positive(predictor: Any) -> str | None:
-    from medpredict.pacs import positive_label
+    from medpredict.deploy.pacs import positive_label
 
     return positive_label(predictor)
 
@@ -444,7 +444,7 @@ def serve(
     require_extra("uvicorn", "serve")
     import uvicorn
 
-    from medpredict.onnx_model import load_predictor
+    from medpredict.inference.onnx import load_predictor
 
     key = api_key or os.environ.get(API_KEY_ENV, "")
     if not key:
@@ -469,7 +469,7 @@ def serve(
 
 
 def model_identity_text(predictor: Any) -> str:
-    from medpredict.pacs import model_identity
+    from medpredict.deploy.pacs import model_identity
 
     name, version = model_identity(predictor)
     return f"{name} {version}"

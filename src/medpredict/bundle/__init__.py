@@ -1,0 +1,1 @@
+"""The model bundle: one schema, one writer, one verified reader."""

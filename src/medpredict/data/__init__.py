@@ -1,0 +1,1 @@
+"""Image data: manifests, patient-level splits, fingerprints, datasets, transforms, fetching and checks."""

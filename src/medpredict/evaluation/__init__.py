@@ -1,0 +1,1 @@
+"""Clinical metrics with confidence intervals, decision curves, subgroups and dataset shift."""

@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM and occlusion maps, and the checks that keep them honest."""

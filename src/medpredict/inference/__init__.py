@@ -1,0 +1,1 @@
+"""The one prediction contract: the Predictor protocol, its PyTorch and ONNX implementations, the loader."""

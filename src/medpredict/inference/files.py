@@ -1,0 +1,164 @@
+"""``medpredict predict``: predictions for files, folders, DICOM files or a manifest.
+
+Writes ``predictions.csv`` and ``predictions.json`` (one row per input, with calibrated
+probabilities, the label at the locked threshold, uncertainty and the overlay file), and
+a Grad-CAM overlay PNG per image under ``overlays/``. An unreadable input gets a row with
+its error instead of stopping the whole batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medpredict.atomic import write_json, write_text
+from medpredict.data.manifest import IMAGE_COLUMN_ALIASES
+from medpredict.errors import DataError
+
+log = logging.getLogger(__name__)
+
+OVERLAY_MAX_SIDE = 512
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What was written and how many inputs failed."""
+
+    rows: list[dict[str, Any]]
+    csv_path: Path
+    json_path: Path
+
+    def summary(self) -> str:
+        failed = sum(1 for r in self.rows if r.get("error"))
+        lines = [f"Predicted {len(self.rows) - failed} of {len(self.rows)} inputs -> {self.csv_path}"]
+        for row in self.rows[:10]:
+            if row.get("error"):
+                lines.append(f"  {Path(row['source']).name}: ERROR {row['error']}")
+            else:
+                score = f" p={row['score']:.3f}" if row.get("score") is not None else ""
+                lines.append(
+                    f"  {Path(row['source']).name}: {row['label']}{score}  overlay: {row.get('overlay') or '-'}"
+                )
+        if len(self.rows) > 10:
+            lines.append(f"  ... {len(self.rows) - 10} more in the CSV")
+        return "\n".join(lines)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Files as given, folders searched for images, manifests read for their image column.
+
+    Raises:
+        DataError: an input does not exist, or a manifest has no image column.
+    """
+    from medpredict.readers import is_image_path
+
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if "::" in str(item):
+            paths.append(str(item))
+        elif not path.exists():
+            raise DataError(
+                f"Input not found: {path}. Give image files, DICOM files, folders or a manifest CSV."
+            )
+        elif path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_path(p, sniff=True))
+            if not found:
+                raise DataError(f"No images found in the folder {path}.")
+            paths.extend(found)
+        elif path.suffix.lower() in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+            lowered = {str(c).lower(): c for c in frame.columns}
+            column = next((lowered[a] for a in IMAGE_COLUMN_ALIASES if a in lowered), None)
+            if column is None:
+                raise DataError(
+                    f"The manifest {path} has no image column; name one of {IMAGE_COLUMN_ALIASES}."
+                )
+            paths.extend(
+                str(p if Path(p).is_absolute() else (path.parent / p)) for p in frame[column].astype(str)
+            )
+        else:
+            paths.append(str(path))
+    return paths
+
+
+def _display_image(path: str, spatial_dims: int) -> Any:
+    from medpredict.readers import read_image
+
+    image = read_image(path, channels=1, spatial_dims=spatial_dims)
+    side = max(image.shape[1:])
+    if side > OVERLAY_MAX_SIDE:
+        scale = OVERLAY_MAX_SIDE / side
+        shape = tuple(max(1, round(s * scale)) for s in image.shape[1:])
+        import torch
+        import torch.nn.functional as F
+
+        image = F.interpolate(torch.as_tensor(image)[None], size=shape, mode="area")[0].numpy()
+    return image[0]
+
+
+def predict_files(
+    run: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    overlays: bool = True,
+    progress: bool = True,
+    backend: str = "torch",
+) -> PredictResult:
+    """Predict for every input and write the CSV, JSON and overlays into ``out``.
+
+    ``run`` is a run folder, or a bring-your-own ONNX model's YAML descriptor;
+    ``backend="onnx"`` runs a run's exported ONNX model (see ``medpredict export``).
+    """
+    from medpredict.explain.maps import save_overlay_png
+    from medpredict.inference.onnx import load_predictor
+
+    predictor = load_predictor(run, backend=backend)
+    paths = expand_inputs(inputs)
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    for index, path in enumerate(
+        tqdm(paths, desc="predicting", unit="img", disable=not progress or len(paths) < 5)
+    ):
+        row: dict[str, Any] = {"source": path}
+        try:
+            prediction = predictor.predict([path])[0]
+            row.update(prediction.to_dict())
+            row["source"] = path
+            if overlays and getattr(predictor, "spatial_dims", 2) == 2:
+                heatmap = predictor.explain(path)
+                name = f"{index:05d}_{Path(path.split('::')[0]).stem[:40]}.png"
+                title = f"{prediction.label}" + (
+                    f"  p={prediction.score:.2f}" if prediction.score is not None else ""
+                )
+                save_overlay_png(out / "overlays" / name, _display_image(path, 2), heatmap, title=title)
+                row["overlay"] = f"overlays/{name}"
+        except DataError as exc:
+            log.warning("Could not predict for %s: %s", Path(path).name, exc)
+            row["error"] = str(exc)
+        rows.append(row)
+    csv_path = write_text(out / "predictions.csv", _flat_table(rows).to_csv(index=False, float_format="%.6f"))
+    json_path = write_json(
+        out / "predictions.json", {"model": getattr(predictor, "version", None), "predictions": rows}
+    )
+    return PredictResult(rows=rows, csv_path=csv_path, json_path=json_path)
+
+
+def _flat_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    flat = []
+    for row in rows:
+        item = {k: v for k, v in row.items() if k not in ("probabilities", "uncertainty")}
+        for name, p in (row.get("probabilities") or {}).items():
+            item[f"p_{name}"] = p
+        for key, value in (row.get("uncertainty") or {}).items():
+            item[key] = "|".join(value) if isinstance(value, list) else value
+        flat.append(item)
+    return pd.DataFrame(flat)

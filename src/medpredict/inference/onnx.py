@@ -1,0 +1,634 @@
+"""Run ONNX models with ONNX Runtime: exported medpredict models and models brought from elsewhere.
+
+Two pieces:
+
+* :class:`OnnxBackend` wraps one ``onnxruntime.InferenceSession``. It answers the same
+  call as a medpredict PyTorch model (``backend(*inputs) -> logits``), so the
+  :class:`~medpredict.inference.predictor.Predictor` can swap it in, and adds
+  :meth:`OnnxBackend.predict_proba` for plain NumPy use.
+* :class:`OnnxPredictor` serves a model trained elsewhere (for example a Keras model
+  converted to ONNX) through the Predictor surface (``labels``, ``threshold``,
+  ``predict``, ``explain``), described by a small YAML file (:func:`load_descriptor`)::
+
+      model: pneumonia_keras.onnx      # relative to this YAML file
+      name: keras-pneumonia
+      version: "2024.06"
+      input: {height: 224, width: 224, channels: 3, layout: NHWC, scale: [0, 255]}
+      output: {activation: none}       # none = the graph already returns probabilities
+      labels: [normal, pneumonia]
+      positive_label: pneumonia
+      threshold: 0.5
+
+  ONNX graphs give no gradients, so :meth:`OnnxPredictor.explain` returns an occlusion
+  map where a PyTorch model would give Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpredict.errors import BundleError, ConfigError, DataError, did_you_mean, require_extra, unknown_choice
+from medpredict.inference.predictor import Prediction, Predictor
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+LAYOUTS = ("NCHW", "NHWC")
+DESCRIPTOR_SUFFIXES = (".yaml", ".yml")
+
+
+class OnnxBackend:
+    """One ONNX Runtime session that maps input batches to logits or probabilities.
+
+    Args:
+        path: the ``.onnx`` file.
+        activation: how outputs become probabilities in :meth:`predict_proba`:
+            ``softmax`` (single-label tasks), ``sigmoid`` (multi-label), or ``none`` when the
+            graph already returns probabilities.
+        threads: intra-op threads for ONNX Runtime; ``None`` leaves its default.
+
+    Raises:
+        BundleError: the file is missing or not a valid ONNX model.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, activation: str = "softmax", threads: int | None = None
+    ) -> None:
+        require_extra("onnxruntime", "onnx")
+        import onnxruntime as ort
+
+        if activation not in ACTIVATIONS:
+            raise unknown_choice("output activation", activation, ACTIVATIONS)
+        self.path = Path(path)
+        self.activation = activation
+        if not self.path.is_file():
+            raise BundleError(f"ONNX model not found: {self.path}. Export one with 'medpredict export RUN'.")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own non-Python-standard exception types
+            raise BundleError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_shapes = [list(i.shape) for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def logits(self, *inputs: np.ndarray) -> np.ndarray:
+        """Raw graph output ``(N, K)`` float32 for one array per graph input (batch first).
+
+        Raises:
+            DataError: wrong number of inputs, or shapes the graph refuses.
+        """
+        if len(inputs) != len(self.input_names):
+            raise DataError(
+                f"The ONNX model {self.path.name} takes {len(self.input_names)} input(s) "
+                f"{self.input_names}, got {len(inputs)}."
+            )
+        pairs = zip(self.input_names, inputs, strict=True)
+        feed = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in pairs}
+        try:
+            out = self.session.run([self.output_name], feed)[0]
+        except Exception as exc:  # ORT's InvalidArgument etc. are not Python builtins
+            shapes = {k: tuple(v.shape) for k, v in feed.items()}
+            raise DataError(
+                f"The ONNX model {self.path.name} refused inputs of shape {shapes}; it expects "
+                f"{dict(zip(self.input_names, self.input_shapes, strict=True))}. ({exc})"
+            ) from None
+        out = np.asarray(out, dtype=np.float32)
+        return out.reshape(out.shape[0], -1)
+
+    def predict_proba(self, *inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, K)`` float32 (rows sum to 1 for ``softmax``)."""
+        return _activate(self.logits(*inputs), self.activation)
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Drop-in for a PyTorch model call: tensors in, logits tensor out (arrays in, array out)."""
+        torch = sys.modules.get("torch")  # only tensors need torch, and they imply it is loaded
+        if inputs and torch is not None and isinstance(inputs[0], torch.Tensor):
+            # .as_tensor strips subclasses such as MONAI's MetaTensor before going to NumPy
+            arrays = [torch.as_tensor(t).detach().cpu().numpy() for t in inputs]
+            return torch.from_numpy(self.logits(*arrays))
+        return self.logits(*(np.asarray(a) for a in inputs))
+
+    def eval(self) -> OnnxBackend:
+        """No-op, so code written for ``torch.nn.Module`` can call it."""
+        return self
+
+
+def _activate(values: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "softmax":
+        shifted = values - values.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-values))).astype(np.float32)
+    return values.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- descriptor
+
+
+@dataclass(frozen=True)
+class OnnxDescriptor:
+    """A validated "bring your own model" description (see the module docstring for the YAML).
+
+    Attributes:
+        model: absolute path of the ``.onnx`` file.
+        height / width / channels: the input image the graph takes.
+        layout: ``NCHW`` (PyTorch) or ``NHWC`` (TensorFlow/Keras).
+        scale: ``(low, high)``: images in [0, 1] are mapped linearly to this range.
+        mean / std: optional per-channel normalisation applied after ``scale``.
+        activation: ``none`` if the graph outputs probabilities, else ``softmax``/``sigmoid``.
+        labels: class names, in output order.
+        positive_label: the class whose probability is compared with ``threshold``.
+        threshold: the locked decision threshold for ``positive_label``.
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        card: free-form model card fields (intended use, training data, ...).
+    """
+
+    model: str
+    labels: tuple[str, ...]
+    height: int
+    width: int
+    channels: int = 1
+    layout: str = "NCHW"
+    scale: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    activation: str = "softmax"
+    positive_label: str | None = None
+    threshold: float = 0.5
+    task: str = "binary"
+    name: str = "external-onnx"
+    version: str = "unversioned"
+    input_name: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise unknown_choice("input layout", self.layout, LAYOUTS)
+        if self.activation not in ACTIVATIONS:
+            raise unknown_choice("output activation", self.activation, ACTIVATIONS)
+        if self.channels not in (1, 3):
+            raise ConfigError(f"input.channels = {self.channels!r}; use 1 (grey) or 3 (RGB).")
+        if not (4 <= self.height <= 4096 and 4 <= self.width <= 4096):
+            raise ConfigError(f"input size {self.height}x{self.width} is out of range; use 4 to 4096 pixels.")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"labels = {list(self.labels)!r}: give at least two distinct class names.")
+        if self.positive_label is not None and self.positive_label not in self.labels:
+            raise ConfigError(
+                f"positive_label '{self.positive_label}' is not one of the labels {list(self.labels)}."
+                f"{did_you_mean(self.positive_label, self.labels)}"
+            )
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold = {self.threshold!r}; give a probability in [0, 1].")
+        if self.task not in ("binary", "multiclass", "multilabel"):
+            raise unknown_choice("task", self.task, ("binary", "multiclass", "multilabel"))
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and len(values) not in (1, self.channels):
+                raise ConfigError(f"input.{key} has {len(values)} values; give 1 or {self.channels}.")
+        if self.std is not None and any(float(s) <= 0 for s in self.std):
+            raise ConfigError(f"input.std = {list(self.std)!r}; every value must be positive.")
+
+
+_TOP_KEYS = {
+    "model",
+    "name",
+    "version",
+    "input",
+    "output",
+    "labels",
+    "positive_label",
+    "threshold",
+    "task",
+    "card",
+}
+_INPUT_KEYS = {"height", "width", "size", "channels", "layout", "scale", "mean", "std", "name"}
+_OUTPUT_KEYS = {"activation"}
+
+
+def load_descriptor(path: str | os.PathLike[str]) -> OnnxDescriptor:
+    """Read and validate a bring-your-own-model YAML (data only, ``yaml.safe_load``).
+
+    Raises:
+        ConfigError: missing file, unknown keys (with a suggestion), or invalid values.
+        BundleError: the ``.onnx`` file it names does not exist.
+    """
+    from medpredict.config import read_yaml_mapping
+
+    path = Path(path)
+    raw = read_yaml_mapping(path, "Model descriptor")
+    _check_keys(raw, _TOP_KEYS, "")
+    inp = raw.get("input") or {}
+    out = raw.get("output") or {}
+    if not isinstance(inp, dict) or not isinstance(out, dict):
+        raise ConfigError(f"In {path}, 'input' and 'output' must be mappings.")
+    _check_keys(inp, _INPUT_KEYS, "input.")
+    _check_keys(out, _OUTPUT_KEYS, "output.")
+    if "model" not in raw or "labels" not in raw:
+        raise ConfigError(f"Model descriptor {path} needs at least 'model' (the .onnx file) and 'labels'.")
+    model = Path(str(raw["model"]))
+    model = model if model.is_absolute() else (path.parent / model)
+    if not model.is_file():
+        raise BundleError(f"The ONNX file {model} named in {path} does not exist.")
+    size = inp.get("size")
+    height = inp.get("height", size[0] if isinstance(size, list | tuple) else size)
+    width = inp.get("width", size[1] if isinstance(size, list | tuple) else size)
+    if height is None or width is None:
+        raise ConfigError(f"In {path}, give input.height and input.width (or input.size).")
+    labels = tuple(str(v) for v in (raw["labels"] or []))
+    task = str(raw.get("task", "binary" if len(labels) == 2 else "multiclass"))
+    try:
+        scale = tuple(float(v) for v in inp.get("scale", (0.0, 1.0)))
+        if len(scale) != 2:
+            raise ValueError(scale)
+        return OnnxDescriptor(
+            model=str(model.resolve()),
+            labels=labels,
+            height=int(height),
+            width=int(width),
+            channels=int(inp.get("channels", 1)),
+            layout=str(inp.get("layout", "NCHW")).upper(),
+            scale=(scale[0], scale[1]),
+            mean=_floats(inp.get("mean")),
+            std=_floats(inp.get("std")),
+            activation=str(out.get("activation", "softmax")),
+            positive_label=None if raw.get("positive_label") is None else str(raw["positive_label"]),
+            threshold=float(raw.get("threshold", 0.5)),
+            task=task,
+            name=str(raw.get("name", model.stem)),
+            version=str(raw.get("version", "unversioned")),
+            input_name=None if inp.get("name") is None else str(inp["name"]),
+            card=dict(raw.get("card") or {}),
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"Model descriptor {path} has a value of the wrong type ({exc}).") from None
+
+
+def _check_keys(values: dict[str, Any], known: set[str], prefix: str) -> None:
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"Unknown key '{prefix}{key}' in the model descriptor.{did_you_mean(str(key), known)} "
+                f"Known keys: {sorted(known)}."
+            )
+
+
+def _floats(values: Any) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, int | float):
+        return (float(values),)
+    return tuple(float(v) for v in values)
+
+
+def is_descriptor(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names a bring-your-own-model YAML (or a bare ``.onnx`` file)."""
+    suffix = Path(path).suffix.lower()
+    return Path(path).is_file() and (suffix in DESCRIPTOR_SUFFIXES or suffix == ".onnx")
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class OnnxPredictor:
+    """The Predictor surface over an external ONNX model described by an :class:`OnnxDescriptor`.
+
+    ``predict`` and ``explain`` take images as out of the readers (``(C, H, W)`` float32 in
+    [0, 1]) or paths, resize them to the descriptor's input size and apply its scaling and
+    channel layout. Record inputs are not supported for external models.
+    """
+
+    input_kind = "image"
+
+    def __init__(self, descriptor: OnnxDescriptor, *, threads: int | None = None) -> None:
+        self.descriptor = descriptor
+        # A single-column output of a two-label model is P(positive), the Keras habit.
+        self.backend = OnnxBackend(descriptor.model, activation="none", threads=threads)
+        self.labels = list(descriptor.labels)
+        self.task = descriptor.task
+        self.threshold = float(descriptor.threshold)
+        self.version = descriptor.version
+        self.positive_index = (
+            self.labels.index(descriptor.positive_label)
+            if descriptor.positive_label
+            else len(self.labels) - 1
+        )
+        self.card = {
+            "name": descriptor.name,
+            "version": descriptor.version,
+            "source": "external ONNX model (bring your own model)",
+            "labels": self.labels,
+            "positive_label": self.labels[self.positive_index],
+            "threshold": self.threshold,
+            "input": {
+                "height": descriptor.height,
+                "width": descriptor.width,
+                "channels": descriptor.channels,
+                "layout": descriptor.layout,
+            },
+            "explanation": "occlusion sensitivity (no gradients through ONNX)",
+            **descriptor.card,
+        }
+        self.input_shapes = [(descriptor.channels, descriptor.height, descriptor.width)]
+        self.channels = descriptor.channels
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], **kwargs: Any) -> OnnxPredictor:
+        """Load from a descriptor YAML."""
+        return cls(load_descriptor(path), **kwargs)
+
+    # -- preprocessing
+
+    def preprocess(self, images: Sequence[np.ndarray | str | os.PathLike[str]]) -> np.ndarray:
+        """Turn images into the graph's input batch (``NCHW`` or ``NHWC`` float32).
+
+        Raises:
+            DataError: an image is not 2-D/3-D or cannot be read.
+        """
+        d = self.descriptor
+        batch = np.stack([self._to_chw(img) for img in images]).astype(np.float32)
+        low, high = d.scale
+        batch = low + batch * (high - low)
+        if d.mean is not None:
+            batch = batch - np.asarray(d.mean, np.float32).reshape(1, -1, 1, 1)
+        if d.std is not None:
+            batch = batch / np.asarray(d.std, np.float32).reshape(1, -1, 1, 1)
+        if d.layout == "NHWC":
+            batch = batch.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _to_chw(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+        d = self.descriptor
+        if isinstance(image, str | os.PathLike):
+            from medpredict.readers import read_image
+
+            image = read_image(image, channels=d.channels)
+        arr = np.asarray(image, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise DataError(f"Expected an image (C, H, W) or (H, W), got an array of shape {arr.shape}.")
+        if arr.shape[0] not in (1, 3) and arr.shape[-1] in (1, 3):
+            arr = arr.transpose(2, 0, 1)
+        if arr.shape[0] != d.channels:
+            arr = np.repeat(arr[:1], 3, axis=0) if d.channels == 3 else arr.mean(axis=0, keepdims=True)
+        return _resize(arr, d.height, d.width)
+
+    # -- prediction
+
+    def predict_proba_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, K)`` for an already-preprocessed graph input batch."""
+        out = self.backend.logits(batch)
+        k = len(self.labels)
+        if out.shape[1] == 1 and k == 2:
+            p = _activate(out, "sigmoid") if self.descriptor.activation == "sigmoid" else out
+            p = np.clip(p[:, 0], 0.0, 1.0)
+            pos = self.positive_index
+            probs = np.zeros((len(p), 2), np.float32)
+            probs[:, pos], probs[:, 1 - pos] = p, 1.0 - p
+            return probs
+        if out.shape[1] != k:
+            raise BundleError(
+                f"The ONNX model returns {out.shape[1]} values per sample, but the descriptor lists {k} "
+                f"labels {self.labels}; fix 'labels' in the YAML."
+            )
+        return _activate(out, self.descriptor.activation)
+
+    # -- the Predictor's lower-level surface, so evaluation code can treat both alike
+
+    @property
+    def image_size(self) -> int:
+        """Square side evaluation code resizes to; :meth:`logits` then resizes to the graph's size."""
+        return max(self.descriptor.height, self.descriptor.width)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What a bundle's ``bundle.json`` would say; there is no training config to reuse."""
+        d = self.descriptor
+        return {
+            "name": d.name,
+            "input_kind": "image",
+            "task": self.task,
+            "labels": self.labels,
+            "preprocess": {"image_size": self.image_size, "spatial_dims": 2, "channels": d.channels},
+            "threshold": {"threshold": self.threshold},
+            "source": "external ONNX model",
+        }
+
+    def logits(self, batch: Any) -> np.ndarray:
+        """Log-probabilities ``(N, K)`` for a batch ``(N, C, H, W)`` in [0, 1] (tensor or array).
+
+        External graphs may return probabilities; their logarithm is returned so that
+        ``softmax(logits)`` gives back exactly the model's probabilities (``calibrate``
+        does that), whatever the graph's own output activation.
+        """
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(batch, torch.Tensor):
+            batch = torch.as_tensor(batch).detach().cpu().numpy()
+        probs = self.predict_proba_batch(self.preprocess(list(np.asarray(batch, dtype=np.float32))))
+        clipped = np.clip(probs.astype(np.float64), 1e-12, 1.0 - 1e-12)
+        if self.task == "multilabel":
+            return np.log(clipped / (1.0 - clipped)).astype(np.float32)
+        return np.log(clipped).astype(np.float32)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities from :meth:`logits` (no calibrator: the descriptor brings none)."""
+        return _activate(
+            np.asarray(logits, np.float32), "sigmoid" if self.task == "multilabel" else "softmax"
+        )
+
+    def predict_proba(self, batch: Any) -> np.ndarray:
+        """Probabilities ``(N, K)`` for a batch ``(N, C, H, W)`` in [0, 1]."""
+        return self.calibrate(self.logits(batch))
+
+    def predict(
+        self, images: Sequence[Any] | None = None, records: Sequence[dict[str, Any]] | None = None
+    ) -> list[Any]:
+        """Predict for a list of images; returns :class:`medpredict.inference.predictor.Prediction` objects.
+
+        Raises:
+            DataError: records were given (external models take images only) or no images.
+        """
+        if records:
+            raise DataError("This external ONNX model takes images only; remove the clinical record.")
+        if not images:
+            raise DataError("No image given; an external ONNX model needs at least one image.")
+        probs = self.predict_proba_batch(self.preprocess(list(images)))
+        return [self._prediction(Prediction, row) for row in probs]
+
+    def _prediction(self, cls: Any, row: np.ndarray) -> Any:
+        probabilities = {name: float(p) for name, p in zip(self.labels, row, strict=True)}
+        score = float(row[self.positive_index])
+        if self.task == "binary":
+            label = (
+                self.labels[self.positive_index]
+                if score >= self.threshold
+                else self.labels[1 - self.positive_index]
+            )
+        else:
+            label = self.labels[int(np.argmax(row))]
+        uncertainty = _uncertainty(row, score, self.threshold)
+        values = {
+            "probabilities": probabilities,
+            "label": label,
+            "score": score,
+            "threshold": self.threshold,
+            "uncertainty": uncertainty,
+        }
+        names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(values)
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def explain(self, image: np.ndarray | str | os.PathLike[str], *, patch: int | None = None) -> np.ndarray:
+        """Occlusion map ``(H, W)`` float32 in [0, 1] at the image's own size.
+
+        Each square patch is replaced by the image mean; the drop of the predicted class's
+        probability is the patch's importance.
+        """
+        if isinstance(image, str | os.PathLike):
+            from medpredict.readers import read_image
+
+            image = read_image(image, channels=self.descriptor.channels)
+        out_h, out_w = np.asarray(image).shape[-2:]
+        chw = self._to_chw(image)
+        d = self.descriptor
+        base = self.predict_proba_batch(self.preprocess([chw]))[0]
+        target = int(np.argmax(base)) if self.task != "binary" else self.positive_index
+        from medpredict.explain.maps import occlusion
+
+        heat = occlusion(
+            lambda batch: self.predict_proba_batch(self.preprocess(list(batch))),
+            chw,
+            target,
+            patch=patch or max(2, min(d.height, d.width) // 7),
+            baseline=float(chw.mean()),
+            progress=False,
+        )
+        return _resize(heat[None], int(out_h), int(out_w))[0]
+
+
+def _uncertainty(row: np.ndarray, score: float, threshold: float) -> dict[str, float]:
+    p = np.clip(row.astype(np.float64), 1e-12, 1.0)
+    entropy = float(-(p * np.log(p)).sum() / np.log(len(p)))
+    return {"entropy": entropy, "margin_to_threshold": float(abs(score - threshold))}
+
+
+def _resize(chw: np.ndarray, height: int, width: int) -> np.ndarray:
+    if chw.shape[-2:] == (height, width):
+        return chw.astype(np.float32)
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+
+    tensor = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None]
+    out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return out[0].numpy()
+
+
+class OnnxBundlePredictor(Predictor):
+    """A medpredict bundle whose network runs in ONNX Runtime (``RUN/onnx/model.onnx``).
+
+    Everything but the network call is the bundle's own Predictor: preprocessing,
+    calibration, threshold, conformal sets. The exported graph contains the input
+    normalisation, so it takes the same ``[0, 1]`` batch as the PyTorch model. ONNX gives no
+    gradients, so :meth:`explain` returns an occlusion map instead of Grad-CAM.
+    """
+
+    explanation = "occlusion sensitivity (ONNX Runtime backend)"
+
+    @classmethod
+    def from_run(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        onnx_path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        int8: bool = False,
+    ) -> OnnxBundlePredictor:
+        """Load the bundle at ``path`` and its exported ONNX model.
+
+        Args:
+            path: a run folder or its ``model/`` bundle folder.
+            onnx_path: the ``.onnx`` file; defaults to ``RUN/onnx/model.onnx`` (or
+                ``model.int8.onnx`` with ``int8``).
+            threads: ONNX Runtime intra-op threads.
+
+        Raises:
+            BundleError: the bundle is invalid, the ONNX file is missing, or it was exported
+                from other weights than the bundle's (a stale export).
+        """
+        from medpredict.bundle.store import load_bundle
+
+        bundle = load_bundle(Path(path))
+        default = bundle.path.parent / "onnx" / ("model.int8.onnx" if int8 else "model.onnx")
+        onnx_file = Path(onnx_path) if onnx_path is not None else default
+        backend = OnnxBackend(onnx_file, threads=threads)
+        exported_from = backend.metadata.get("medpredict.weights_sha256", "")
+        sums = bundle.read_json("checksums.json") or {}
+        current = sums.get("files", {}).get("weights.safetensors", "")
+        if exported_from and current and exported_from != current:
+            raise BundleError(
+                f"{onnx_file} was exported from other weights than the bundle in {bundle.path}; "
+                "export again with 'medpredict export RUN'."
+            )
+        import torch
+
+        return cls(bundle, backend, torch.device("cpu"))  # type: ignore[arg-type]
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return {**super().card, "explanation": self.explanation, "backend": "onnxruntime"}
+
+    def explain(self, image: Any, class_index: int | None = None) -> np.ndarray:
+        """Occlusion map ``(H, W)`` float32 in [0, 1] at the model's input size."""
+        import torch
+
+        from medpredict.explain.maps import occlusion
+
+        prepared = self.prepare(image)
+        if class_index is None:
+            probs = self.predict_proba(prepared[None])[0]
+            class_index = 1 if self.task == "binary" else int(np.argmax(probs))
+        return occlusion(
+            lambda batch: self.predict_proba(torch.from_numpy(np.asarray(batch, np.float32))),
+            prepared.numpy(),
+            class_index,
+            spatial_dims=self.spatial_dims,
+            progress=False,
+        )
+
+
+def load_predictor(path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """Load whatever ``path`` names: a descriptor YAML -> :class:`OnnxPredictor`, else a bundle.
+
+    With ``backend="onnx"`` a run folder loads as :class:`OnnxBundlePredictor`; other
+    ``kwargs`` go to :meth:`medpredict.inference.predictor.Predictor.from_bundle`.
+    """
+    path = Path(path)
+    backend = kwargs.pop("backend", "torch")
+    if path.is_file() and path.suffix.lower() in DESCRIPTOR_SUFFIXES:
+        return OnnxPredictor.from_path(path, threads=kwargs.get("threads"))
+    if backend == "onnx":
+        return OnnxBundlePredictor.from_run(path, threads=kwargs.get("threads"))
+    if backend != "torch":
+        raise unknown_choice("backend", backend, ("torch", "onnx"))
+    return Predictor.from_bundle(path, **kwargs)

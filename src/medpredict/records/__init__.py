@@ -1,0 +1,1 @@
+"""Clinical records: reading tables, cleaning them, checking their quality, encoding the target."""

@@ -1,0 +1,1 @@
+"""Training: the one loop (engine), checkpoints, and the trainers for image, record and fused models."""

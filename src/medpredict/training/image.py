@@ -1,0 +1,344 @@
+"""One training run, from a config to a run folder with a verified model bundle.
+
+``train(config)`` reads the data into a manifest, splits it by patient (refusing
+leakage), caches the preprocessed images, trains with the shared engine, then fits on the
+validation split only — temperature scaling, the operating threshold and the conformal
+quantile — and writes ``runs/<name>/``::
+
+    config.yaml            the resolved config
+    train.log              the run's log
+    metrics.jsonl          one line per epoch
+    curves.png             loss and validation AUC per epoch
+    checkpoint.safetensors state for --resume
+    splits.csv             row → split assignment (no patient ids)
+    val_predictions.csv    calibrated validation probabilities
+    model/                 the bundle (see medpredict.bundle.store)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medpredict.atomic import write_text
+from medpredict.bundle.store import save_bundle
+from medpredict.config import RunConfig
+from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
+from medpredict.data.manifest import Manifest, load_manifest
+from medpredict.data.splits import assign_splits, require_no_leakage
+from medpredict.data.transforms import BatchAugment, Normalisation
+from medpredict.errors import ConfigError, DataError
+from medpredict.evaluation.subgroups import reference_statistics
+from medpredict.training.engine import Distributed, EpochCallback, FitResult, fit, outputs_to_probs, predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the run went and its validation figures."""
+
+    run_dir: Path
+    bundle_dir: Path
+    val_metrics: dict[str, Any]
+    fit: FitResult
+
+
+def load_data(config: RunConfig) -> Manifest:
+    """Read the configured source and assign patient-level splits (respecting a given split)."""
+    data = config.data
+    if not data.source:
+        raise ConfigError(
+            "No data source given. Pass --data PATH (a manifest CSV, a MedMNIST .npz or an image folder)."
+        )
+    manifest = load_manifest(
+        data.source,
+        target=data.target,
+        image_column=data.image_column,
+        patient_column=data.patient_column,
+        task=data.task,
+    )
+    if not manifest.has_images:
+        raise DataError(
+            f"{data.source} has no image column. For a clinical table use 'medpredict tabular train'; "
+            "for images give a manifest with an image_path column."
+        )
+    keys = manifest.frame["sha256"] if "sha256" in manifest.frame.columns else None
+    manifest = assign_splits(
+        manifest,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=config.train.seed,
+        content_keys=keys,
+    )
+    require_no_leakage(manifest.frame, keys)
+    if data.max_per_split:
+        frame = manifest.frame
+        parts = [
+            rows.sample(n=min(len(rows), data.max_per_split), random_state=config.train.seed)
+            for _, rows in frame.groupby("split", sort=False)
+        ]
+        manifest = Manifest(pd.concat(parts).sort_index(), manifest.labels, manifest.task, manifest.source)
+    return manifest
+
+
+def build_dataset(
+    frame: pd.DataFrame, config: RunConfig, task: str, *, progress: bool = True
+) -> ArrayDataset:
+    """Read and preprocess the images of ``frame`` into an in-memory dataset."""
+    images = load_images(
+        frame["image_path"].tolist(), config.preprocess, config.data.channels, progress=progress
+    )
+    return ArrayDataset((images,), target_tensor(frame["target"].tolist(), task))
+
+
+def build_network(config: RunConfig, num_outputs: int, normalisation: Normalisation) -> torch.nn.Module:
+    """The configured network wrapped with its input normalisation, with user weights if given."""
+    from medpredict.models import build_model, load_weights
+    from medpredict.models.normalised import InputNormalised
+
+    net = build_model(
+        config.model.name,
+        in_channels=config.data.channels,
+        num_classes=num_outputs,
+        spatial_dims=config.preprocess.spatial_dims,
+        dropout=config.model.dropout,
+    )
+    if config.model.weights:
+        report = load_weights(net, config.model.weights, skip_head=True)
+        log.info("Loaded starting weights from %s: %s", config.model.weights, report)
+    return InputNormalised(net, normalisation.mean, normalisation.std)
+
+
+def model_meta(config: RunConfig, num_outputs: int) -> dict[str, Any]:
+    """What the predictor needs to rebuild the network before loading the weights."""
+    return {
+        "kind": "image",
+        "name": config.model.name,
+        "in_channels": config.data.channels,
+        "num_classes": num_outputs,
+        "spatial_dims": config.preprocess.spatial_dims,
+        "dropout": config.model.dropout,
+    }
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("medpredict")
+    root.addHandler(handler)
+    previous = root.level
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
+
+
+def post_fit(
+    val_logits: torch.Tensor, y_val: np.ndarray, task: str, labels: tuple[str, ...]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit calibration, threshold and conformal sets on the validation split only.
+
+    Returns the bundle fields and the calibrated validation probabilities.
+    """
+    fields: dict[str, Any] = {"calibration": None, "threshold": None, "conformal": None}
+    if task not in ("binary", "multiclass"):
+        return fields, outputs_to_probs(val_logits, task).numpy()
+    from medpredict.calibration.conformal import SplitConformal
+    from medpredict.calibration.scalers import TemperatureScaler
+
+    scaler = TemperatureScaler().fit(val_logits.numpy(), y_val)
+    probs = scaler.transform(val_logits.numpy())
+    fields["calibration"] = scaler.to_dict()
+    if task == "binary":
+        from medpredict.calibration.thresholds import ThresholdPicker
+
+        try:
+            fields["threshold"] = ThresholdPicker(method="youden").fit(y_val, probs[:, 1]).to_dict()
+        except DataError as exc:
+            log.warning("No threshold fitted (%s); using 0.5.", exc)
+    conformal = SplitConformal(alpha=0.1, method="aps").fit(probs, y_val)
+    fields["conformal"] = conformal.to_dict()
+    return fields, probs
+
+
+def train(
+    config: RunConfig, *, resume: bool = False, progress: bool = True, on_epoch: EpochCallback | None = None
+) -> TrainResult:
+    """Train one model as configured and write its run folder (see the module docstring).
+
+    ``on_epoch`` is passed to :func:`medpredict.training.engine.fit` (called after every epoch).
+    """
+    from medpredict.errors import unknown_choice
+    from medpredict.models import MODELS
+
+    if config.model.name not in MODELS:  # before any data is read or file written
+        raise unknown_choice("model", config.model.name, MODELS)
+    dist = Distributed.from_env()
+    run_dir = config.run_dir
+    if not resume and dist.is_main and (run_dir / "checkpoint.safetensors").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run. Use --resume to continue it, or another --name/--out."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _log_to(run_dir / "train.log") if dist.is_main else contextlib.nullcontext():
+        return _train(config, run_dir, resume=resume, progress=progress, dist=dist, on_epoch=on_epoch)
+
+
+def _train(
+    config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, dist: Distributed,
+    on_epoch: EpochCallback | None,
+) -> TrainResult:
+    started = time.monotonic()
+    if dist.is_main:
+        write_text(run_dir / "config.yaml", config.to_yaml())
+    manifest = load_data(config)
+    frame, task = manifest.frame, manifest.task
+    parts = {name: frame[frame["split"] == name] for name in ("train", "val", "test")}
+    for name in ("train", "val"):
+        if parts[name].empty:
+            raise DataError(
+                f"The {name} split of {config.data.source} is empty; check the split column or fractions."
+            )
+    log.info(
+        "Data: %s, task %s, classes %s; rows train/val/test = %d/%d/%d",
+        config.data.source,
+        task,
+        list(manifest.labels),
+        len(parts["train"]),
+        len(parts["val"]),
+        len(parts["test"]),
+    )
+    if dist.is_main:
+        split_table = pd.DataFrame({"row": frame.index, "split": frame["split"]})
+        write_text(run_dir / "splits.csv", split_table.to_csv(index=False))
+    train_set = build_dataset(parts["train"], config, task, progress=progress)
+    val_set = build_dataset(parts["val"], config, task, progress=progress)
+    normalisation = Normalisation.fit(train_set.inputs[0].float().div(255), config.preprocess.normalize)
+    num_outputs = 1 if task == "regression" else len(manifest.labels)
+    torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
+    model = build_network(config, num_outputs, normalisation)
+    counts = None
+    if task in ("binary", "multiclass"):
+        counts = np.bincount(train_set.target.numpy(), minlength=num_outputs)
+    elif task == "multilabel":
+        counts = train_set.target.numpy().sum(0)
+    augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
+    result = fit(
+        model,
+        train_set,
+        val_set,
+        task=task,
+        config=config.train,
+        run_dir=run_dir,
+        class_counts=counts,
+        progress=progress,
+        resume=resume,
+        train_transform=lambda inputs, g: (augment(inputs[0], g),),
+        on_epoch=on_epoch,
+    )
+    val_logits = predict_logits(model, val_set)
+    y_val = val_set.target.numpy()
+    fields, val_probs = post_fit(val_logits, y_val, task, manifest.labels)
+    val_metrics = _val_metrics(y_val, val_probs, task, manifest.labels, fields)
+    meta = {
+        "name": config.name,
+        "input_kind": "image",
+        "task": task,
+        "labels": list(manifest.labels),
+        "config": config.to_dict(),
+        "model": model_meta(config, num_outputs),
+        "preprocess": {
+            "image_size": config.preprocess.image_size,
+            "spatial_dims": config.preprocess.spatial_dims,
+            "channels": config.data.channels,
+            "normalisation": normalisation.to_dict(),
+        },
+        **fields,
+        "val_metrics": val_metrics,
+        "reference_stats": reference_statistics(
+            train_set.target.numpy(), images=train_set.inputs[0][:5000].float().div(255).numpy()
+        )
+        if task in ("binary", "multiclass")
+        else None,
+        "data": {
+            "source": str(config.data.source),
+            "rows": {k: len(v) for k, v in parts.items()},
+            "patients": {k: int(v["patient_id"].nunique()) for k, v in parts.items()},
+            "prevalence": {k: _prevalence(v, task) for k, v in parts.items() if len(v)},
+        },
+        "training": training_summary(result, started, model),
+    }
+    bundle_dir = run_dir / "model"
+    if dist.is_main:
+        save_bundle(bundle_dir, state_dict=model.state_dict(), meta=meta)
+        _write_val_predictions(run_dir, parts["val"], val_probs, manifest.labels, task)
+        log.info(
+            "Bundle written to %s (validation score %.4f at epoch %d).",
+            bundle_dir,
+            result.best_score,
+            result.best_epoch,
+        )
+    return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result)
+
+
+def training_summary(result: FitResult, started: float, model: torch.nn.Module) -> dict[str, Any]:
+    """The ``training`` section of ``bundle.json``: best epoch, epochs run, why it stopped, time, device."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "seconds": round(time.monotonic() - started, 1),
+        "device": str(next(model.parameters()).device),
+    }
+
+
+def _prevalence(frame: pd.DataFrame, task: str) -> Any:
+    if task == "binary":
+        return float((frame["target"] == 1).mean())
+    if task == "multiclass":
+        return frame["target"].value_counts(normalize=True).sort_index().round(4).to_dict()
+    return None
+
+
+def _val_metrics(
+    y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str, ...], fields: dict[str, Any]
+) -> dict[str, Any]:
+    if task not in ("binary", "multiclass"):
+        from medpredict.training.engine import validation_score
+
+        return {"score": validation_score(y, probs, task)}
+    from medpredict.evaluation.metrics import classification_metrics
+
+    threshold = fields["threshold"]["threshold"] if fields.get("threshold") else None
+    return classification_metrics(y, probs, labels=list(labels), threshold=threshold, n_boot=0)
+
+
+def _write_val_predictions(
+    run_dir: Path, frame: pd.DataFrame, probs: np.ndarray, labels: tuple[str, ...], task: str
+) -> None:
+    if probs.ndim != 2:
+        return
+    columns = (
+        [f"p_{name}" for name in labels]
+        if labels and probs.shape[1] == len(labels)
+        else [f"p_{i}" for i in range(probs.shape[1])]
+    )
+    table = pd.DataFrame(probs, columns=columns)
+    table.insert(0, "target", frame["target"].astype(str).to_numpy())
+    table.insert(0, "row", frame.index.to_numpy())
+    write_text(run_dir / "val_predictions.csv", table.to_csv(index=False, float_format="%.6f"))

@@ -1,0 +1,609 @@
+"""Train, evaluate and cross-validate models on a clinical table, in one call each.
+
+* :func:`load_table_data` reads a table, infers its schema, removes exact duplicate
+  rows and rows without a target, and encodes the target (binary, multiclass or
+  regression; ``"num>0"`` style rules make a binary target).
+* :func:`cross_validate` runs repeated stratified k-fold cross-validation (grouped by
+  the id column when there is one) with the tabular network and the two baselines on
+  *the same folds*, the cleaner refitted on each training fold; it reports each
+  model's mean with a 95% interval.
+* :func:`train_table` splits by patient into train/validation/test, fits the cleaner
+  on the training rows, trains the network with early stopping on validation,
+  calibrates and picks a threshold on validation (the shared
+  :func:`medpredict.training.image.post_fit`), evaluates network and baselines on the test
+  rows, and writes a run folder with a bundle the shared predictor loads.
+
+Run folder: ``config.json``, ``metrics.json`` (test metrics of all models side by side,
+and CV results when asked), ``cleaning_report.json``, ``test_predictions.csv`` (row
+numbers, never ids) and ``model/`` (``weights.safetensors``, ``bundle.json``,
+``cleaner.json``, ``checksums.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medpredict.errors import ConfigError, DataError, unknown_choice
+from medpredict.records.cleaning import CleaningConfig, TableCleaner, drop_duplicate_rows
+from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
+from medpredict.training.record_fit import BASELINES, NetSettings, fit_baseline, fit_network, new_network, score
+
+logger = logging.getLogger(__name__)
+
+MODEL_KINDS = ("mlp", "transformer", *BASELINES)
+TASKS = ("auto", "binary", "multiclass", "regression")
+
+
+@dataclass
+class TableData:
+    """A table ready for modelling.
+
+    Attributes:
+        frame: the rows kept, raw cells (cleaning happens per split, later).
+        schema: the table's schema.
+        y: ``(N,)`` class indices (int64) or target values (float64, regression).
+        labels: class names in index order; empty for regression.
+        task: ``binary``, ``multiclass`` or ``regression``.
+        groups: ``(N,)`` patient group per row (the id column, else the row number).
+        source: where the table came from.
+        removed: rows dropped and why (``duplicates``, ``missing_target``).
+    """
+
+    frame: pd.DataFrame
+    schema: TableSchema
+    y: np.ndarray
+    labels: list[str]
+    task: str
+    groups: np.ndarray
+    source: str
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+def _natural(value: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+def encode_target(
+    frame: pd.DataFrame, schema: TableSchema, task: str = "auto"
+) -> tuple[np.ndarray, list[str], str, np.ndarray]:
+    """Encode the schema's target column.
+
+    Returns:
+        ``(y, labels, task, keep)`` where ``keep`` marks rows that have a target.
+
+    Raises:
+        DataError: no target column, fewer than two classes, or a non-numeric regression target.
+        ConfigError: unknown task.
+    """
+    if task not in TASKS:
+        raise unknown_choice("task", task, TASKS)
+    column = schema.target
+    if column is None or column not in frame.columns:
+        raise DataError(
+            f"The table has no target column '{column}'. Name the target with target=... or in the schema."
+        )
+    if schema.target_rule:
+        values = apply_target_rule(frame[column], schema.target_rule)
+        keep = values.notna().to_numpy()
+        rule = f"{column}{schema.target_rule}"
+        labels = [schema.labels.get("0", f"not {rule}"), schema.labels.get("1", rule)]
+        return values.to_numpy()[keep].astype(np.int64), labels, "binary", keep
+    tokens = frame[column].map(clean_token)
+    keep = tokens.notna().to_numpy()
+    tokens = tokens[keep].map(lambda v: f"{float(v):g}" if _natural(str(v))[0] == 0 else str(v))
+    distinct = sorted(tokens.unique(), key=_natural)
+    numeric = all(_natural(v)[0] == 0 for v in distinct)
+    if task == "regression" or (task == "auto" and numeric and len(distinct) > 10):
+        if not numeric:
+            raise DataError(
+                f"Regression target '{column}' has values that are not numbers; "
+                "clean them or choose a classification task."
+            )
+        return tokens.astype(float).to_numpy(), [], "regression", keep
+    if len(distinct) < 2:
+        raise DataError(
+            f"Target '{column}' has {len(distinct)} distinct value(s); a classifier needs at least two."
+        )
+    if task == "binary" and len(distinct) != 2:
+        raise DataError(
+            f"Target '{column}' has {len(distinct)} classes, not 2; use task='multiclass' or a rule such as "
+            f"'{column}>0'."
+        )
+    index = {v: i for i, v in enumerate(distinct)}
+    labels = [schema.labels.get(v, v) for v in distinct]
+    return (
+        tokens.map(index).to_numpy().astype(np.int64),
+        labels,
+        "binary" if len(distinct) == 2 else "multiclass",
+        keep,
+    )
+
+
+def table_data_from_frame(
+    frame: pd.DataFrame,
+    schema: TableSchema,
+    *,
+    task: str = "auto",
+    source: str = "<frame>",
+    drop_duplicates: bool = True,
+) -> TableData:
+    """Build :class:`TableData` from an in-memory frame and schema (EHR extracts use this)."""
+    removed = {"duplicates": 0, "missing_target": 0}
+    if drop_duplicates:
+        frame, removed["duplicates"] = drop_duplicate_rows(frame)
+    y, labels, task, keep = encode_target(frame, schema, schema.task if task == "auto" else task)
+    removed["missing_target"] = int((~keep).sum())
+    if removed["missing_target"]:
+        logger.warning(
+            "Dropped %d row(s) with no value in target '%s'.", removed["missing_target"], schema.target
+        )
+    frame = frame.loc[keep].reset_index(drop=True)
+    id_column = schema.id_column()
+    if id_column is not None:
+        groups = pd.factorize(frame[id_column].map(clean_token).fillna("").astype(str))[0]
+    else:
+        groups = np.arange(len(frame))
+    return TableData(
+        frame=frame,
+        schema=schema,
+        y=y,
+        labels=labels,
+        task=task,
+        groups=np.asarray(groups),
+        source=source,
+        removed=removed,
+    )
+
+
+def load_table_data(
+    path: str | Path,
+    *,
+    target: str | None = None,
+    schema: str | Path | Mapping[str, Any] | None = None,
+    task: str = "auto",
+    names: Sequence[str] | None = None,
+) -> TableData:
+    """Read a table file and prepare it for modelling (see :func:`medpredict.records.tables.load_table`)."""
+    frame, table_schema = load_table(path, target=target, schema=schema, names=names)
+    return table_data_from_frame(frame, table_schema, task=task, source=str(path))
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def cv_folds(
+    data: TableData, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Repeated k-fold splits, stratified by class (by quintile for regression), grouped by patient."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if n_splits < 2 or n_repeats < 1:
+        raise ConfigError(f"n_splits ({n_splits}) must be >= 2 and n_repeats ({n_repeats}) >= 1.")
+    strata = data.y
+    if data.task == "regression":
+        strata = pd.qcut(pd.Series(data.y).rank(method="first"), q=5, labels=False).to_numpy()
+    folds = []
+    for repeat in range(n_repeats):
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + repeat)
+        folds += list(splitter.split(np.zeros(len(data.y)), strata, data.groups))
+    return folds
+
+
+def corrected_interval(
+    scores: Sequence[float], n_train: int, n_test: int, level: float = 0.95
+) -> list[float]:
+    """Confidence interval of a repeated-CV mean with the Nadeau-Bengio variance correction.
+
+    Folds share training rows, so the plain standard error is far too small; the
+    corrected variance is ``(1/J + n_test/n_train) * s^2`` over the ``J`` fold scores
+    (Nadeau & Bengio, Machine Learning 2003; Bouckaert & Frank 2004).
+    """
+    from scipy import stats
+
+    values = np.asarray([s for s in scores if np.isfinite(s)], dtype=float)
+    if len(values) < 2:
+        return [float("nan"), float("nan")]
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * math.sqrt(
+        (1 / len(values) + n_test / n_train) * values.var(ddof=1)
+    )
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
+def corrected_paired_p(a: Sequence[float], b: Sequence[float], n_train: int, n_test: int) -> float:
+    """Two-sided p-value that two models' repeated-CV scores differ (corrected resampled t-test)."""
+    from scipy import stats
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    diff = diff[np.isfinite(diff)]
+    if len(diff) < 2 or diff.var(ddof=1) == 0:
+        return float("nan")
+    t = diff.mean() / math.sqrt((1 / len(diff) + n_test / n_train) * diff.var(ddof=1))
+    return float(2 * stats.t.sf(abs(t), len(diff) - 1))
+
+
+def cross_validate(
+    data: TableData,
+    *,
+    models: Sequence[str] = ("mlp", "logistic", "boosting"),
+    n_splits: int = 5,
+    n_repeats: int = 10,
+    seed: int = 0,
+    settings: NetSettings | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    cleaning: CleaningConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Repeated cross-validation of several models on the same folds.
+
+    Returns:
+        A JSON-safe dict: ``task, metric, n_splits, n_repeats, n_rows, folds`` and
+        ``models: {name: {metric, metric_ci, <other>_mean, scores, seconds_per_fold}}``,
+        plus ``compare`` (each model against ``logistic``: mean difference and p-value).
+    """
+    for name in models:
+        if name not in MODEL_KINDS:
+            raise unknown_choice("model", name, MODEL_KINDS)
+    from tqdm.auto import tqdm
+
+    folds = cv_folds(data, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
+    per_model: dict[str, list[dict[str, float]]] = {m: [] for m in models}
+    seconds: dict[str, float] = dict.fromkeys(models, 0.0)
+    for i, (train, test) in enumerate(tqdm(folds, desc=f"CV {Path(data.source).name}", disable=not progress)):
+        cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[train])
+        x_train, x_test = cleaner.transform(data.frame.iloc[train]), cleaner.transform(data.frame.iloc[test])
+        for name in models:
+            started = time.perf_counter()
+            predict = _fit_any(
+                name, cleaner, x_train, data.y[train], data, seed=seed + i, settings=settings, hparams=hparams
+            )
+            per_model[name].append(score(data.y[test], predict(x_test), data.task))
+            seconds[name] += time.perf_counter() - started
+    metric = "r2" if data.task == "regression" else "auc"
+    n_test = len(data.y) / n_splits
+    n_train = len(data.y) - n_test
+    result: dict[str, Any] = {
+        "source": data.source,
+        "task": data.task,
+        "metric": metric,
+        "n_splits": n_splits,
+        "n_repeats": n_repeats,
+        "n_rows": len(data.y),
+        "n_groups": int(len(np.unique(data.groups))),
+        "removed": data.removed,
+        "interval": "95% t-interval with the Nadeau-Bengio corrected variance",
+        "models": {},
+    }
+    for name, rows in per_model.items():
+        entry: dict[str, Any] = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            entry[f"{key}_mean"] = float(np.nanmean(values))
+            interval = corrected_interval(values, int(n_train), int(n_test))
+            if key in ("auc", "accuracy", "brier"):  # bounded scores keep bounded intervals
+                interval = [float(np.clip(v, 0.0, 1.0)) for v in interval]
+            entry[f"{key}_ci"] = interval
+        entry["scores"] = [r[metric] for r in rows]
+        entry["seconds_per_fold"] = seconds[name] / len(folds)
+        result["models"][name] = entry
+    if "logistic" in per_model:
+        reference = result["models"]["logistic"]["scores"]
+        result["compare"] = {
+            name: {
+                "difference_vs_logistic": float(np.nanmean(np.subtract(e["scores"], reference))),
+                "p_value": corrected_paired_p(e["scores"], reference, int(n_train), int(n_test)),
+            }
+            for name, e in result["models"].items()
+            if name != "logistic"
+        }
+    return result
+
+
+def _fit_any(
+    name: str,
+    cleaner: TableCleaner,
+    x: np.ndarray,
+    y: np.ndarray,
+    data: TableData,
+    *,
+    seed: int,
+    settings: NetSettings | None,
+    hparams: Mapping[str, Any] | None,
+) -> Any:
+    if name in BASELINES:
+        return fit_baseline(name, x, y, task=data.task, n_continuous=cleaner.n_continuous_, seed=seed)
+    net = new_network(
+        name,
+        n_continuous=cleaner.n_continuous_,
+        cardinalities=cleaner.cardinalities_,
+        num_classes=_outputs(data),
+        seed=seed,
+        **dict(hparams or {}),
+    )
+    return fit_network(net, x, y, task=data.task, settings=settings, seed=seed).predict
+
+
+def _outputs(data: TableData) -> int:
+    return 1 if data.task == "regression" else len(data.labels)
+
+
+# --------------------------------------------------------------------------- train one model
+
+
+@dataclass
+class TableRun:
+    """What :func:`train_table` produced."""
+
+    run_dir: Path
+    bundle_dir: Path
+    metrics: dict[str, Any]
+    cleaner: TableCleaner
+    data: TableData
+    splits: np.ndarray
+    model: Any = None
+
+
+def split_rows(data: TableData, *, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """``train``/``val``/``test`` per row, by patient group and stratified (the shared splitter)."""
+    from medpredict.data.manifest import Manifest
+    from medpredict.data.splits import assign_splits
+
+    frame = pd.DataFrame({"patient_id": data.groups.astype(str), "target": data.y})
+    # An object column of None: assign_splits' own NaN column is float and pandas 3
+    # refuses to write split names into it.
+    frame["split"] = pd.Series([None] * len(frame), dtype=object)
+    manifest = Manifest(frame=frame, labels=tuple(data.labels), task=data.task, source=data.source)
+    split = assign_splits(manifest, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    return split.frame["split"].to_numpy()
+
+
+def train_table(
+    source: str | Path | TableData,
+    *,
+    target: str | None = None,
+    out: str | Path = "runs/table",
+    model: str = "mlp",
+    schema: str | Path | Mapping[str, Any] | None = None,
+    task: str = "auto",
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    settings: NetSettings | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    cleaning: CleaningConfig | None = None,
+    baselines: bool = True,
+    cv_repeats: int = 0,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> TableRun:
+    """Train a tabular network on a table and write a run folder with its bundle.
+
+    Args:
+        source: a table file, or prepared :class:`TableData`.
+        target: target column or rule (``"num>0"``); ``None`` guesses (see
+            :func:`medpredict.records.tables.pick_target`).
+        out: the run folder.
+        model: ``mlp`` or ``transformer``.
+        schema: YAML schema file or mapping overriding the inferred schema.
+        val_fraction / test_fraction: patient fractions held out.
+        baselines: also fit logistic regression and gradient boosting on the same
+            training rows and report them on the same test rows.
+        cv_repeats: if > 0, also run ``cv_repeats`` x 5-fold cross-validation of all
+            three models (on all rows) and store it in ``metrics.json``.
+        n_boot: patient-bootstrap replicates for the metric intervals.
+
+    Raises:
+        DataError: unreadable table, missing target, too few patients to split.
+        ConfigError: unknown model, task or option.
+    """
+    from medpredict.atomic import write_json, write_text
+    from medpredict.bundle.store import save_bundle
+    from medpredict.evaluation.metrics import classification_metrics, regression_metrics
+
+    if model not in ("mlp", "transformer"):
+        raise unknown_choice("tabular network", model, ("mlp", "transformer"))
+    started = time.monotonic()
+    data = (
+        source
+        if isinstance(source, TableData)
+        else load_table_data(source, target=target, schema=schema, task=task)
+    )
+    settings = settings or NetSettings()
+    run_dir = Path(out)
+    splits = split_rows(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    part = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+    if len(part["train"]) == 0 or len(part["val"]) == 0:
+        raise DataError(
+            f"The train or validation split of {data.source} is empty; give more rows or other fractions."
+        )
+    cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[part["train"]])
+    x = {name: cleaner.transform(data.frame.iloc[rows]) for name, rows in part.items()}
+    y = {name: data.y[rows] for name, rows in part.items()}
+    net = new_network(
+        model,
+        n_continuous=cleaner.n_continuous_,
+        cardinalities=cleaner.cardinalities_,
+        num_classes=_outputs(data),
+        seed=seed,
+        **dict(hparams or {}),
+    )
+    fitted = fit_network(
+        net,
+        x["train"],
+        y["train"],
+        task=data.task,
+        settings=settings,
+        x_val=x["val"],
+        y_val=y["val"],
+        seed=seed,
+    )
+    fields, val_probs = _post_fit(net, x["val"], y["val"], data)
+
+    def evaluate(pred: np.ndarray, rows: np.ndarray, threshold: float | None) -> dict[str, Any]:
+        if data.task == "regression":
+            return regression_metrics(data.y[rows], pred, groups=data.groups[rows], seed=seed, n_boot=n_boot)
+        return classification_metrics(
+            data.y[rows],
+            pred,
+            labels=data.labels,
+            threshold=threshold,
+            groups=data.groups[rows],
+            seed=seed,
+            n_boot=n_boot,
+        )
+
+    threshold = (fields.get("threshold") or {}).get("threshold") if data.task == "binary" else None
+    evaluated = {"val": part["val"]} | ({"test": part["test"]} if len(part["test"]) else {})
+    metrics: dict[str, Any] = {"task": data.task, "labels": data.labels, "models": {}}
+    test_probs = None
+    for split_name, rows in evaluated.items():
+        probs = _apply_calibration(net, x[split_name], fields) if split_name == "test" else val_probs
+        if split_name == "test":
+            test_probs = probs
+        metrics["models"].setdefault(model, {})[split_name] = evaluate(probs, rows, threshold)
+    if baselines:
+        for name in BASELINES:
+            predict = fit_baseline(
+                name, x["train"], y["train"], task=data.task, n_continuous=cleaner.n_continuous_, seed=seed
+            )
+            for split_name, rows in evaluated.items():
+                metrics["models"].setdefault(name, {})[split_name] = evaluate(
+                    predict(x[split_name]), rows, None
+                )
+    if cv_repeats > 0:
+        metrics["cross_validation"] = cross_validate(
+            data,
+            n_repeats=cv_repeats,
+            seed=seed,
+            settings=settings,
+            hparams=hparams,
+            cleaning=cleaning,
+            models=(model, *BASELINES),
+            progress=progress,
+        )
+    config = {
+        "source": data.source,
+        "target": data.schema.target,
+        "target_rule": data.schema.target_rule,
+        "task": data.task,
+        "model": model,
+        "hparams": dict(net.hparams),
+        "settings": asdict(settings),
+        "cleaning": asdict(cleaner.config),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+    }
+    meta = {
+        "name": run_dir.name,
+        "input_kind": "table",
+        "task": data.task,
+        "labels": list(data.labels),
+        "config": config,
+        "model": {"kind": "table", **net.hparams},
+        "preprocess": {
+            "cleaner": "cleaner.json",
+            "input_columns": list(cleaner.columns_),
+            "features": list(cleaner.feature_names_),
+        },
+        **fields,
+        "val_metrics": metrics["models"][model]["val"],
+        "metrics": metrics["models"][model].get("test"),
+        "data": {
+            "source": data.source,
+            "rows": {k: int(len(v)) for k, v in part.items()},
+            "patients": {k: int(len(np.unique(data.groups[v]))) for k, v in part.items()},
+            "removed": data.removed,
+        },
+        "training": {
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": fitted.epochs_run,
+            "seconds": round(time.monotonic() - started, 1),
+            "device": "cpu",
+        },
+    }
+    bundle_dir = run_dir / "model"
+    save_bundle(
+        bundle_dir, state_dict=net.state_dict(), meta=meta, json_files={"cleaner.json": cleaner.to_dict()}
+    )
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "cleaning_report.json", cleaner.report_.to_dict())
+    if test_probs is not None:
+        write_text(run_dir / "test_predictions.csv", _predictions_csv(part["test"], data, test_probs))
+    logger.info("Tabular run written to %s: %s", run_dir, _headline(metrics, model))
+    return TableRun(
+        run_dir=run_dir,
+        bundle_dir=bundle_dir,
+        metrics=metrics,
+        cleaner=cleaner,
+        data=data,
+        splits=splits,
+        model=net,
+    )
+
+
+def _post_fit(
+    net: Any, x_val: np.ndarray, y_val: np.ndarray, data: TableData
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Calibration, threshold and conformal sets on validation, exactly as image runs do."""
+    import torch
+
+    from medpredict.training.image import post_fit
+
+    with torch.no_grad():
+        net.eval()
+        logits = net(torch.as_tensor(x_val))
+    if data.task == "regression":
+        return {"calibration": None, "threshold": None, "conformal": None}, logits[:, 0].numpy().astype(
+            np.float64
+        )
+    return post_fit(logits, y_val, data.task, tuple(data.labels))
+
+
+def _apply_calibration(net: Any, x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        net.eval()
+        logits = net(torch.as_tensor(x))
+    if net.num_classes == 1:
+        return logits[:, 0].numpy().astype(np.float64)
+    if fields.get("calibration"):
+        from medpredict.calibration.scalers import calibrator_from_dict
+
+        return np.asarray(
+            calibrator_from_dict(fields["calibration"]).transform(logits.numpy()), dtype=np.float64
+        )
+    return torch.softmax(logits, dim=1).numpy().astype(np.float64)
+
+
+def _predictions_csv(rows: np.ndarray, data: TableData, probs: np.ndarray) -> str:
+    table = pd.DataFrame({"row": rows, "target": data.y[rows]})
+    if data.task == "regression":
+        table["prediction"] = probs
+    else:
+        for k, label in enumerate(data.labels):
+            table[f"p_{label}"] = probs[:, k]
+    return table.to_csv(index=False)
+
+
+def _headline(metrics: Mapping[str, Any], model: str) -> str:
+    key = "r2" if metrics["task"] == "regression" else "auc"
+    parts = []
+    for name, splits in metrics["models"].items():
+        result = splits.get("test") or splits.get("val") or {}
+        if key in result:
+            parts.append(f"{name} {key} {result[key]:.3f}")
+    return ", ".join(parts)

@@ -1,0 +1,1 @@
+"""Commands that tie several concerns together: evaluate a run, tune a recipe."""
