@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from medpredict.bundle.identity import ModelIdentity
+from medpredict.data.intended_use import IntendedUse
 from medpredict.errors import BundleError, ConfigError, DataError, did_you_mean, require_extra, unknown_choice
 from medpredict.inference.predictor import Prediction, Predictor
 
@@ -324,12 +326,20 @@ class OnnxPredictor:
         self.labels = list(descriptor.labels)
         self.task = descriptor.task
         self.threshold = float(descriptor.threshold)
-        self.version = descriptor.version
         self.positive_index = (
             self.labels.index(descriptor.positive_label)
             if descriptor.positive_label
             else len(self.labels) - 1
         )
+        self.identity = ModelIdentity(
+            name=descriptor.name,
+            version=descriptor.version,
+            architecture="onnx",
+            weights_sha256=_file_sha256(descriptor.model),
+        )
+        self.version = self.identity.version
+        self.positive_label = self.labels[self.positive_index] if self.task == "binary" else None
+        self.intended_use = IntendedUse()  # an outside model declares none until adopted
         self.card = {
             "name": descriptor.name,
             "version": descriptor.version,
@@ -525,6 +535,16 @@ class OnnxPredictor:
             progress=False,
         )
         return _resize(heat[None], int(out_h), int(out_w))[0]
+
+
+def _file_sha256(path: str | os.PathLike[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _uncertainty(row: np.ndarray, score: float, threshold: float) -> dict[str, float]:

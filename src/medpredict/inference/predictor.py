@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from medpredict.bundle.identity import ModelIdentity
 from medpredict.bundle.store import Bundle, load_bundle
+from medpredict.data.intended_use import IntendedUse
 from medpredict.errors import BundleError, DataError
 
 log = logging.getLogger(__name__)
@@ -178,10 +180,27 @@ class Predictor:
         return int(self.meta["preprocess"]["spatial_dims"])
 
     @property
-    def version(self) -> str:
+    def identity(self) -> ModelIdentity:
+        """Name, version (weights hash) and architecture: the one way every output names this model."""
         sums = self.bundle.read_json("checksums.json") or {}
-        digest = sums.get("files", {}).get("weights.safetensors", "")[:12]
-        return f"{self.meta.get('name', 'model')}@{digest}"
+        return ModelIdentity.from_bundle_meta(self.meta, sums.get("files", {}).get("weights.safetensors", ""))
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
+
+    @property
+    def intended_use(self) -> IntendedUse:
+        """What the model was built for (empty when the bundle does not declare it)."""
+        return IntendedUse.from_dict(self.meta.get("intended_use"))
+
+    @property
+    def positive_label(self) -> str | None:
+        """The class a binary model's threshold and sensitivity refer to (None for other tasks)."""
+        if self.task != "binary":
+            return None
+        stored = self.meta.get("positive_label")
+        return str(stored) if stored in self.labels else self.labels[1]
 
     @property
     def card(self) -> dict[str, Any]:
