@@ -190,7 +190,8 @@ def test_service_serves_an_external_model(keras_yaml, tmp_path):
     body = res.json()
     assert body["prediction"]["label"] == "pneumonia"
     assert body["model"] == {"name": "keras-demo", "version": "7"}
-    assert "occlusion" in body["explanation"] and body["overlay_png"].startswith("data:image/png")
+    assert body["explanation"] == "Occlusion: evidence for 'pneumonia'"
+    assert body["overlay_png"].startswith("data:image/png")
     assert card["positive_label"] == "pneumonia" and card["threshold"] == 0.4
 
 

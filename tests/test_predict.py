@@ -33,8 +33,12 @@ def test_predicts_calibrated_probabilities_and_label_at_locked_threshold(
     assert pos.label == "1" and neg.label == "0"
     assert pos.score > predictor.threshold > neg.score
     assert sum(pos.probabilities.values()) == pytest.approx(1.0)
-    assert pos.uncertainty["conformal_set"] == ["1"] and pos.uncertainty["refer_to_clinician"] is False
-    assert pos.to_dict()["source"] == str(positive)
+    assert pos.prediction_set == ("1",)
+    assert pos.input_check.status in ("ok", "unusual") and pos.input_check.ood_threshold is not None
+    # the set is exactly the decision, so only an unusual input could make this a referral
+    assert pos.refer == (pos.input_check.status == "unusual") and pos.refer == bool(pos.referral_reasons)
+    assert pos.to_dict()["source"] == "pos.png"  # the file name, never the folders above it
+    assert pos.model == predictor.identity and len(pos.model.version) == 12
 
 
 def test_arrays_and_paths_give_the_same_prediction(tiny_run: Path, tmp_path: Path) -> None:

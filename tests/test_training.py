@@ -40,7 +40,7 @@ def test_run_folder_holds_everything_inference_and_audit_need(tiny_run: Path) ->
     assert meta["labels"] == ["0", "1"] and meta["task"] == "binary"
     assert meta["val_metrics"]["auc"] > 0.9  # the corner square is easy to learn
     assert 0.0 < meta["threshold"]["threshold"] < 1.0  # locked on validation
-    assert meta["calibration"]["kind"] == "temperature"
+    assert meta["calibration"]["kind"] == "posthoc" and meta["calibration"]["prior_correction"] is True
     assert meta["preprocess"]["image_size"] == 16
     assert meta["data"]["rows"] == {"train": 96, "val": 48, "test": 48}
 

@@ -35,6 +35,8 @@ class DataConfig:
         channels: 1 for grey, 3 for colour; images are converted on reading.
         clinical_columns: record columns fed to tabular and fusion models.
         max_per_split: keep at most this many rows per split (quick checks); ``None`` keeps all.
+        positive: the class a binary model's threshold, sensitivity and PPV refer to (a label
+            name); ``None`` takes the second class (label 1).
     """
 
     source: str = ""
@@ -47,6 +49,7 @@ class DataConfig:
     channels: int = 1
     clinical_columns: tuple[str, ...] = ()
     max_per_split: int | None = None
+    positive: str | None = None
 
     def __post_init__(self) -> None:
         _choice("data.task", self.task, TASKS)
@@ -168,6 +171,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class IntendedUseConfig:
+    """What the model is for, stored in its bundle and checked on every DICOM input.
+
+    Left empty, a run on DICOM data declares the modalities, body parts and views of its
+    training images; other data declares nothing unless set here. Values are DICOM terms
+    (Modality ``CR``/``DX``, Body Part Examined ``CHEST``, View Position ``PA``/``AP``).
+
+    Attributes:
+        description: one line for people, e.g. "frontal chest radiographs of children".
+        modalities / body_parts / views: the accepted DICOM values.
+    """
+
+    description: str = ""
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
 
@@ -178,6 +200,7 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    intended_use: IntendedUseConfig = field(default_factory=IntendedUseConfig)
 
     @property
     def run_dir(self) -> Path:

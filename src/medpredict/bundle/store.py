@@ -6,6 +6,7 @@ Layout of ``runs/<name>/model/``::
     bundle.json           format version, resolved config, labels, task, input kind,
                           preprocessing, threshold, calibration, conformal, metrics
     cleaner.json          fitted table cleaner (record and fused models only)
+    input_guard.json      fitted out-of-distribution detector on the network's features
     model_card.md/.json   the model card, when evaluation has written one
     checksums.json        SHA-256 of every file above (and an HMAC when a key is set)
 
@@ -37,6 +38,8 @@ FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 META = "bundle.json"
 CHECKSUMS = "checksums.json"
+#: The fitted out-of-distribution detector (``medpredict.calibration.ood``), when the model has one.
+GUARD = "input_guard.json"
 KEY_ENV = "MEDPREDICT_BUNDLE_KEY"
 
 

@@ -2,8 +2,8 @@
 
 * :class:`SplitConformal` - split-conformal prediction sets calibrated on validation,
   with the finite-sample guarantee P(true class in set) >= 1 - alpha for exchangeable
-  data. ``aps`` (cumulative probability up to the true class; the default) adapts set
-  size to how hard a case is; ``lac`` (score 1 - p_true) gives the smallest sets.
+  data; class-conditional (``mondrian``, the default) so it holds for every class.
+  Deterministic per case, so served sets equal evaluated ones.
 * :func:`coverage`, :func:`set_size_summary` - how the sets behave on test.
 * :func:`mc_dropout_probs` and :func:`tta_probs` - repeated stochastic predictions
   (dropout left on, or small test-time augmentations) summarised as mean probability,
@@ -25,7 +25,7 @@ from medpredict.errors import ConfigError, DataError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("aps", "lac")
+METHODS = ("mondrian", "aps", "lac")
 
 
 def _probs_2d(probs: Any) -> np.ndarray:
@@ -50,26 +50,33 @@ def _labels(y: Any, n: int, k: int) -> np.ndarray:
 class SplitConformal:
     """Split-conformal classifier sets (estimator contract; fitted on validation).
 
-    APS is the default. When a model is right on more than ``1 - alpha`` of validation
-    cases, LAC's quantile falls below 0.5 and it answers an uncertain binary case with an
-    *empty* set; APS answers it with both classes ("refer"), so its coverage is spread
-    evenly over easy and hard cases. That is also why APS holds its coverage far better
-    when the cases in use are harder than validation's: on PneumoniaMNIST's official test
-    split (a separately collected set), ``bench/calibration_transfer.py`` measured LAC at
-    81-91% and APS at 90-93% coverage for a 90% target, over 10 trained models.
+    Every method is deterministic: a case's set depends only on its own probabilities,
+    never on the batch it came in or the order of calls, so ``evaluate`` on a whole split
+    and ``predict``/``serve``/``pacs`` on one image at a time give the same set.
+
+    * ``mondrian`` (the default): class-conditional split conformal with the score
+      ``1 - p_k``. One quantile per class, each from that class's validation cases, so the
+      coverage guarantee ``P(k in set | true class k) >= 1 - alpha`` holds *for each class*
+      (Vovk's Mondrian conformal; Sadinle et al. 2019) — a clinician gets it for the sick
+      and for the healthy, not only on average. Rare classes get wider quantiles.
+    * ``aps``: adaptive prediction sets (Romano et al. 2020) without randomisation (the
+      randomised version draws a uniform number per case, which one-at-a-time serving
+      cannot reproduce); over-covers slightly.
+    * ``lac``: score ``1 - p_true`` with one quantile for all classes; smallest sets, but
+      coverage is only marginal and an uncertain binary case can get an empty set.
+
+    ``bench/conformal_methods.py`` compares them on trained runs (coverage per class, set
+    sizes, referral share), which is how the default was chosen.
 
     Args:
         alpha: allowed miss rate; sets contain the true class for at least
-            ``1 - alpha`` of exchangeable future cases.
-        method: ``aps`` or ``lac``.
-        seed: seed of the uniform draws that randomise APS scores (without them APS
-            over-covers badly, e.g. always giving both classes in a binary task).
+            ``1 - alpha`` of exchangeable future cases (of each class, for ``mondrian``).
+        method: one of :data:`METHODS`.
     """
 
-    def __init__(self, alpha: float = 0.1, method: str = "aps", seed: int = 0) -> None:
+    def __init__(self, alpha: float = 0.1, method: str = "mondrian") -> None:
         self.alpha = alpha
         self.method = method
-        self.seed = seed
 
     def _validate(self) -> None:
         if self.method not in METHODS:
@@ -77,71 +84,77 @@ class SplitConformal:
         if not 0.0 < float(self.alpha) < 1.0:
             raise ConfigError(f"alpha must lie strictly between 0 and 1 (e.g. 0.1); got {self.alpha}.")
 
-    def _scores_all(self, p: np.ndarray, salt: int) -> np.ndarray:
+    def _scores_all(self, p: np.ndarray) -> np.ndarray:
         """Non-conformity score of every class for every row, ``(N, K)``."""
-        if self.method == "lac":
+        if self.method != "aps":
             return 1.0 - p
-        # APS: mass of the classes more probable than this one, plus a uniform share
-        # of its own mass (Romano et al. 2020, randomised so coverage is not inflated)
+        # APS: the mass of the classes at least as probable as this one (non-randomised)
         order = np.argsort(-p, axis=1, kind="stable")
         sorted_p = np.take_along_axis(p, order, axis=1)
-        u = np.random.default_rng([self.seed, salt]).random((p.shape[0], 1))
-        cum = np.cumsum(sorted_p, axis=1) - sorted_p + u * sorted_p
         scores = np.empty_like(p)
-        np.put_along_axis(scores, order, cum, axis=1)
+        np.put_along_axis(scores, order, np.cumsum(sorted_p, axis=1), axis=1)
         return scores
 
+    def _quantile(self, scores: np.ndarray, what: str) -> float:
+        n = scores.size
+        level = np.ceil((n + 1) * (1.0 - self.alpha)) / n if n else np.inf
+        if level > 1.0:
+            need = int(np.ceil(1.0 / self.alpha - 1))
+            raise DataError(
+                f"{n} validation rows {what} are too few for alpha={self.alpha}: need at least {need}. "
+                "Use a larger validation split or a larger alpha."
+            )
+        return float(np.quantile(scores, level, method="higher"))
+
     def fit(self, probs_val: Any, y_val: Any) -> SplitConformal:
-        """Learn ``qhat_``, the conformal quantile of validation scores.
+        """Learn ``qhat_`` (one conformal quantile per class for ``mondrian``, else one).
 
         Raises:
-            DataError: too few validation rows for the requested ``alpha``.
+            DataError: too few validation rows (of some class, for ``mondrian``) for ``alpha``.
         """
         self._validate()
         p = _probs_2d(probs_val)
         y = _labels(y_val, p.shape[0], p.shape[1])
-        n = y.size
-        level = np.ceil((n + 1) * (1.0 - self.alpha)) / n
-        if level > 1.0:
-            raise DataError(
-                f"{n} validation rows are too few for alpha={self.alpha}: need at least "
-                f"{int(np.ceil(1.0 / self.alpha - 1))}. Use a larger validation split or a larger alpha."
-            )
-        scores = self._scores_all(p, salt=0)[np.arange(n), y]
-        self.qhat_ = float(np.quantile(scores, level, method="higher"))
-        self.n_val_ = int(n)
+        scores = self._scores_all(p)[np.arange(y.size), y]
+        if self.method == "mondrian":
+            self.qhat_ = [self._quantile(scores[y == k], f"of class {k}") for k in range(p.shape[1])]
+        else:
+            self.qhat_ = [self._quantile(scores, "")] * p.shape[1]
+        self.n_val_ = int(y.size)
         self.n_classes_ = int(p.shape[1])
-        logger.info("Conformal (%s, alpha=%.2f): qhat=%.4f from %d rows", self.method, self.alpha,
-                    self.qhat_, n)
+        logger.info("Conformal (%s, alpha=%.2f): qhat=%s from %d rows", self.method, self.alpha,
+                    [round(q, 4) for q in self.qhat_], y.size)
         return self
 
     def predict_sets(self, probs: Any) -> np.ndarray:
-        """Boolean prediction sets ``(N, K)``.
+        """Boolean prediction sets ``(N, K)``; row ``i`` depends on ``probs[i]`` alone.
 
-        A set may be empty (rare, randomised APS only when alpha is large): no class
-        is plausible enough, which a caller should treat like a referral. Forcing the
-        top class in would over-cover and void the "within alpha" calibration.
+        A set may be empty (no class is plausible enough, e.g. ``lac`` on an uncertain
+        case); callers treat that like any set that is not exactly the decision: refer.
         """
         check_fitted(self, "qhat_")
         p = _probs_2d(probs)
         if p.shape[1] != self.n_classes_:
             raise DataError(f"Fitted for {self.n_classes_} classes; got probs with {p.shape[1]} columns.")
-        return self._scores_all(p, salt=1) <= self.qhat_ + 1e-12
+        return self._scores_all(p) <= np.asarray(self.qhat_)[None, :] + 1e-12
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description for ``bundle.json``."""
         check_fitted(self, "qhat_")
-        return {"alpha": float(self.alpha), "method": self.method, "seed": int(self.seed),
-                "qhat": self.qhat_, "n_val": self.n_val_, "n_classes": self.n_classes_}
+        return {"alpha": float(self.alpha), "method": self.method, "qhat": [float(q) for q in self.qhat_],
+                "n_val": self.n_val_, "n_classes": self.n_classes_}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SplitConformal:
-        """Rebuild a fitted predictor from :meth:`to_dict` output."""
-        obj = cls(alpha=float(data["alpha"]), method=str(data["method"]), seed=int(data.get("seed", 0)))
+        """Rebuild a fitted predictor from :meth:`to_dict` output (or an older bundle's)."""
+        obj = cls(alpha=float(data["alpha"]), method=str(data["method"]))
         obj._validate()
-        obj.qhat_ = float(data["qhat"])
+        k = int(data["n_classes"])
+        qhat = data["qhat"]
+        # Older bundles stored one quantile of randomised APS; read as non-randomised APS.
+        obj.qhat_ = [float(q) for q in qhat] if isinstance(qhat, list) else [float(qhat)] * k
         obj.n_val_ = int(data.get("n_val", 0))
-        obj.n_classes_ = int(data["n_classes"])
+        obj.n_classes_ = k
         return obj
 
 

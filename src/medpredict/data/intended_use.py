@@ -191,3 +191,51 @@ def from_training_tags(tag_rows: Iterable[Mapping[str, Any]], *, min_share: floa
     return IntendedUse(
         source="dicom", modalities=fields["modalities"], body_parts=fields["body_parts"], views=fields["views"]
     )
+
+
+def declare(
+    configured: Mapping[str, Any], image_paths: Iterable[str], *, channels: int, sample: int = 200
+) -> IntendedUse:
+    """The intended use a training run writes into its bundle.
+
+    Fields set in the run's ``intended_use`` config win. Those left empty are read from the
+    DICOM tags of up to ``sample`` training images (headers only; non-DICOM files are
+    skipped). Nothing is guessed for other data.
+
+    Args:
+        configured: the run's ``intended_use`` section (description, modalities, body_parts, views).
+        image_paths: the training images.
+        channels: the network's input channels.
+    """
+    import itertools
+
+    user = IntendedUse.from_dict({k: v for k, v in configured.items() if v})
+    rows = []
+    for path in itertools.islice((p for p in image_paths if _looks_dicom(p)), sample):
+        rows.append(_header_tags(path))
+    seen = from_training_tags(r for r in rows if r)
+    pick = {
+        attr: getattr(user, attr) or getattr(seen, attr) for attr in ("modalities", "body_parts", "views")
+    }
+    source = "user" if user.declared else ("dicom" if seen.declared else "none")
+    if user.declared and seen.declared and any(not getattr(user, a) for a in pick):
+        source = "user+dicom"
+    return IntendedUse(description=user.description, channels=channels, source=source, **pick)
+
+
+def _looks_dicom(path: str) -> bool:
+    text = str(path)
+    if "::" in text:
+        return False
+    lower = text.lower()
+    return lower.endswith((".dcm", ".dicom")) or "." not in lower.rsplit("/", 1)[-1]
+
+
+def _header_tags(path: str) -> dict[str, str]:
+    try:
+        import pydicom
+
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - an unreadable header declares nothing; training reports the file
+        return {}
+    return tags_of(header)

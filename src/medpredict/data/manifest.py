@@ -81,12 +81,22 @@ class Manifest:
         labels: class names in class-index order (empty for regression).
         task: ``binary``, ``multiclass``, ``multilabel`` or ``regression``.
         source: where it was read from.
+        has_patients: False when the data names no patients (MedMNIST, image folders,
+            manifests without a patient column): each image then counts as its own
+            "patient", so splits, counts and confidence intervals are image-level, and
+            one real patient's images may fall on both sides of a split.
     """
 
     frame: pd.DataFrame
     labels: tuple[str, ...]
     task: str
     source: str
+    has_patients: bool = True
+
+    @property
+    def units(self) -> str:
+        """``"patient"`` or ``"image"``: what splits and confidence intervals resample."""
+        return "patient" if self.has_patients else "image"
 
     @property
     def has_images(self) -> bool:
@@ -211,7 +221,9 @@ def from_frame(
             ids = frame["split"].astype(str) + "/" + ids
         frame["patient_id"] = ids
     labels, resolved_task = _encode_target(frame, target, task, source)
-    return Manifest(frame=frame, labels=labels, task=resolved_task, source=source)
+    return Manifest(
+        frame=frame, labels=labels, task=resolved_task, source=source, has_patients=patient_col is not None
+    )
 
 
 def _resolve(path: str, root: Path) -> str:
@@ -342,12 +354,18 @@ def _from_medmnist(path: Path) -> Manifest:
         frame["label_name"] = [
             "|".join(n for n, v in zip(names, t, strict=True) if v) or "none" for t in frame["target"]
         ]
-        return Manifest(frame=frame, labels=tuple(names), task="multilabel", source=str(path))
+        return Manifest(
+            frame=frame, labels=tuple(names), task="multilabel", source=str(path), has_patients=False
+        )
     n_classes = int(frame["target"].max()) + 1
     names = MEDMNIST_LABELS.get(stem, tuple(str(i) for i in range(n_classes)))
     if len(names) != n_classes:
         names = tuple(str(i) for i in range(n_classes))
     frame["label_name"] = [names[t] for t in frame["target"]]
     return Manifest(
-        frame=frame, labels=names, task="binary" if n_classes == 2 else "multiclass", source=str(path)
+        frame=frame,
+        labels=names,
+        task="binary" if n_classes == 2 else "multiclass",
+        source=str(path),
+        has_patients=False,
     )

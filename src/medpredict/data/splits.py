@@ -8,6 +8,7 @@ filed under two patients.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -117,7 +118,7 @@ def assign_splits(
     frame["split"] = frame["split"].fillna("train")
     counts = frame.groupby("split")["patient_id"].nunique().to_dict()
     log.info("Splits by patient: %s", counts)
-    return Manifest(frame=frame, labels=manifest.labels, task=manifest.task, source=manifest.source)
+    return dataclasses.replace(manifest, frame=frame)
 
 
 @dataclass

@@ -191,18 +191,22 @@ def save_overlay_png(
     heatmap: np.ndarray,
     *,
     title: str | None = None,
+    caption: str | None = None,
     alpha: float = 0.4,
 ) -> Path:
     """Write a PNG with the image and its heat-map overlay side by side, atomically.
 
-    The heat panel has a colour bar (0 = no evidence, 1 = strongest in this image). Pass a
-    title without patient identifiers; it is drawn into the picture.
+    Both panels have the same size; the colour bar (0 = no evidence, 1 = strongest in this
+    image) has its own narrow column. Pass a title without patient identifiers; it is drawn
+    into the picture.
 
     Args:
         path: where to write; parent folders are created.
         image: as for :func:`overlay`.
         heatmap: as for :func:`overlay`.
-        title: optional heading, e.g. ``"pneumonia 0.93 (Grad-CAM)"``.
+        title: optional heading, e.g. ``"pneumonia  p(pneumonia)=0.93"``.
+        caption: what the map shows, e.g. ``"Grad-CAM: evidence for 'pneumonia'"`` (the
+            right panel's title).
         alpha: as for :func:`overlay`.
 
     Returns:
@@ -214,17 +218,18 @@ def save_overlay_png(
 
     rgb = _rgb(image)
     blended = overlay(image, heatmap, alpha=alpha)
-    figure = Figure(figsize=(7.0, 3.6), dpi=100)
+    figure = Figure(figsize=(7.4, 3.6), dpi=100)
     FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2)
+    grid = figure.add_gridspec(1, 3, width_ratios=(1.0, 1.0, 0.05), wspace=0.08)
+    left, right, bar = (figure.add_subplot(grid[0, i]) for i in range(3))
     left.imshow(rgb, interpolation="nearest")
     left.set_title("image", fontsize=9)
     right.imshow(blended, interpolation="nearest")
-    right.set_title("evidence", fontsize=9)
+    right.set_title(caption or "evidence", fontsize=9)
     for axes in (left, right):
         axes.set_axis_off()
     scale = cm.ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap="jet")
-    figure.colorbar(scale, ax=right, fraction=0.046, pad=0.04)
+    figure.colorbar(scale, cax=bar)
     if title:
         figure.suptitle(title, fontsize=10)
     buffer = io.BytesIO()

@@ -112,6 +112,7 @@ def predict_files(
     overlays: bool = True,
     progress: bool = True,
     backend: str = "torch",
+    ignore_intended_use: bool = False,
 ) -> PredictResult:
     """Predict for every input and write the CSV, JSON and overlays into ``out``.
 
@@ -130,16 +131,19 @@ def predict_files(
     ):
         row: dict[str, Any] = {"source": path}
         try:
-            prediction = predictor.predict([path])[0]
+            explain = overlays and getattr(predictor, "spatial_dims", 2) == 2
+            prediction = predictor.predict([path], explain=explain, ignore_intended_use=ignore_intended_use)[0]
             row.update(prediction.to_dict())
             row["source"] = path
-            if overlays and getattr(predictor, "spatial_dims", 2) == 2:
-                heatmap = predictor.explain(path)
+            if prediction.explanation is not None:
                 name = f"{index:05d}_{Path(path.split('::')[0]).stem[:40]}.png"
-                title = f"{prediction.label}" + (
-                    f"  p={prediction.score:.2f}" if prediction.score is not None else ""
+                title = f"{prediction.decision}" + (
+                    f"  p({prediction.positive_label})={prediction.score:.2f}" if prediction.score is not None else ""
                 )
-                save_overlay_png(out / "overlays" / name, _display_image(path, 2), heatmap, title=title)
+                save_overlay_png(
+                    out / "overlays" / name, _display_image(path, 2), prediction.explanation.heatmap,
+                    title=title, caption=prediction.explanation.caption(),
+                )
                 row["overlay"] = f"overlays/{name}"
         except DataError as exc:
             log.warning("Could not predict for %s: %s", Path(path).name, exc)
@@ -153,12 +157,22 @@ def predict_files(
 
 
 def _flat_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One CSV row per input: nested fields of the contract become plain columns."""
+    nested = ("probabilities", "uncertainty", "input_check", "model", "explanation")
     flat = []
     for row in rows:
-        item = {k: v for k, v in row.items() if k not in ("probabilities", "uncertainty")}
+        item = {k: ("|".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items() if k not in nested}
         for name, p in (row.get("probabilities") or {}).items():
             item[f"p_{name}"] = p
         for key, value in (row.get("uncertainty") or {}).items():
-            item[key] = "|".join(value) if isinstance(value, list) else value
+            item[key] = value
+        check = row.get("input_check") or {}
+        if check:
+            item["input_check"] = check.get("status")
+            item["ood_score"] = check.get("ood_score")
+        if row.get("model"):
+            item["model"] = row["model"].get("text")
+        if row.get("explanation"):
+            item["explained_class"] = row["explanation"].get("class")
         flat.append(item)
     return pd.DataFrame(flat)

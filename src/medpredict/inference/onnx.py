@@ -25,7 +25,6 @@ Two pieces:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -39,13 +38,16 @@ import numpy as np
 from medpredict.bundle.identity import ModelIdentity
 from medpredict.data.intended_use import IntendedUse
 from medpredict.errors import BundleError, ConfigError, DataError, did_you_mean, require_extra, unknown_choice
-from medpredict.inference.predictor import Prediction, Predictor
+from medpredict.inference.contract import CasePrediction, DecisionRule, Explanation, decide
+from medpredict.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 LAYOUTS = ("NCHW", "NHWC")
 DESCRIPTOR_SUFFIXES = (".yaml", ".yml")
+#: Name of the second output of medpredict's exported graphs: the pooled features.
+FEATURES_OUTPUT = "features"
 
 
 class OnnxBackend:
@@ -87,10 +89,21 @@ class OnnxBackend:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_shapes = [list(i.shape) for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        #: the pooled-features output medpredict's exports add for the input check, if present
+        self.features_name = FEATURES_OUTPUT if FEATURES_OUTPUT in names[1:] else None
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def logits(self, *inputs: np.ndarray) -> np.ndarray:
         """Raw graph output ``(N, K)`` float32 for one array per graph input (batch first).
+
+        Raises:
+            DataError: wrong number of inputs, or shapes the graph refuses.
+        """
+        return self.outputs(*inputs)[0]
+
+    def outputs(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits ``(N, K)`` and, when the graph exports them, pooled features ``(N, D)``.
 
         Raises:
             DataError: wrong number of inputs, or shapes the graph refuses.
@@ -102,16 +115,18 @@ class OnnxBackend:
             )
         pairs = zip(self.input_names, inputs, strict=True)
         feed = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in pairs}
+        wanted = [self.output_name] + ([self.features_name] if self.features_name else [])
         try:
-            out = self.session.run([self.output_name], feed)[0]
+            results = self.session.run(wanted, feed)
         except Exception as exc:  # ORT's InvalidArgument etc. are not Python builtins
             shapes = {k: tuple(v.shape) for k, v in feed.items()}
             raise DataError(
                 f"The ONNX model {self.path.name} refused inputs of shape {shapes}; it expects "
                 f"{dict(zip(self.input_names, self.input_shapes, strict=True))}. ({exc})"
             ) from None
-        out = np.asarray(out, dtype=np.float32)
-        return out.reshape(out.shape[0], -1)
+        out = np.asarray(results[0], dtype=np.float32)
+        features = np.asarray(results[1], dtype=np.float32) if len(results) > 1 else None
+        return out.reshape(out.shape[0], -1), features
 
     def predict_proba(self, *inputs: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, K)`` float32 (rows sum to 1 for ``softmax``)."""
@@ -472,10 +487,28 @@ class OnnxPredictor:
         """Probabilities ``(N, K)`` for a batch ``(N, C, H, W)`` in [0, 1]."""
         return self.calibrate(self.logits(batch))
 
+    @property
+    def rule(self) -> DecisionRule:
+        """The descriptor's decision rule: its threshold on the positive class; no conformal sets."""
+        return DecisionRule(
+            labels=tuple(self.labels),
+            task=self.task,
+            threshold=self.threshold if self.task == "binary" else None,
+            positive_index=self.positive_index if self.task == "binary" else None,
+            conformal=None,
+            identity=self.identity,
+        )
+
     def predict(
-        self, images: Sequence[Any] | None = None, records: Sequence[dict[str, Any]] | None = None
-    ) -> list[Any]:
-        """Predict for a list of images; returns :class:`medpredict.inference.predictor.Prediction` objects.
+        self,
+        images: Sequence[Any] | None = None,
+        records: Sequence[dict[str, Any]] | None = None,
+        *,
+        tags: Sequence[Any] | None = None,
+        explain: bool = False,
+        ignore_intended_use: bool = False,
+    ) -> list[CasePrediction]:
+        """Predict for a list of images (arrays or paths); returns the prediction contract per image.
 
         Raises:
             DataError: records were given (external models take images only) or no images.
@@ -484,30 +517,17 @@ class OnnxPredictor:
             raise DataError("This external ONNX model takes images only; remove the clinical record.")
         if not images:
             raise DataError("No image given; an external ONNX model needs at least one image.")
-        probs = self.predict_proba_batch(self.preprocess(list(images)))
-        return [self._prediction(Prediction, row) for row in probs]
+        items = list(images)
+        probs = self.predict_proba_batch(self.preprocess(items))
+        cases = decide(self.rule, probs, sources=items)
+        if explain:
+            from dataclasses import replace
 
-    def _prediction(self, cls: Any, row: np.ndarray) -> Any:
-        probabilities = {name: float(p) for name, p in zip(self.labels, row, strict=True)}
-        score = float(row[self.positive_index])
-        if self.task == "binary":
-            label = (
-                self.labels[self.positive_index]
-                if score >= self.threshold
-                else self.labels[1 - self.positive_index]
-            )
-        else:
-            label = self.labels[int(np.argmax(row))]
-        uncertainty = _uncertainty(row, score, self.threshold)
-        values = {
-            "probabilities": probabilities,
-            "label": label,
-            "score": score,
-            "threshold": self.threshold,
-            "uncertainty": uncertainty,
-        }
-        names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(values)
-        return cls(**{k: v for k, v in values.items() if k in names})
+            cases = [
+                replace(c, explanation=Explanation(self.explain(item), c.decision, "occlusion"))
+                for c, item in zip(cases, items, strict=True)
+            ]
+        return cases
 
     def explain(self, image: np.ndarray | str | os.PathLike[str], *, patch: int | None = None) -> np.ndarray:
         """Occlusion map ``(H, W)`` float32 in [0, 1] at the image's own size.
@@ -573,7 +593,8 @@ class OnnxBundlePredictor(Predictor):
     gradients, so :meth:`explain` returns an occlusion map instead of Grad-CAM.
     """
 
-    explanation = "occlusion sensitivity (ONNX Runtime backend)"
+    explanation_text = "occlusion sensitivity (ONNX Runtime backend)"
+    explanation_method = "occlusion"
 
     @classmethod
     def from_run(
@@ -616,7 +637,18 @@ class OnnxBundlePredictor(Predictor):
 
     @property
     def card(self) -> dict[str, Any]:
-        return {**super().card, "explanation": self.explanation, "backend": "onnxruntime"}
+        return {**super().card, "explanation": self.explanation_text, "backend": "onnxruntime"}
+
+    def outputs(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and (when the export has them) pooled features, from ONNX Runtime."""
+        import torch
+
+        array = torch.as_tensor(batch).detach().cpu().numpy() if isinstance(batch, torch.Tensor) else batch
+        backend: OnnxBackend = self.model  # type: ignore[assignment]
+        logits, features = backend.outputs(np.asarray(array, dtype=np.float32))
+        if self.input_kind == "table":  # a record model's features are the cleaned record itself
+            features = np.asarray(array, dtype=np.float32)
+        return logits, features
 
     def explain(self, image: Any, class_index: int | None = None) -> np.ndarray:
         """Occlusion map ``(H, W)`` float32 in [0, 1] at the model's input size."""
@@ -626,8 +658,7 @@ class OnnxBundlePredictor(Predictor):
 
         prepared = self.prepare(image)
         if class_index is None:
-            probs = self.predict_proba(prepared[None])[0]
-            class_index = 1 if self.task == "binary" else int(np.argmax(probs))
+            class_index = self.decided_index(prepared)
         return occlusion(
             lambda batch: self.predict_proba(torch.from_numpy(np.asarray(batch, np.float32))),
             prepared.numpy(),

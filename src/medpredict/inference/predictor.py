@@ -1,9 +1,12 @@
-"""The single inference path: ``Predictor.from_bundle(path)``.
+"""The PyTorch predictor of a medpredict bundle: ``Predictor.from_bundle(path)``.
 
-The CLI's ``predict`` and ``evaluate``, the REST service and the PACS node all call this
-class, so they cannot disagree. A prediction carries calibrated probabilities, the label
-at the locked threshold, and its uncertainty (normalised entropy and the conformal
-prediction set; a set that is not exactly one class means "refer to a clinician").
+It turns inputs into the one prediction contract (:mod:`medpredict.inference.contract`):
+read and preprocess, run the network once for logits and pooled features, calibrate
+(prior correction + the calibrator chosen on validation), check the input (DICOM tags
+against the intended use, the out-of-distribution score against its validation threshold),
+then :func:`~medpredict.inference.contract.decide` — the decision at the locked threshold,
+the class-conditional prediction set, the referral and its reasons. The ONNX predictors
+(:mod:`medpredict.inference.onnx`) reuse everything here but the network call.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +21,31 @@ import numpy as np
 import torch
 
 from medpredict.bundle.identity import ModelIdentity
-from medpredict.bundle.store import Bundle, load_bundle
+from medpredict.bundle.store import GUARD, Bundle, load_bundle
+from medpredict.calibration.conformal import SplitConformal
+from medpredict.calibration.ood import MahalanobisDetector
+from medpredict.calibration.posthoc import load_calibration
 from medpredict.data.intended_use import IntendedUse
 from medpredict.errors import BundleError, DataError
+from medpredict.inference.contract import (
+    CasePrediction,
+    DecisionRule,
+    Explanation,
+    InputCheck,
+    InputRefused,
+    decide,
+    display_source,
+)
 
 log = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | os.PathLike[str]
-
-
-@dataclass
-class Prediction:
-    """One prediction. ``score`` is the positive-class probability of a binary model."""
-
-    probabilities: dict[str, float]
-    label: str
-    score: float | None
-    threshold: float | None
-    uncertainty: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "label": self.label,
-            "score": self.score,
-            "threshold": self.threshold,
-            "probabilities": self.probabilities,
-            "uncertainty": self.uncertainty,
-        }
+#: Kept for callers that still say ``Prediction``.
+Prediction = CasePrediction
 
 
 def prediction_dict(prediction: Any, purpose: str) -> dict[str, Any]:
-    """A :class:`Prediction` (or a mapping with its keys) as a dict, for writers such as FHIR or DICOM.
+    """A :class:`CasePrediction` (or a mapping with its keys) as a dict, for writers such as FHIR or DICOM.
 
     Raises:
         DataError: it lacks ``probabilities`` or ``label``; ``purpose`` says what needed them.
@@ -68,6 +62,9 @@ def prediction_dict(prediction: Any, purpose: str) -> dict[str, Any]:
 class Predictor:
     """A loaded bundle ready to predict. Build it with :meth:`from_bundle`."""
 
+    #: how :meth:`explain` builds its maps
+    explanation_method = "grad-cam"
+
     def __init__(
         self, bundle: Bundle, model: torch.nn.Module, device: torch.device, cleaner: Any = None
     ) -> None:
@@ -76,16 +73,12 @@ class Predictor:
         self.model = model.eval()
         self.device = device
         self.cleaner = cleaner  # the fitted TableCleaner of a record model
-        self._calibrator = None
-        self._conformal = None
-        if self.meta.get("calibration"):
-            from medpredict.calibration.scalers import calibrator_from_dict
-
-            self._calibrator = calibrator_from_dict(self.meta["calibration"])
-        if self.meta.get("conformal"):
-            from medpredict.calibration.conformal import SplitConformal
-
-            self._conformal = SplitConformal.from_dict(self.meta["conformal"])
+        calibration = self.meta.get("calibration")
+        self._calibrator = load_calibration(calibration) if calibration else None
+        conformal = self.meta.get("conformal")
+        self._conformal = SplitConformal.from_dict(conformal) if conformal else None
+        guard = bundle.read_json(GUARD)
+        self._guard = MahalanobisDetector.from_dict(guard) if guard else None
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
@@ -158,6 +151,20 @@ class Predictor:
         return str(self.meta["input_kind"])
 
     @property
+    def positive_index(self) -> int | None:
+        """Index of the class the threshold applies to (binary models), else None."""
+        if self.task != "binary":
+            return None
+        stored = self.meta.get("positive_label")
+        return self.labels.index(stored) if stored in self.labels else 1
+
+    @property
+    def positive_label(self) -> str | None:
+        """The class a binary model's threshold and sensitivity refer to (None for other tasks)."""
+        index = self.positive_index
+        return None if index is None else self.labels[index]
+
+    @property
     def threshold(self) -> float:
         stored = self.meta.get("threshold")
         return float(stored["threshold"]) if stored else 0.5
@@ -195,12 +202,16 @@ class Predictor:
         return IntendedUse.from_dict(self.meta.get("intended_use"))
 
     @property
-    def positive_label(self) -> str | None:
-        """The class a binary model's threshold and sensitivity refer to (None for other tasks)."""
-        if self.task != "binary":
-            return None
-        stored = self.meta.get("positive_label")
-        return str(stored) if stored in self.labels else self.labels[1]
+    def rule(self) -> DecisionRule:
+        """The decision rule fitted on validation: labels, locked threshold, conformal sets."""
+        return DecisionRule(
+            labels=tuple(self.labels),
+            task=self.task,
+            threshold=self.threshold if self.task == "binary" else None,
+            positive_index=self.positive_index,
+            conformal=self._conformal,
+            identity=self.identity,
+        )
 
     @property
     def card(self) -> dict[str, Any]:
@@ -211,24 +222,33 @@ class Predictor:
         return {
             "name": self.meta.get("name"),
             "version": self.version,
+            "identity": self.identity.text(),
             "task": self.task,
             "labels": self.labels,
+            "positive_label": self.positive_label,
             "input": self.meta.get("preprocess"),
+            "intended_use": self.intended_use.summary(),
             "threshold": self.meta.get("threshold"),
             "validation_metrics": self.meta.get("val_metrics"),
             "data": self.meta.get("data"),
-            "intended_use": "Research use. Not a medical device; predictions must be reviewed by a clinician.",
+            "use": "Research use. Not a medical device; predictions must be reviewed by a clinician.",
         }
+
+    # Reading and preparing inputs.
+    def read(self, image: ImageInput) -> tuple[np.ndarray, dict[str, str]]:
+        """An image as out of the readers, and its descriptive DICOM tags (empty for arrays and non-DICOM)."""
+        if isinstance(image, str | os.PathLike):
+            from medpredict.readers.images import read_image_and_tags
+
+            return read_image_and_tags(image, channels=self.channels, spatial_dims=self.spatial_dims)
+        return np.asarray(image, dtype=np.float32), {}
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """Read (if a path) and preprocess one image to the model's input ``(C, *size)`` in [0, 1]."""
+        from medpredict.config import PreprocessConfig
         from medpredict.data.transforms import preprocess
 
-        if isinstance(image, str | os.PathLike):
-            from medpredict.readers import read_image
-
-            image = read_image(image, channels=self.channels, spatial_dims=self.spatial_dims)
-        array = np.asarray(image, dtype=np.float32)
+        array = self.read(image)[0] if isinstance(image, str | os.PathLike) else np.asarray(image, np.float32)
         if array.ndim == self.spatial_dims:
             array = array[None]
         if array.ndim != self.spatial_dims + 1:
@@ -237,64 +257,153 @@ class Predictor:
             )
         if not np.isfinite(array).all():
             raise DataError("The image holds NaN or infinite values.")
-        from medpredict.config import PreprocessConfig
-
         config = PreprocessConfig(image_size=self.image_size, spatial_dims=self.spatial_dims)
         return preprocess(np.clip(array, 0.0, 1.0), config, self.channels)
+
+    def refuse_contradicting(self, tags: Mapping[str, Any], source: Any = None) -> None:
+        """Raise :class:`InputRefused` when DICOM ``tags`` contradict the intended use.
+
+        Raises:
+            InputRefused: names the input (file name only), the tag, its value and what to do.
+        """
+        reasons = self.intended_use.contradictions(tags)
+        if reasons:
+            name = display_source(source) or "the input"
+            raise InputRefused(
+                f"{name} is not an input this model was built for: {'; '.join(reasons)}. "
+                f"It was trained on {self.intended_use.summary()}. Send such an image, or override "
+                "the check explicitly (--ignore-intended-use / ignore_intended_use=true) at your own risk."
+            )
+
+    # The network.
+    @torch.no_grad()
+    def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits ``(N, K)`` and pooled features ``(N, D)`` (None when the network has none).
+
+        ``batch`` is prepared images ``(N, C, *size)`` in [0, 1], or cleaned records ``(N, F)``
+        for a record model (whose features are the cleaned record itself).
+        """
+        x = batch.to(self.device)
+        if self.input_kind == "table":
+            return self.model(x).float().cpu().numpy(), batch.float().cpu().numpy()
+        features_fn = getattr(self.model, "features", None)
+        head = _head_of(self.model)
+        if features_fn is None or head is None:
+            return self.model(x).float().cpu().numpy(), None
+        features = features_fn(x)
+        return head(features).float().cpu().numpy(), features.float().cpu().numpy()
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Raw network outputs ``(N, K)`` for a prepared batch ``(N, C, *size)`` in [0, 1]."""
-        return self.model(batch.to(self.device)).float().cpu().numpy()
+        return self.outputs(batch)[0]
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        """Logits → the probabilities the model reports (temperature-scaled when fitted)."""
+        """Logits → the probabilities the model reports (prior-corrected and calibrated when fitted)."""
         if self.task == "multilabel":
             return 1.0 / (1.0 + np.exp(-logits))
         if self.task == "regression":
             return logits
         if self._calibrator is not None:
             return np.asarray(self._calibrator.transform(logits))
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        return torch.softmax(torch.from_numpy(np.asarray(logits, np.float32)), dim=1).numpy()
 
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities ``(N, K)`` for a prepared batch ``(N, C, *size)`` in [0, 1]."""
         return self.calibrate(self.logits(batch))
+
+    def check_inputs(
+        self, features: np.ndarray | None, tags: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[InputCheck]:
+        """One :class:`InputCheck` per row of ``features`` (the network's pooled features)."""
+        n = 0 if features is None else len(features)
+        tags = list(tags) if tags is not None else [{}] * n
+        checked = [tuple(k for k in ("Modality", "BodyPartExamined", "ViewPosition") if k in t) for t in tags]
+        if self._guard is None or features is None:
+            return [InputCheck(tags_checked=c) for c in checked]
+        scores = self._guard.score(features)
+        out = []
+        for score, c in zip(scores, checked, strict=True):
+            unusual = bool(score > self._guard.threshold_)
+            reason = f"out-of-distribution score {score:.1f} > {self._guard.threshold_:.1f}"
+            out.append(
+                InputCheck(
+                    status="unusual" if unusual else "ok",
+                    reasons=(reason,) if unusual else (),
+                    ood_score=float(score),
+                    ood_threshold=float(self._guard.threshold_),
+                    tags_checked=c,
+                )
+            )
+        return out
+
+    def cases(
+        self,
+        probs: np.ndarray,
+        features: np.ndarray | None = None,
+        *,
+        sources: Sequence[Any] | None = None,
+        tags: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[CasePrediction]:
+        """The contract for already computed calibrated ``probs`` and ``features`` (evaluation uses this)."""
+        checks = self.check_inputs(features, tags) if features is not None else None
+        return decide(self.rule, probs, checks=checks, sources=sources)
 
     def predict(
         self,
         images: Sequence[ImageInput] | None = None,
         records: Sequence[dict[str, Any]] | None = None,
         *,
+        tags: Sequence[Mapping[str, Any]] | None = None,
+        explain: bool = False,
+        ignore_intended_use: bool = False,
         batch_size: int = 64,
-    ) -> list[Prediction]:
-        """Predict for a list of images (arrays from the readers, or paths).
+    ) -> list[CasePrediction]:
+        """Predict for images (arrays from the readers, or paths) and/or clinical records.
+
+        Args:
+            images: image arrays ``(C, H, W)`` in [0, 1] or paths (DICOM tags are read from paths).
+            records: clinical records (dicts) for record and fused models.
+            tags: DICOM tags per image when ``images`` are arrays decoded elsewhere (the service).
+            explain: attach a heat map of the decided class to each case.
+            ignore_intended_use: do not refuse inputs whose tags contradict the intended use.
 
         Raises:
+            InputRefused: an input's DICOM tags contradict the intended use (names it).
             DataError: an input is unreadable or of the wrong shape (names it).
         """
         if self.input_kind == "fusion":
             return self.predict_fused(images, records, batch_size=batch_size)
         if self.input_kind == "table":
             if images:
-                raise DataError(
-                    f"This is a clinical-record model ({self.meta.get('name')}); it takes no images."
-                )
+                raise DataError(f"This is a clinical-record model ({self.meta.get('name')}); it takes no images.")
             return self.predict_records(records or [])
         if records:
-            raise DataError(
-                f"This is an image model ({self.meta.get('name')}); it takes no clinical records."
-            )
-        images = list(images or [])
-        out: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            batch = torch.stack([self.prepare(item) for item in chunk])
-            probs = self.predict_proba(batch)
-            for item, row in zip(chunk, probs, strict=True):
-                source = str(item) if isinstance(item, str | os.PathLike) else None
-                out.append(self._to_prediction(row, source))
+            raise DataError(f"This is an image model ({self.meta.get('name')}); it takes no clinical records.")
+        items = list(images or [])
+        given_tags = list(tags) if tags is not None else [None] * len(items)
+        out: list[CasePrediction] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            arrays, chunk_tags = [], []
+            for item, extra in zip(chunk, given_tags[start : start + batch_size], strict=True):
+                array, read_tags = self.read(item)
+                merged = {**read_tags, **(extra or {})}
+                if not ignore_intended_use:
+                    self.refuse_contradicting(merged, item)
+                arrays.append(array)
+                chunk_tags.append(merged)
+            logits, features = self.outputs(torch.stack([self.prepare(a) for a in arrays]))
+            cases = self.cases(self.calibrate(logits), features, sources=chunk, tags=chunk_tags)
+            if explain:
+                cases = [self._with_explanation(case, array) for case, array in zip(cases, arrays, strict=True)]
+            out.extend(cases)
         return out
+
+    def _with_explanation(self, case: CasePrediction, image: np.ndarray) -> CasePrediction:
+        from dataclasses import replace
+
+        return replace(case, explanation=self.explanation(image, case.decision))
 
     def prepare_records(self, records: Sequence[dict[str, Any]] | Any) -> torch.Tensor:
         """Clean clinical records (dicts, or a DataFrame) with the fitted cleaner → ``(N, F)`` float32.
@@ -309,10 +418,10 @@ class Predictor:
             raise DataError("No records given: send at least one record (a JSON object of clinical values).")
         return torch.as_tensor(self.cleaner.transform(frame.astype(object)), dtype=torch.float32)
 
-    def predict_records(self, records: Sequence[dict[str, Any]] | Any) -> list[Prediction]:
+    def predict_records(self, records: Sequence[dict[str, Any]] | Any) -> list[CasePrediction]:
         """Predict for clinical records with a record model."""
-        probs = self.predict_proba(self.prepare_records(records))
-        return [self._to_prediction(row, None) for row in probs]
+        logits, features = self.outputs(self.prepare_records(records))
+        return self.cases(self.calibrate(logits), features)
 
     def predict_fused(
         self,
@@ -320,7 +429,7 @@ class Predictor:
         records: Sequence[dict[str, Any] | None] | None = None,
         *,
         batch_size: int = 64,
-    ) -> list[Prediction]:
+    ) -> list[CasePrediction]:
         """Predict for paired inputs; either list may be shorter or hold None where a modality is missing.
 
         Raises:
@@ -333,7 +442,7 @@ class Predictor:
         n = max(len(image_list), len(record_list))
         image_list += [None] * (n - len(image_list))
         record_list += [None] * (n - len(record_list))
-        out: list[Prediction] = []
+        out: list[CasePrediction] = []
         for start in range(0, n, batch_size):
             chunk = slice(start, start + batch_size)
             inputs = fusion_inputs(
@@ -341,52 +450,38 @@ class Predictor:
             )
             with torch.no_grad():
                 logits = self.model(*(None if t is None else t.to(self.device) for t in inputs)).float().cpu().numpy()
-            for item, row in zip(image_list[chunk], self.calibrate(logits), strict=True):
-                source = str(item) if isinstance(item, str | os.PathLike) else None
-                out.append(self._to_prediction(row, source))
+            out.extend(self.cases(self.calibrate(logits), None, sources=image_list[chunk]))
         return out
 
-    def _to_prediction(self, row: np.ndarray, source: str | None) -> Prediction:
-        labels = self.labels
-        if self.task == "regression":
-            return Prediction({}, f"{float(row[0]):.4g}", float(row[0]), None, {}, source)
-        probabilities = {name: float(p) for name, p in zip(labels, row, strict=True)}
-        if self.task == "multilabel":
-            chosen = [n for n, p in probabilities.items() if p >= 0.5]
-            return Prediction(probabilities, "|".join(chosen) or "none", None, 0.5, {}, source)
-        score = float(row[1]) if self.task == "binary" else None
-        index = int(score >= self.threshold) if score is not None else int(np.argmax(row))
-        uncertainty = self._uncertainty(row)
-        return Prediction(
-            probabilities,
-            labels[index],
-            score,
-            self.threshold if score is not None else None,
-            uncertainty,
-            source,
-        )
-
-    def _uncertainty(self, row: np.ndarray) -> dict[str, Any]:
-        clipped = np.clip(row, 1e-12, 1.0)
-        entropy = float(-(clipped * np.log(clipped)).sum() / np.log(len(row)))
-        result: dict[str, Any] = {"entropy": round(entropy, 4)}
-        if self._conformal is not None:
-            members = self._conformal.predict_sets(row[None])[0]
-            result["conformal_set"] = [name for name, keep in zip(self.labels, members, strict=True) if keep]
-            result["conformal_coverage"] = round(1 - float(self._conformal.alpha), 3)
-            result["refer_to_clinician"] = int(members.sum()) != 1
-        return result
-
+    # Explanations.
     def explain(self, image: ImageInput, class_index: int | None = None) -> np.ndarray:
         """Grad-CAM heatmap ``(H, W)`` in [0, 1] at the model's input size.
 
-        ``class_index`` defaults to the positive class of a binary model, else the predicted class.
+        ``class_index`` defaults to the class decided at the locked threshold (what the
+        clinician is told), so the map shows the evidence for the answer given.
         """
         from medpredict.explain.maps import gradcam
 
         prepared = self.prepare(image)
         if class_index is None:
-            probs = self.predict_proba(prepared[None])[0]
-            class_index = 1 if self.task == "binary" else int(np.argmax(probs))
+            class_index = self.decided_index(prepared)
         return gradcam(self.model, prepared[None].to(self.device), class_index)
 
+    def decided_index(self, prepared: torch.Tensor) -> int:
+        """The class decided for one prepared image ``(C, *size)``."""
+        probs = self.predict_proba(prepared[None])
+        return int(self.rule.decisions(probs)[0])
+
+    def explanation(self, image: ImageInput, class_label: str | None = None) -> Explanation:
+        """:meth:`explain` with the class it explains and the method named."""
+        index = None if class_label is None else self.labels.index(class_label)
+        if index is None:
+            index = self.decided_index(self.prepare(image))
+        return Explanation(self.explain(image, index), self.labels[index], self.explanation_method)
+
+
+def _head_of(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The classifier head that maps ``model.features(x)`` to logits (through a normalising wrapper)."""
+    net = getattr(model, "net", model)
+    head = getattr(net, "head", None)
+    return head if isinstance(head, torch.nn.Module) else None

@@ -8,7 +8,14 @@ each is imported when a file of its kind is first read.
 from __future__ import annotations
 
 from medpredict.readers.dicom import DicomImage, read_dicom, read_dicom_series
-from medpredict.readers.images import MAX_PIXELS, MAX_VOXELS, SUPPORTED_SUFFIXES, is_image_path, read_image
+from medpredict.readers.images import (
+    MAX_PIXELS,
+    MAX_VOXELS,
+    SUPPORTED_SUFFIXES,
+    is_image_path,
+    read_image,
+    read_image_and_tags,
+)
 from medpredict.readers.medmnist_refs import NpzRef, format_npz_ref, is_npz_ref, parse_npz_ref, read_npz_ref
 from medpredict.readers.nifti import read_nifti
 
@@ -25,6 +32,7 @@ __all__ = [
     "read_dicom",
     "read_dicom_series",
     "read_image",
+    "read_image_and_tags",
     "read_nifti",
     "read_npz_ref",
 ]

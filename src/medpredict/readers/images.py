@@ -90,6 +90,39 @@ def read_image(path: str | os.PathLike[str], *, channels: int = 1, spatial_dims:
     return conform(volume, channels=channels, spatial_dims=spatial_dims, source=text)
 
 
+#: DICOM attributes :func:`read_image_and_tags` returns: what an input check compares with a
+#: model's intended use. None of them identifies a patient.
+DESCRIPTIVE_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "SeriesDescription", "StudyDescription")
+
+
+def read_image_and_tags(
+    path: str | os.PathLike[str], *, channels: int = 1, spatial_dims: int = 2
+) -> tuple[np.ndarray, dict[str, str]]:
+    """:func:`read_image`, plus the descriptive DICOM tags of a DICOM file or series.
+
+    Returns:
+        The array as :func:`read_image` returns it, and ``{keyword: value}`` for the
+        :data:`DESCRIPTIVE_TAGS` present (empty for raster, NIfTI and npz inputs).
+
+    Raises:
+        DataError, ConfigError: as :func:`read_image`.
+    """
+    text = os.fspath(path)
+    kind = "npz" if is_npz_ref(text) else _sniff_format(Path(text))
+    if kind not in ("dicom", "dicom_series"):
+        return read_image(text, channels=channels, spatial_dims=spatial_dims), {}
+    from medpredict.readers.dicom import read_dicom, read_dicom_series
+
+    reader = read_dicom if kind == "dicom" else read_dicom_series
+    image = reader(text, channels=channels, spatial_dims=spatial_dims)
+    tags = {}
+    for keyword in DESCRIPTIVE_TAGS:
+        value = getattr(image.header, keyword, None)
+        if value is not None and str(value).strip():
+            tags[keyword] = str(value).strip()
+    return image.pixels, tags
+
+
 def is_image_path(path: str | os.PathLike[str], *, sniff: bool = False) -> bool:
     """Tell whether a path looks like an image ``read_image`` can read, for folder scanning.
 

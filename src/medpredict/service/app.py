@@ -72,6 +72,8 @@ class ServiceSettings:
         overlay_side: the longest side of the returned overlay PNG.
         audit_path: the SQLite audit log; ``None`` keeps it in memory.
         modalities: DICOM modalities the model accepts (e.g. ``("CR", "DX")``); empty accepts all.
+        ignore_intended_use: answer inputs whose DICOM tags contradict the model's intended use
+            (by default they are refused with 422).
     """
 
     api_key: str
@@ -82,6 +84,7 @@ class ServiceSettings:
     overlay_side: int = 512
     audit_path: str | None = None
     modalities: tuple[str, ...] = ()
+    ignore_intended_use: bool = False
 
     def __post_init__(self) -> None:
         if not self.api_key or len(self.api_key) < 8:
@@ -320,9 +323,15 @@ def _predict(
     ]
     pixels = [d.pixels for d in decoded] or None
     records = None if record is None else [record] * max(1, len(decoded))
+    want_map = explain and bool(decoded) and not batch and input_kind == "image"
     with lock:
-        predictions = predictor.predict(images=pixels, records=records)
-        heat = predictor.explain(decoded[0].pixels) if explain and decoded and not batch else None
+        if input_kind == "image":
+            predictions = predictor.predict(
+                images=pixels, tags=[d.tags for d in decoded], explain=want_map,
+                ignore_intended_use=settings.ignore_intended_use,
+            )
+        else:
+            predictions = predictor.predict(images=pixels, records=records)
     rows = [_prediction_dict(p) for p in predictions]
     results = []
     for i, row in enumerate(rows):
@@ -348,9 +357,10 @@ def _predict(
     if batch:
         return {"results": results}
     body = results[0]
-    if heat is not None:
-        body["overlay_png"] = _overlay_data_url(decoded[0].pixels, heat, settings.overlay_side)
-        body["explanation"] = str((getattr(predictor, "card", {}) or {}).get("explanation", "Grad-CAM"))
+    explanation = getattr(predictions[0], "explanation", None)
+    if explanation is not None:
+        body["overlay_png"] = _overlay_data_url(decoded[0].pixels, explanation.heatmap, settings.overlay_side)
+        body["explanation"] = explanation.caption()
     return body
 
 

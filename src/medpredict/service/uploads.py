@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,8 @@ class DecodedImage:
     pixels: np.ndarray
     fmt: str
     modality: str | None
+    #: descriptive DICOM tags (Modality, BodyPartExamined, ViewPosition, descriptions); empty for PNG/JPEG
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def decode_upload(
@@ -119,6 +121,7 @@ def decode_upload(
         raise UnsupportedUpload("The upload is not a PNG, JPEG or DICOM file (checked by its content).")
     suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[fmt]
     modality = None
+    tags: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="medpredict-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"  # our own name: the client's file name is never used
         path.write_bytes(data)
@@ -130,10 +133,10 @@ def decode_upload(
             )
         try:
             if fmt == "dicom":
-                from medpredict.readers.dicom import read_dicom
+                from medpredict.readers.images import read_image_and_tags
 
-                dicom = read_dicom(path, channels=channels)
-                pixels, modality = dicom.pixels, (dicom.modality or None)
+                pixels, tags = read_image_and_tags(path, channels=channels)
+                modality = tags.get("Modality")
             else:
                 from medpredict.readers.images import read_image
 
@@ -153,7 +156,7 @@ def decode_upload(
         raise DataError(
             f"Image size {height}x{width} is outside the accepted range {min_side}..{max_side} pixels per side."
         )
-    return DecodedImage(pixels=pixels, fmt=fmt, modality=modality)
+    return DecodedImage(pixels=pixels, fmt=fmt, modality=modality, tags=tags)
 
 
 def _declared_size(path: Path, fmt: str) -> tuple[int, int] | None:

@@ -145,11 +145,21 @@ def _loss_fn(task: str, config: TrainConfig, class_counts: np.ndarray | None) ->
             pos, n = class_counts.astype(float), float(class_counts.sum() if class_counts.ndim == 0 else 1)
             pos_weight = torch.tensor(np.clip((n - pos) / np.maximum(pos, 1), 1, 100), dtype=torch.float32)
         return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    weight = None
-    if config.class_weighting == "balanced" and class_counts is not None:
-        counts = np.maximum(class_counts.astype(float), 1.0)
-        weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+    weights = class_weights(class_counts, config.class_weighting)
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+
+
+def class_weights(class_counts: np.ndarray | None, class_weighting: str) -> np.ndarray | None:
+    """Per-class loss weights of a single-label task (None for an unweighted loss).
+
+    ``balanced`` weighs each class by ``N / (K * n_k)`` (inverse frequency). Post-fit
+    calibration undoes exactly this prior shift (``medpredict.calibration.posthoc``).
+    """
+    if class_weighting != "balanced" or class_counts is None:
+        return None
+    counts = np.maximum(np.asarray(class_counts, dtype=float), 1.0)
+    return counts.sum() / (len(counts) * counts)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -290,8 +290,9 @@ def train_fusion(
     from medpredict.models.tabular import build_tabular_model
     from medpredict.records.cleaning import TableCleaner
     from medpredict.records.tables import infer_schema
-    from medpredict.training.engine import fit, predict_logits
-    from medpredict.training.image import post_fit, training_summary
+    from medpredict.training.engine import class_weights, fit, predict_logits
+    from medpredict.training.image import training_summary
+    from medpredict.training.postfit import post_fit
 
     started = time.monotonic()
     if image_model not in MODELS:
@@ -477,13 +478,20 @@ def train_fusion(
     model.eval()
     labels = tuple(manifest.labels)
     val_logits = predict_logits(model, val_set)
-    fields, val_probs = post_fit(val_logits, val_set.target.numpy(), manifest.task, labels)
+    fields, val_probs = post_fit(
+        val_logits,
+        val_set.target.numpy(),
+        manifest.task,
+        labels,
+        class_weights=class_weights(counts, config.class_weighting),
+        seed=config.seed,
+    )
 
     # ---- evaluation: with every modality the row has, and with each one alone
-    from medpredict.calibration.scalers import calibrator_from_dict
+    from medpredict.calibration.posthoc import load_calibration
     from medpredict.evaluation.metrics import classification_metrics
 
-    calibrator = calibrator_from_dict(fields["calibration"]) if fields.get("calibration") else None
+    calibrator = load_calibration(fields["calibration"]) if fields.get("calibration") else None
     threshold = (fields.get("threshold") or {}).get("threshold") if manifest.task == "binary" else None
     groups = frame["patient_id"].to_numpy()
     views = {"fused": torch.tensor([1.0, 1.0])}

@@ -18,6 +18,7 @@ quantile — and writes ``runs/<name>/``::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -30,15 +31,24 @@ import pandas as pd
 import torch
 
 from medpredict.atomic import write_text
-from medpredict.bundle.store import save_bundle
+from medpredict.bundle.store import GUARD, save_bundle
 from medpredict.config import RunConfig
 from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
+from medpredict.data.intended_use import declare
 from medpredict.data.manifest import Manifest, load_manifest
 from medpredict.data.splits import assign_splits, require_no_leakage
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError
 from medpredict.evaluation.subgroups import reference_statistics
-from medpredict.training.engine import Distributed, EpochCallback, FitResult, fit, outputs_to_probs, predict_logits
+from medpredict.training.engine import (
+    Distributed,
+    EpochCallback,
+    FitResult,
+    class_weights,
+    fit,
+    predict_logits,
+)
+from medpredict.training.postfit import fit_input_guard, pooled_features, post_fit, resolve_positive
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +97,7 @@ def load_data(config: RunConfig) -> Manifest:
             rows.sample(n=min(len(rows), data.max_per_split), random_state=config.train.seed)
             for _, rows in frame.groupby("split", sort=False)
         ]
-        manifest = Manifest(pd.concat(parts).sort_index(), manifest.labels, manifest.task, manifest.source)
+        manifest = dataclasses.replace(manifest, frame=pd.concat(parts).sort_index())
     return manifest
 
 
@@ -148,34 +158,6 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def post_fit(
-    val_logits: torch.Tensor, y_val: np.ndarray, task: str, labels: tuple[str, ...]
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Fit calibration, threshold and conformal sets on the validation split only.
-
-    Returns the bundle fields and the calibrated validation probabilities.
-    """
-    fields: dict[str, Any] = {"calibration": None, "threshold": None, "conformal": None}
-    if task not in ("binary", "multiclass"):
-        return fields, outputs_to_probs(val_logits, task).numpy()
-    from medpredict.calibration.conformal import SplitConformal
-    from medpredict.calibration.scalers import TemperatureScaler
-
-    scaler = TemperatureScaler().fit(val_logits.numpy(), y_val)
-    probs = scaler.transform(val_logits.numpy())
-    fields["calibration"] = scaler.to_dict()
-    if task == "binary":
-        from medpredict.calibration.thresholds import ThresholdPicker
-
-        try:
-            fields["threshold"] = ThresholdPicker(method="youden").fit(y_val, probs[:, 1]).to_dict()
-        except DataError as exc:
-            log.warning("No threshold fitted (%s); using 0.5.", exc)
-    conformal = SplitConformal(alpha=0.1, method="aps").fit(probs, y_val)
-    fields["conformal"] = conformal.to_dict()
-    return fields, probs
-
-
 def train(
     config: RunConfig, *, resume: bool = False, progress: bool = True, on_epoch: EpochCallback | None = None
 ) -> TrainResult:
@@ -223,6 +205,7 @@ def _train(
         len(parts["val"]),
         len(parts["test"]),
     )
+    positive = resolve_positive(config.data.positive, manifest.labels, task)  # before the long part
     if dist.is_main:
         split_table = pd.DataFrame({"row": frame.index, "split": frame["split"]})
         write_text(run_dir / "splits.csv", split_table.to_csv(index=False))
@@ -253,7 +236,20 @@ def _train(
     )
     val_logits = predict_logits(model, val_set)
     y_val = val_set.target.numpy()
-    fields, val_probs = post_fit(val_logits, y_val, task, manifest.labels)
+    single_label = task in ("binary", "multiclass")
+    fields, val_probs = post_fit(
+        val_logits,
+        y_val,
+        task,
+        manifest.labels,
+        class_weights=class_weights(counts, config.train.class_weighting) if single_label else None,
+        positive_index=positive,
+        seed=config.train.seed,
+    )
+    guard = _input_guard(model, train_set, val_set, config.train.seed)
+    intended = declare(
+        dataclasses.asdict(config.intended_use), parts["train"]["image_path"].tolist(), channels=config.data.channels
+    )
     val_metrics = _val_metrics(y_val, val_probs, task, manifest.labels, fields)
     meta = {
         "name": config.name,
@@ -269,6 +265,8 @@ def _train(
             "normalisation": normalisation.to_dict(),
         },
         **fields,
+        "positive_label": manifest.labels[positive] if task == "binary" else None,
+        "intended_use": intended.to_dict(),
         "val_metrics": val_metrics,
         "reference_stats": reference_statistics(
             train_set.target.numpy(), images=train_set.inputs[0][:5000].float().div(255).numpy()
@@ -277,6 +275,7 @@ def _train(
         else None,
         "data": {
             "source": str(config.data.source),
+            "units": manifest.units,
             "rows": {k: len(v) for k, v in parts.items()},
             "patients": {k: int(v["patient_id"].nunique()) for k, v in parts.items()},
             "prevalence": {k: _prevalence(v, task) for k, v in parts.items() if len(v)},
@@ -285,7 +284,12 @@ def _train(
     }
     bundle_dir = run_dir / "model"
     if dist.is_main:
-        save_bundle(bundle_dir, state_dict=model.state_dict(), meta=meta)
+        save_bundle(
+            bundle_dir,
+            state_dict=model.state_dict(),
+            meta=meta,
+            json_files={GUARD: guard} if guard else None,
+        )
         _write_val_predictions(run_dir, parts["val"], val_probs, manifest.labels, task)
         log.info(
             "Bundle written to %s (validation score %.4f at epoch %d).",
@@ -294,6 +298,20 @@ def _train(
             result.best_epoch,
         )
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result)
+
+
+def _input_guard(
+    model: torch.nn.Module, train_set: ArrayDataset, val_set: ArrayDataset, seed: int, max_rows: int = 5000
+) -> dict[str, Any] | None:
+    """The out-of-distribution detector on pooled features (training fit, validation threshold)."""
+    images = train_set.inputs[0]
+    index = None
+    if len(images) > max_rows:
+        index = np.sort(np.random.default_rng(seed).choice(len(images), max_rows, replace=False))
+    y_train = train_set.target.numpy() if index is None else train_set.target.numpy()[index]
+    return fit_input_guard(
+        pooled_features(model, images, index=index), y_train, pooled_features(model, val_set.inputs[0])
+    )
 
 
 def training_summary(result: FitResult, started: float, model: torch.nn.Module) -> dict[str, Any]:

@@ -448,7 +448,7 @@ def train_table(
         y_val=y["val"],
         seed=seed,
     )
-    fields, val_probs = _post_fit(net, x["val"], y["val"], data)
+    fields, val_probs = _post_fit(net, x["val"], y["val"], data, part["train"], settings)
 
     def evaluate(pred: np.ndarray, rows: np.ndarray, threshold: float | None) -> dict[str, Any]:
         if data.task == "regression":
@@ -555,12 +555,13 @@ def train_table(
 
 
 def _post_fit(
-    net: Any, x_val: np.ndarray, y_val: np.ndarray, data: TableData
+    net: Any, x_val: np.ndarray, y_val: np.ndarray, data: TableData, train_rows: np.ndarray, settings: NetSettings
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Calibration, threshold and conformal sets on validation, exactly as image runs do."""
     import torch
 
-    from medpredict.training.image import post_fit
+    from medpredict.training.engine import class_weights
+    from medpredict.training.postfit import post_fit
 
     with torch.no_grad():
         net.eval()
@@ -569,7 +570,9 @@ def _post_fit(
         return {"calibration": None, "threshold": None, "conformal": None}, logits[:, 0].numpy().astype(
             np.float64
         )
-    return post_fit(logits, y_val, data.task, tuple(data.labels))
+    counts = np.bincount(np.asarray(data.y[train_rows]).astype(int), minlength=len(data.labels))
+    weights = class_weights(counts, settings.class_weighting)
+    return post_fit(logits, y_val, data.task, tuple(data.labels), class_weights=weights)
 
 
 def _apply_calibration(net: Any, x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
@@ -581,11 +584,9 @@ def _apply_calibration(net: Any, x: np.ndarray, fields: Mapping[str, Any]) -> np
     if net.num_classes == 1:
         return logits[:, 0].numpy().astype(np.float64)
     if fields.get("calibration"):
-        from medpredict.calibration.scalers import calibrator_from_dict
+        from medpredict.calibration.posthoc import load_calibration
 
-        return np.asarray(
-            calibrator_from_dict(fields["calibration"]).transform(logits.numpy()), dtype=np.float64
-        )
+        return np.asarray(load_calibration(fields["calibration"]).transform(logits.numpy()), dtype=np.float64)
     return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 
 

@@ -25,12 +25,15 @@ from medpredict.config import PreprocessConfig, from_dict
 from medpredict.data.datasets import load_images
 from medpredict.data.manifest import Manifest, load_manifest
 from medpredict.errors import DataError
+from medpredict.inference.contract import CasePrediction
 from medpredict.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = 4  # Grad-CAM examples in the report
-SANITY_IMAGES = 6  # images used for the explanation checks
+EXAMPLES = 4  # heat-map examples in the report
+SANITY_IMAGES = 6  # images used for the randomisation and faithfulness checks
+SHORTCUT_SAMPLE = 50  # random test cases whose maps are checked for shortcuts, beside the shown ones
+SHORTCUT_LIMIT = 0.10  # the check passes when at most this share of checked maps is flagged
 
 
 @dataclass(frozen=True)
@@ -92,61 +95,88 @@ def _align_labels(frame: pd.DataFrame, manifest: Manifest, predictor: Predictor)
     return frame
 
 
-def _predict_frame(
-    predictor: Predictor, frame: pd.DataFrame, progress: bool
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Calibrated and uncalibrated probabilities, and the preprocessed images (uint8)."""
+def _predict_frame(predictor: Predictor, frame: pd.DataFrame, progress: bool) -> _Scored:
+    """The contract for every row: calibrated and uncalibrated probabilities, features, cases."""
     config = PreprocessConfig(image_size=predictor.image_size, spatial_dims=predictor.spatial_dims)
-    images = load_images(
-        frame["image_path"].astype(str).tolist(), config, predictor.channels, progress=progress
-    )
-    logits = np.concatenate(
-        [predictor.logits(images[i : i + 256].float().div(255)) for i in range(0, len(images), 256)]
-    )
-    raw = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return predictor.calibrate(logits), raw, images
+    paths = frame["image_path"].astype(str).tolist()
+    images = load_images(paths, config, predictor.channels, progress=progress)
+    logits, features = [], []
+    for i in range(0, len(images), 256):
+        out, feats = predictor.outputs(images[i : i + 256].float().div(255))
+        logits.append(out)
+        if feats is not None:
+            features.append(feats)
+    all_logits = np.concatenate(logits)
+    feature_array = np.concatenate(features) if features else None
+    probs = predictor.calibrate(all_logits)
+    cases = predictor.cases(probs, feature_array, sources=paths)
+    raw = torch.softmax(torch.from_numpy(all_logits), dim=1).numpy()
+    return _Scored(probs=probs, raw=raw, images=images, cases=cases)
+
+
+@dataclass
+class _Scored:
+    probs: np.ndarray
+    raw: np.ndarray
+    images: torch.Tensor
+    cases: list[CasePrediction]
 
 
 def _explanations(
-    predictor: Predictor, images: torch.Tensor, y: np.ndarray, probs: np.ndarray
+    predictor: Predictor, images: torch.Tensor, y: np.ndarray, cases: list[CasePrediction], seed: int = 0
 ) -> dict[str, Any]:
-    """Grad-CAM on a few correct and wrong test cases, plus the sanity and faithfulness checks."""
-    from medpredict.explain.checks import explanation_sanity, shortcut_flag
-    from medpredict.explain.maps import gradcam
+    """Heat maps of a few correct and wrong cases, the shortcut check on those and on a fixed
+    random sample of at least :data:`SHORTCUT_SAMPLE` cases, and the sanity/faithfulness checks.
 
-    pred = probs[:, 1] >= predictor.threshold if probs.shape[1] == 2 else probs.argmax(1)
+    Every map explains the class decided for its case (what the clinician is told).
+    """
+    from medpredict.explain.checks import explanation_sanity
+
+    labels = predictor.labels
+    decided = np.array([labels.index(c.decision) for c in cases])
+    positive = predictor.positive_index if predictor.task == "binary" else None
+    picks: list[tuple[str, int]] = []
+    if positive is not None:
+        is_pos, says_pos = y == positive, decided == positive
+        for title, mask in (
+            ("true positive", says_pos & is_pos),
+            ("true negative", ~says_pos & ~is_pos),
+            ("false positive", says_pos & ~is_pos),
+            ("false negative", ~says_pos & is_pos),
+        ):
+            hits = np.flatnonzero(mask)
+            if len(hits):
+                picks.append((title, int(hits[0])))
+    else:
+        right, wrong = np.flatnonzero(decided == y), np.flatnonzero(decided != y)
+        picks += [("correct", int(i)) for i in right[:2]] + [("wrong", int(i)) for i in wrong[:2]]
+    picks = picks[:EXAMPLES]
+    shown = [i for _, i in picks]
+    rest = np.setdiff1d(np.arange(len(images)), shown)
+    sample = np.random.default_rng(seed).choice(rest, size=min(SHORTCUT_SAMPLE, len(rest)), replace=False)
+    maps = {i: _heatmap(predictor, images[i], cases[i].decision) for i in [*shown, *sorted(int(j) for j in sample)]}
+    examples = []
+    for title, i in picks:
+        image, (heatmap, method) = images[i].float().div(255)[0].numpy(), maps[i]
+        examples.append(
+            {
+                "title": title,
+                "caption": _case_caption(cases[i]),
+                "image": image,
+                "heatmap": heatmap,
+                "explained_class": cases[i].decision,
+                "method": method,
+                "shortcut": _shortcut(heatmap, image),
+            }
+        )
+    shortcut = _shortcut_summary(images, maps, shown)
     differentiable = isinstance(getattr(predictor, "model", None), torch.nn.Module)
-    cases = [
-        ("true positive", (pred == 1) & (y == 1)),
-        ("true negative", (pred == 0) & (y == 0)),
-        ("false positive", (pred == 1) & (y == 0)),
-        ("false negative", (pred == 0) & (y == 1)),
-    ]
-    examples: list[dict[str, Any]] = []
-    for title, mask in cases:
-        hits = np.flatnonzero(mask)
-        if len(hits) and len(examples) < EXAMPLES:
-            i = int(hits[0])
-            image = images[i].float().div(255)
-            class_index = int(1 if probs.shape[1] == 2 else pred[i])
-            heatmap = (  # occlusion where gradients cannot flow (ONNX)
-                gradcam(predictor.model, image[None], class_index)
-                if differentiable
-                else predictor.explain(image.numpy())
-            )
-            examples.append(
-                {
-                    "title": title,
-                    "caption": f"predicted probability {probs[i].max() if probs.shape[1] > 2 else probs[i, 1]:.2f}",
-                    "image": image[0].numpy(),
-                    "heatmap": heatmap,
-                    "shortcut": shortcut_flag(heatmap, image[0].numpy()),
-                }
-            )
     chosen = np.linspace(0, len(images) - 1, num=min(SANITY_IMAGES, len(images))).astype(int)
     batch = [images[i].float().div(255).numpy() for i in chosen]
 
     def explain_fn(model: torch.nn.Module, image: np.ndarray, class_index: int) -> np.ndarray:
+        from medpredict.explain.maps import gradcam
+
         return gradcam(model, torch.as_tensor(image)[None], class_index)
 
     def predict_fn(batch_np: np.ndarray) -> np.ndarray:
@@ -154,10 +184,58 @@ def _explanations(
 
     checks = (
         explanation_sanity(predictor.model, batch, explain_fn, predict_fn)
-        if probs.shape[1] == 2 and differentiable
+        if len(labels) == 2 and differentiable
         else None
     )
-    return {"examples": examples, "checks": checks}
+    return {"examples": examples, "checks": checks, "shortcut": shortcut}
+
+
+def _heatmap(predictor: Predictor, image: torch.Tensor, class_label: str) -> tuple[np.ndarray, str]:
+    """The predictor's own explanation of ``class_label`` for a prepared uint8 image."""
+    explanation = predictor.explanation(image.float().div(255).numpy(), class_label)
+    return explanation.heatmap, explanation.method
+
+
+def _shortcut(heatmap: np.ndarray, image: np.ndarray) -> dict[str, Any]:
+    from medpredict.explain.checks import shortcut_flag
+
+    return shortcut_flag(heatmap, image)
+
+
+def _shortcut_summary(
+    images: torch.Tensor, maps: dict[int, tuple[np.ndarray, str]], shown: list[int]
+) -> dict[str, Any]:
+    """How many checked maps put their weight on the border or burned-in text, and which."""
+    flagged = []
+    for i, (heatmap, _) in maps.items():
+        image = images[i].float().div(255)[0].numpy()
+        result = _shortcut(heatmap, image)
+        if result["flagged"]:
+            flagged.append(
+                {
+                    "index": int(i),
+                    "shown_in_report": i in shown,
+                    "border_fraction": result["border_fraction"],
+                    "reasons": result["reasons"],
+                    "image": image,
+                    "heatmap": heatmap,
+                }
+            )
+    share = len(flagged) / max(1, len(maps))
+    return {
+        "checked": len(maps),
+        "flagged": len(flagged),
+        "share": share,
+        "limit": SHORTCUT_LIMIT,
+        "passed": share <= SHORTCUT_LIMIT,
+        "flagged_cases": flagged,
+    }
+
+
+def _case_caption(case: CasePrediction) -> str:
+    if case.score is not None:
+        return f"decision {case.decision}; p({case.positive_label}) = {case.score:.2f}"
+    return f"decision {case.decision}; p = {case.probabilities[case.decision]:.2f}"
 
 
 @dataclass
@@ -174,20 +252,22 @@ class _Collected:
     shift: dict[str, Any] | None
     dataset: str
     external: bool
+    cases: list[CasePrediction] | None = None
 
 
 def _collect_images(
     predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool
 ) -> _Collected:
     frame, val_frame, external = _rows(predictor, data, target, split)
-    probs, raw, images = _predict_frame(predictor, frame, progress)
+    scored = _predict_frame(predictor, frame, progress)
+    probs, raw, images = scored.probs, scored.raw, scored.images
     y = frame["target"].to_numpy().astype(int)
     val: dict[str, Any] = {}
     if val_frame is not None and len(val_frame):
-        val_probs, _, _ = _predict_frame(predictor, val_frame, progress)
+        val_scored = _predict_frame(predictor, val_frame, progress)
         val = {
             "y_val": val_frame["target"].to_numpy().astype(int),
-            "probs_val": val_probs,
+            "probs_val": val_scored.probs,
             "groups_val": val_frame["patient_id"].to_numpy(),
         }
     shift = None
@@ -206,8 +286,9 @@ def _collect_images(
         raw=raw,
         groups=frame["patient_id"].to_numpy(),
         frame=frame,
-        explanations=_explanations(predictor, images, y, probs),
+        explanations=_explanations(predictor, images, y, scored.cases),
         val=val,
+        cases=scored.cases,
         shift=shift,
         dataset=Path(data or predictor.meta["config"]["data"]["source"]).name,  # data is given when there is no config
         external=external,
@@ -236,9 +317,10 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
     if len(rows) == 0:
         raise DataError(f"The '{split}' split of {source} is empty; choose another --split.")
     frame = table.frame.iloc[rows].reset_index(drop=True)
-    logits = predictor.logits(predictor.prepare_records(frame))
+    logits, features = predictor.outputs(predictor.prepare_records(frame))
     raw = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     probs = predictor.calibrate(logits)
+    cases = predictor.cases(probs, features)
     y = table.y[rows].astype(int)
     val: dict[str, Any] = {}
     if len(val_rows):
@@ -283,6 +365,7 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
         shift=None,
         dataset=Path(source).name,
         external=data is not None,
+        cases=cases,
     )
 
 
@@ -324,6 +407,7 @@ def evaluate(
         raise DataError(
             f"Subgroup columns {missing} are not in the data; columns are {list(got.frame.columns)}."
         )
+    labels = _positive_last(got, predictor)
     meta = predictor.meta
     bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
     history_path = bundle.path.parent / "metrics.jsonl" if bundle is not None else None
@@ -335,7 +419,7 @@ def evaluate(
     evaluation = assemble_evaluation(
         got.y,
         got.probs,
-        labels=predictor.labels,
+        labels=labels,
         groups=got.groups,
         threshold=meta.get("threshold"),
         calibration=meta.get("calibration"),
@@ -360,6 +444,7 @@ def evaluate(
         n_boot=n_boot,
         **got.val,
     )
+    _add_point_of_care(evaluation, predictor, got)
     if out is not None:
         out_dir = Path(out)
     elif bundle is not None:
@@ -379,6 +464,73 @@ def evaluate(
     return EvaluationResult(
         metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
     )
+
+
+def _positive_last(got: _Collected, predictor: Predictor) -> list[str]:
+    """Put a binary model's positive class in column 1, where the metrics expect it.
+
+    A model trained with ``--positive`` naming its first class is evaluated for that class:
+    columns and labels are swapped, targets flipped. Returns the labels in evaluation order.
+    """
+    labels = list(predictor.labels)
+    if predictor.task != "binary" or predictor.positive_index != 0:
+        return labels
+    got.probs, got.raw, got.y = got.probs[:, ::-1].copy(), got.raw[:, ::-1].copy(), 1 - got.y
+    if got.val:
+        got.val["probs_val"] = got.val["probs_val"][:, ::-1].copy()
+        got.val["y_val"] = 1 - got.val["y_val"]
+    return labels[::-1]
+
+
+def _add_point_of_care(evaluation: dict[str, Any], predictor: Predictor, got: _Collected) -> None:
+    """What the deployed contract says per case, summarised: units, positive class, calibration
+    choice, input guard, referral reasons (the same cases ``predict``/``serve``/``pacs`` give)."""
+    from medpredict.calibration.scalers import calibration_summary
+
+    data = predictor.meta.get("data") or {}
+    evaluation["units"] = data.get("units", "patient") if not got.external else _units_of(got.groups)
+    evaluation["positive_label"] = predictor.positive_label
+    stored = predictor.meta.get("calibration") or {}
+    calibration = evaluation.setdefault("calibration", {})
+    if stored.get("kind") == "posthoc":
+        calibration["method"] = stored["method"]
+        calibration["prior_correction"] = bool(stored.get("prior_correction"))
+        calibration["cv_log_loss"] = stored.get("cv_log_loss")
+    if got.val.get("probs_val") is not None and predictor.task == "binary":
+        positive = predictor.positive_index or 1
+        summary = calibration_summary((got.val["y_val"] == positive).astype(int), got.val["probs_val"][:, positive])
+        calibration["validation"] = {
+            k: summary[k] for k in ("ece", "intercept", "slope", "calibration_in_the_large", "brier", "n")
+        }
+    cases = got.cases or []
+    if cases:
+        checked = [c for c in cases if c.input_check.status != "not checked"]
+        if checked:
+            evaluation["input_guard"] = {
+                "method": "mahalanobis",
+                "threshold": checked[0].input_check.ood_threshold,
+                "ood_flagged_share": float(np.mean([c.input_check.status == "unusual" for c in checked])),
+                "n": len(checked),
+            }
+        reasons: dict[str, int] = {}
+        for case in cases:
+            for reason in case.referral_reasons:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        referral = evaluation.setdefault("referral", {})
+        referral["share_referred"] = float(np.mean([c.refer for c in cases]))
+        referral["reasons"] = reasons
+        referral["accuracy_kept"] = _accuracy_kept(got.y, cases, predictor.labels)
+
+
+def _units_of(groups: Any) -> str:
+    values = pd.Series(np.asarray(groups).astype(str))
+    return "image" if values.str.match(r"^(row|train|val|test)-\d+$").all() else "patient"
+
+
+def _accuracy_kept(y: np.ndarray, cases: list[CasePrediction], labels: list[str]) -> float | None:
+    """Accuracy of the decisions on the cases not referred."""
+    kept = [(labels.index(c.decision), t) for c, t in zip(cases, y, strict=True) if not c.refer]
+    return float(np.mean([d == t for d, t in kept])) if kept else None
 
 
 def _split_info(data: dict[str, Any], split: str) -> dict[str, Any]:

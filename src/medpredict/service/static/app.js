@@ -47,7 +47,7 @@ function showResult(body) {
   const rows = Object.entries(p.probabilities).map(([name, prob]) =>
     `<tr><td>${escapeHtml(name)}</td><td>${pct(prob)}</td><td class="bar-cell"><div class="bar" style="width:${(100 * prob).toFixed(1)}%"></div></td></tr>`);
   document.querySelector("#probabilities tbody").innerHTML = rows.join("");
-  renderUncertainty(p.uncertainty || {});
+  renderUncertainty(p);
   $("result-meta").textContent = `Request ${body.request_id} · model ${body.model.version} · ${body.latency_ms} ms`;
   if (body.overlay_png) {
     $("overlay").src = body.overlay_png;
@@ -59,24 +59,24 @@ function showResult(body) {
   $("result").hidden = false;
 }
 
-// Known uncertainty figures in words a clinician can use; anything else is listed as given.
-function renderUncertainty(u) {
+// The contract's uncertainty in words a clinician can use: the prediction set, the
+// referral and its reasons, the input check.
+function renderUncertainty(p) {
   const lines = [];
-  const rest = { ...u };
+  const u = p.uncertainty || {};
   if (typeof u.entropy === "number") {
     lines.push(`Entropy ${u.entropy.toFixed(2)} (0 = certain, 1 = no preference between classes)`);
-    delete rest.entropy;
   }
-  if (Array.isArray(u.conformal_set)) {
-    const coverage = typeof u.conformal_coverage === "number" ? ` at ${Math.round(100 * u.conformal_coverage)} % coverage` : "";
-    lines.push(`Plausible classes${coverage}: ${u.conformal_set.length ? u.conformal_set.join(", ") : "none"}`);
-    delete rest.conformal_set;
-    delete rest.conformal_coverage;
+  if (Array.isArray(p.prediction_set) && typeof p.set_coverage === "number") {
+    const set = p.prediction_set.length ? p.prediction_set.join(", ") : "none";
+    lines.push(`Plausible classes at ${Math.round(100 * p.set_coverage)} % coverage: ${set}`);
   }
-  const refer = u.refer_to_clinician === true;
-  delete rest.refer_to_clinician;
-  for (const [k, v] of Object.entries(rest)) {
-    lines.push(`${k.replaceAll("_", " ")}: ${typeof v === "number" ? v.toFixed(3) : String(v)}`);
+  const check = p.input_check || {};
+  if (check.status && check.status !== "not checked") {
+    lines.push(`Input check: ${check.status}`);
+  }
+  for (const reason of p.referral_reasons || []) {
+    lines.push(`Referral: ${reason}`);
   }
   const list = $("result-uncertainty");
   list.innerHTML = "";
@@ -85,7 +85,7 @@ function renderUncertainty(u) {
     item.textContent = line;
     list.appendChild(item);
   }
-  $("refer-banner").hidden = !refer;
+  $("refer-banner").hidden = p.refer !== true;
 }
 
 function escapeHtml(s) {
