@@ -60,6 +60,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--max-minutes", type=float, help="wall-time budget for training")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels")
+    p.add_argument("--positive", help="binary tasks: the class sensitivity, PPV and the threshold refer to")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. augment.strength=0.5"
     )
@@ -73,6 +74,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "preprocess.image_size": args.image_size, "data.channels": args.channels, "train.seed": args.seed,
         "train.device": args.device, "train.max_minutes": args.max_minutes,
         "train.deterministic": True if args.deterministic else None,
+        "data.positive": args.positive,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.out:
@@ -165,15 +167,20 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for predictions.csv/json and overlays")
     p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlay PNGs")
     p.add_argument("--backend", default="torch", help="torch (default) or onnx (after 'medpredict export')")
+    p.add_argument("--ignore-intended-use", action="store_true",
+                   help="predict even for DICOM inputs whose tags contradict the model's intended use")
     p.set_defaults(handler=_predict)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from medpredict.inference.files import predict_files
 
-    result = predict_files(args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend)
+    result = predict_files(
+        args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend,
+        ignore_intended_use=args.ignore_intended_use,
+    )
     print(result.summary())
-    return 0
+    return result.exit_code
 
 
 # --- data --------------------------------------------------------------------------------
@@ -401,6 +408,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", action="append", default=[], help="accepted DICOM modality (repeatable)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: run RUN/onnx/model.onnx in ONNX Runtime")
+    p.add_argument("--ignore-intended-use", action="store_true",
+                   help="answer DICOM uploads whose tags contradict the model's intended use (default: 422)")
     p.set_defaults(handler=_serve)
 
 
@@ -408,7 +417,8 @@ def _serve(args: argparse.Namespace) -> int:
     from medpredict.service.app import serve
 
     serve(args.run, host=args.host, port=args.port, api_key=args.api_key, max_upload_mb=args.max_upload_mb,
-          audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend)
+          audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend,
+          ignore_intended_use=args.ignore_intended_use)
     return 0
 
 

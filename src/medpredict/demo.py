@@ -38,6 +38,13 @@ DEMO_SETTINGS: dict[str, Any] = {
     "train.label_smoothing": 0.1,
     "train.patience": 20,
     "train.max_minutes": 9.0,
+    # PneumoniaMNIST holds frontal chest X-rays of children (Kermany et al. 2018) with no DICOM
+    # tags to read, so the recipe declares what the model is for; DICOM inputs that say
+    # otherwise (a CT, a knee) are refused.
+    "intended_use.description": "frontal chest radiographs of children (PneumoniaMNIST, 28 px)",
+    "intended_use.modalities": ["CR", "DX"],
+    "intended_use.body_parts": ["CHEST"],
+    "intended_use.views": ["PA", "AP"],
 }
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from medpredict.atomic import write_json, write_text
 from medpredict.data.manifest import IMAGE_COLUMN_ALIASES
 from medpredict.errors import DataError
+from medpredict.inference.contract import InputRefused
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +36,38 @@ class PredictResult:
     csv_path: Path
     json_path: Path
 
+    @property
+    def refused(self) -> int:
+        """Inputs refused because their DICOM tags contradict the model's intended use."""
+        return sum(1 for r in self.rows if r.get("refused"))
+
+    @property
+    def failed(self) -> int:
+        """Inputs that could not be read or predicted."""
+        return sum(1 for r in self.rows if r.get("error"))
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input got its prediction, 2 when any was refused or failed."""
+        return 2 if self.refused or self.failed else 0
+
     def summary(self) -> str:
-        failed = sum(1 for r in self.rows if r.get("error"))
-        lines = [f"Predicted {len(self.rows) - failed} of {len(self.rows)} inputs -> {self.csv_path}"]
+        done = len(self.rows) - self.failed - self.refused
+        referred = sum(1 for r in self.rows if r.get("refer"))
+        lines = [
+            f"Predicted {done} of {len(self.rows)} inputs ({referred} referred to a clinician, "
+            f"{self.refused} refused, {self.failed} failed) -> {self.csv_path}"
+        ]
         for row in self.rows[:10]:
-            if row.get("error"):
-                lines.append(f"  {Path(row['source']).name}: ERROR {row['error']}")
+            name = Path(str(row["source"]).split("::")[0]).name
+            if row.get("refused"):
+                lines.append(f"  {name}: REFUSED {row['refused']}")
+            elif row.get("error"):
+                lines.append(f"  {name}: ERROR {row['error']}")
             else:
-                score = f" p={row['score']:.3f}" if row.get("score") is not None else ""
-                lines.append(
-                    f"  {Path(row['source']).name}: {row['label']}{score}  overlay: {row.get('overlay') or '-'}"
-                )
+                score = f" p({row['positive_label']})={row['score']:.3f}" if row.get("score") is not None else ""
+                refer = "  REFER: " + "; ".join(row["referral_reasons"]) if row.get("refer") else ""
+                lines.append(f"  {name}: {row['label']}{score}{refer}")
         if len(self.rows) > 10:
             lines.append(f"  ... {len(self.rows) - 10} more in the CSV")
         return "\n".join(lines)
@@ -145,6 +167,9 @@ def predict_files(
                     title=title, caption=prediction.explanation.caption(),
                 )
                 row["overlay"] = f"overlays/{name}"
+        except InputRefused as exc:
+            log.warning("Refused %s: %s", Path(path).name, exc)
+            row["refused"] = str(exc)
         except DataError as exc:
             log.warning("Could not predict for %s: %s", Path(path).name, exc)
             row["error"] = str(exc)

@@ -441,6 +441,7 @@ def serve(
     audit_path: str | os.PathLike[str] | None = None,
     modalities: tuple[str, ...] = (),
     backend: str | None = None,
+    ignore_intended_use: bool = False,
 ) -> None:
     """Load ``model`` (run folder, bundle or BYO-model YAML) and serve it with uvicorn.
 
@@ -472,6 +473,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         audit_path=str(audit),
         modalities=tuple(modalities),
+        ignore_intended_use=ignore_intended_use,
     )
     app = create_app(predictor, settings)
     logger.info("Serving %s on http://%s:%d (audit log %s)", model_identity_text(predictor), host, port, audit)
