@@ -191,6 +191,22 @@ def test_export_run_writes_onnx_parity_and_int8_report(run_copy):
     assert len(meta["medpredict.weights_sha256"]) == 64
 
 
+def test_onnx_backend_gives_the_same_contract_as_pytorch(run_copy):
+    # The exported graph also returns the pooled features, so the input check agrees too.
+    from medpredict.inference.onnx import load_predictor
+
+    if not (run_copy / "onnx" / "model.onnx").is_file():
+        export.export_run(run_copy, exporter="torchscript")
+    torch_p, onnx_p = load_predictor(run_copy), load_predictor(run_copy, backend="onnx")
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 28, 28), dtype=np.float32) for _ in range(6)]
+    for a, b in zip(torch_p.predict(images), onnx_p.predict(images), strict=True):
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) <= 1e-6
+        assert (a.decision, a.prediction_set, a.refer) == (b.decision, b.prediction_set, b.refer)
+        assert a.input_check.status == b.input_check.status != "not checked"
+        assert b.input_check.ood_score == pytest.approx(a.input_check.ood_score, rel=1e-4)
+
+
 def test_export_refuses_a_tampered_bundle(run_copy, tmp_path):
     import shutil
 

@@ -136,6 +136,7 @@ def export_onnx(
     exporter: str = "dynamo",
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
+    output_names: Sequence[str] = (OUTPUT_NAME,),
 ) -> ExportReport:
     """Export ``model`` to ONNX at ``path`` and check it against PyTorch.
 
@@ -153,6 +154,8 @@ def export_onnx(
             warning logged.
         opset: ONNX opset version to target.
         metadata: extra ``key -> value`` strings stored in the model's metadata.
+        output_names: graph output names; the first is the logits (the parity check
+            compares it), a model returning a tuple names the rest (e.g. ``features``).
 
     Returns:
         The :class:`ExportReport` with the measured ``max_abs_diff``.
@@ -180,7 +183,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        data, used = _export_bytes(model, tensors, names, exporter, opset)
+        data, used = _export_bytes(model, tensors, names, exporter, opset, list(output_names))
     finally:
         model.train(was_training)
     data = _with_metadata(data, {"producer": "medpredict", **(metadata or {})})
@@ -208,12 +211,12 @@ def export_onnx(
 
 
 def _export_bytes(
-    model: torch.nn.Module, tensors: tuple[Any, ...], names: list[str], exporter: str, opset: int
+    model: torch.nn.Module, tensors: tuple[Any, ...], names: list[str], exporter: str, opset: int, outputs: list[str]
 ) -> tuple[bytes, str]:
     """Run the chosen exporter and return the serialised model and the exporter used."""
     if exporter == "dynamo":
         try:
-            return _export_dynamo(model, tensors, names, opset), "dynamo"
+            return _export_dynamo(model, tensors, names, opset, outputs), "dynamo"
         except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to the tracer
             logger.warning(
                 "The dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript tracer.",
@@ -221,7 +224,7 @@ def _export_bytes(
                 str(exc).splitlines()[0] if str(exc) else "",
             )
     try:
-        return _export_torchscript(model, tensors, names, opset), "torchscript"
+        return _export_torchscript(model, tensors, names, opset, outputs), "torchscript"
     except Exception as exc:
         raise BundleError(
             f"Could not export the model to ONNX ({type(exc).__name__}: {exc}). "
@@ -229,7 +232,9 @@ def _export_bytes(
         ) from exc
 
 
-def _export_dynamo(model: torch.nn.Module, tensors: tuple[Any, ...], names: list[str], opset: int) -> bytes:
+def _export_dynamo(
+    model: torch.nn.Module, tensors: tuple[Any, ...], names: list[str], opset: int, outputs: list[str]
+) -> bytes:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -246,7 +251,7 @@ def _export_dynamo(model: torch.nn.Module, tensors: tuple[Any, ...], names: list
                 tensors,
                 None,
                 input_names=names,
-                output_names=[OUTPUT_NAME],
+                output_names=outputs,
                 dynamic_shapes=shapes,
                 opset_version=opset,
                 dynamo=True,
@@ -264,14 +269,13 @@ def _export_dynamo(model: torch.nn.Module, tensors: tuple[Any, ...], names: list
 
 
 def _export_torchscript(
-    model: torch.nn.Module, tensors: tuple[Any, ...], names: list[str], opset: int
+    model: torch.nn.Module, tensors: tuple[Any, ...], names: list[str], opset: int, outputs: list[str]
 ) -> bytes:
     import warnings
 
     import torch
 
-    axes = {name: {0: "batch"} for name in names}
-    axes[OUTPUT_NAME] = {0: "batch"}
+    axes = {name: {0: "batch"} for name in [*names, *outputs]}
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         # The tracer is deliberately chosen here; its deprecation notice is not news to the user.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -281,7 +285,7 @@ def _export_torchscript(
             tensors,
             str(target),
             input_names=names,
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=min(opset, 17),
             dynamo=False,
@@ -314,7 +318,8 @@ def parity_max_abs_diff(
     arrays = [np.asarray(a, dtype=np.float32) for a in inputs]
     model.eval()
     with torch.no_grad():
-        expected = model(*(torch.from_numpy(a) for a in arrays)).detach().cpu().numpy()
+        out = model(*(torch.from_numpy(a) for a in arrays))
+        expected = (out[0] if isinstance(out, tuple) else out).detach().cpu().numpy()
     got = OnnxBackend(onnx_path).logits(*arrays)
     if got.shape != expected.shape:
         raise BundleError(
@@ -521,8 +526,10 @@ def export_run(
         "medpredict.input_kind": str(getattr(predictor, "input_kind", "")),
         "medpredict.weights_sha256": _sha256(weights) if weights.is_file() else "",
     }
+    exported, outputs = _with_features(model, getattr(predictor, "input_kind", ""))
     report = export_onnx(
-        model, out / "model.onnx", example, parity_inputs=checks, atol=atol, exporter=exporter, metadata=meta
+        exported, out / "model.onnx", example, parity_inputs=checks, atol=atol, exporter=exporter, metadata=meta,
+        output_names=outputs,
     )
     if quantize:
         activation = "sigmoid" if getattr(predictor, "task", "") == "multilabel" else "softmax"
@@ -540,6 +547,31 @@ def export_run(
         summary["quantized"] = report.quantized.to_dict()
     write_json(out / "export.json", summary)
     return report
+
+
+def _with_features(model: torch.nn.Module, input_kind: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """An image network that also returns its pooled features, so the ONNX backends can run the
+    input check (the out-of-distribution score) exactly as PyTorch does; other models unchanged."""
+    from torch import nn
+
+    from medpredict.inference.onnx import FEATURES_OUTPUT
+
+    net = getattr(model, "net", model)
+    head = getattr(net, "head", None)
+    if input_kind != "image" or not hasattr(model, "features") or not isinstance(head, nn.Module):
+        return model, (OUTPUT_NAME,)
+
+    class LogitsAndFeatures(nn.Module):
+        def __init__(self, inner: nn.Module, classifier: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.classifier = classifier
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            features = self.inner.features(x)  # type: ignore[operator]
+            return self.classifier(features), features
+
+    return LogitsAndFeatures(model, head).eval(), (OUTPUT_NAME, FEATURES_OUTPUT)
 
 
 def _run_images(
