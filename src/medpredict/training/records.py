@@ -266,7 +266,8 @@ def cross_validate(
         for name in models:
             started = time.perf_counter()
             predict = _fit_any(
-                name, cleaner, x_train, data.y[train], data, seed=seed + i, settings=settings, hparams=hparams
+                name, cleaner, x_train, data.y[train], data, seed=seed + i, settings=settings, hparams=hparams,
+                groups=data.groups[train],
             )
             per_model[name].append(score(data.y[test], predict(x_test), data.task))
             seconds[name] += time.perf_counter() - started
@@ -320,7 +321,15 @@ def _fit_any(
     seed: int,
     settings: NetSettings | None,
     hparams: Mapping[str, Any] | None,
+    groups: np.ndarray | None = None,
 ) -> Any:
+    """Fit one model on a cross-validation fold's training rows; return its ``predict``.
+
+    A network is fitted as :func:`train_table` fits the shipped model: a patient-grouped,
+    stratified fifth of the fold's training rows is its validation split, for early stopping
+    and for the post-fit calibration (prior correction + calibrator), so the cross-validated
+    probabilities are those the shipped procedure gives.
+    """
     if name in BASELINES:
         return fit_baseline(name, x, y, task=data.task, n_continuous=cleaner.n_continuous_, seed=seed)
     net = new_network(
@@ -331,7 +340,32 @@ def _fit_any(
         seed=seed,
         **dict(hparams or {}),
     )
-    return fit_network(net, x, y, task=data.task, settings=settings, seed=seed).predict
+    if data.task == "regression":
+        return fit_network(net, x, y, task=data.task, settings=settings, seed=seed).predict
+    inner, held = _inner_split(y, groups if groups is not None else np.arange(len(y)), seed)
+    settings = settings or NetSettings()
+    fitted = fit_network(
+        net, x[inner], y[inner], task=data.task, settings=settings, x_val=x[held], y_val=y[held], seed=seed
+    )
+    fields, _ = _post_fit(fitted.model, x[held], y[held], data, inner, settings, y_train=y[inner])
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return _apply_calibration(fitted.model, rows, fields)
+
+    return predict
+
+
+def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified, patient-grouped 80/20 split of a fold's training rows."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(y).astype(int)
+    folds = int(min(5, np.bincount(labels).min())) if len(np.unique(labels)) > 1 else 0
+    if folds < 2:
+        raise DataError("A cross-validation fold has fewer than 2 rows of some class; use fewer folds.")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    inner, held = next(splitter.split(np.zeros(len(labels)), labels, np.asarray(groups).astype(str)))
+    return inner, held
 
 
 def _outputs(data: TableData) -> int:
@@ -555,7 +589,14 @@ def train_table(
 
 
 def _post_fit(
-    net: Any, x_val: np.ndarray, y_val: np.ndarray, data: TableData, train_rows: np.ndarray, settings: NetSettings
+    net: Any,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    data: TableData,
+    train_rows: np.ndarray,
+    settings: NetSettings,
+    *,
+    y_train: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Calibration, threshold and conformal sets on validation, exactly as image runs do."""
     import torch
@@ -570,7 +611,8 @@ def _post_fit(
         return {"calibration": None, "threshold": None, "conformal": None}, logits[:, 0].numpy().astype(
             np.float64
         )
-    counts = np.bincount(np.asarray(data.y[train_rows]).astype(int), minlength=len(data.labels))
+    trained_on = data.y[train_rows] if y_train is None else y_train
+    counts = np.bincount(np.asarray(trained_on).astype(int), minlength=len(data.labels))
     weights = class_weights(counts, settings.class_weighting)
     return post_fit(logits, y_val, data.task, tuple(data.labels), class_weights=weights)
 

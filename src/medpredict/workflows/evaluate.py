@@ -34,6 +34,7 @@ EXAMPLES = 4  # heat-map examples in the report
 SANITY_IMAGES = 6  # images used for the randomisation and faithfulness checks
 SHORTCUT_SAMPLE = 50  # random test cases whose maps are checked for shortcuts, beside the shown ones
 SHORTCUT_LIMIT = 0.10  # the check passes when at most this share of checked maps is flagged
+CASES_FILE = "evaluation_cases.csv"  # what the deployed contract said for every evaluated case
 
 
 @dataclass(frozen=True)
@@ -452,6 +453,8 @@ def evaluate(
     else:
         raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
     report_path = build_report(out_dir, evaluation, lang=lang)
+    if got.cases:
+        _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
     if bundle is not None and not got.external and split == "test" and out is None:
         from medpredict.bundle.store import add_files
 
@@ -464,6 +467,26 @@ def evaluate(
     return EvaluationResult(
         metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
     )
+
+
+def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None:
+    """One row per evaluated case: what ``predict``/``serve``/``pacs`` would have said, and the truth.
+
+    Sources are file names (or npz references) only; the true class index is the model's.
+    """
+    from medpredict.atomic import write_text
+
+    rows = []
+    for case, truth in zip(cases, y, strict=True):
+        row: dict[str, Any] = {"source": case.source, "true_class": int(truth), "decision": case.decision}
+        row.update({f"p_{k}": v for k, v in case.probabilities.items()})
+        row["prediction_set"] = "|".join(case.prediction_set)
+        row["refer"] = case.refer
+        row["referral_reasons"] = "; ".join(case.referral_reasons)
+        row["input_check"] = case.input_check.status
+        row["ood_score"] = case.input_check.ood_score
+        rows.append(row)
+    write_text(path, pd.DataFrame(rows).to_csv(index=False, float_format="%.8f"))
 
 
 def _positive_last(got: _Collected, predictor: Predictor) -> list[str]:
