@@ -33,7 +33,6 @@ from pathlib import Path
 from medpredict.errors import DataError
 from medpredict.readers.dicom import read_dicom
 
-
 _JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
          "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 # package -> (pydicom plugin label, the transfer syntaxes for which that plugin relies on the package)
@@ -107,7 +106,7 @@ def main() -> int:
         help=f"decode as if these were not installed: {', '.join(sorted(_PLUGINS_OF))}",
     )
     args = parser.parse_args()
-    import pydicom  # imported first: pydicom sets its logger's level on import
+    import pydicom  # noqa: F401  # imported first: pydicom sets its logger's level on import
 
     logging.basicConfig(level=logging.ERROR)
     # pydicom logs each plugin's failed attempt with a traceback; the table already says why.

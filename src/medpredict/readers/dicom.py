@@ -266,6 +266,7 @@ _PYLIBJPEG_CODEC = {"1.2.840.10008.1.2.5": "pylibjpeg-rle", "1.2.840.10008.1.2.4
 # How pydicom wraps a plugin's own error; only the plugin's part is kept.
 _ALL_FAILED = "RuntimeError: Unable to decode as exceptions were raised by all available plugins: "
 _PLUGIN_LOCK = threading.Lock()
+_GDCM_12BIT_ADDED = False
 
 
 def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.ndarray:
@@ -335,7 +336,7 @@ def _plugins_for(syntax: Any, source: str) -> tuple[list[str], list[str]]:
     available = decoder.available_plugins
     installed = [plugin for plugin in wanted if plugin in available]
     installed += sorted(set(available) - set(installed))  # a plugin someone added to pydicom: tried last
-    missing = [f"{plugin} (pip install {_packages(plugin, str(syntax))})" for plugin in wanted if plugin not in available]
+    missing = [f"{label} (pip install {_packages(label, str(syntax))})" for label in wanted if label not in available]
     return installed, missing
 
 
@@ -349,15 +350,17 @@ def _packages(plugin: str, syntax: str) -> str:
 
 def _add_gdcm_12bit(decoder: Any) -> None:
     """Add ``dicom_gdcm``'s plugin to pydicom's JPEG Extended decoder, once per process."""
-    from medpredict.readers import dicom_gdcm
+    from medpredict.readers.dicom_gdcm import LABEL
 
+    global _GDCM_12BIT_ADDED
     with _PLUGIN_LOCK:  # pydicom's add_plugin is not thread-safe
-        if dicom_gdcm.LABEL in decoder.available_plugins:
+        if _GDCM_12BIT_ADDED:
             return
+        _GDCM_12BIT_ADDED = True
         try:
-            decoder.add_plugin(dicom_gdcm.LABEL, ("medpredict.readers.dicom_gdcm", "decode_frame"))
-        except ValueError:  # added before, as unavailable (gdcm does not import): nothing to do
-            pass
+            decoder.add_plugin(LABEL, ("medpredict.readers.dicom_gdcm", "decode_frame"))
+        except ValueError:  # someone added it before under this label: leave theirs
+            logger.debug("pydicom's JPEG Extended decoder already has a '%s' plugin.", LABEL)
 
 
 def _frames(ds: Dataset, indices: list[int], frames: int, plugin: str) -> np.ndarray:
