@@ -115,7 +115,6 @@ def main() -> int:
     for package in args.without:
         _hide(package)
     root = corpus_root()
-    counts = dict.fromkeys(("read", "no pixels", "no decoder", "decoders failed", "other"), 0)
     start = time.perf_counter()
     rows = []
     for path in corpus_files(root):
@@ -126,14 +125,18 @@ def main() -> int:
         except DataError as exc:
             detail = str(exc).replace(str(path), "FILE").splitlines()[0]
             outcome = classify(detail)
-        counts[outcome] += 1
         rows.append((name, _syntax(path), outcome, detail))
+    seconds = time.perf_counter() - start
     for name, syntax, outcome, detail in rows:
         if not args.failed or outcome != "read":
             print(f"| {name} | {syntax} | {outcome} | {detail} |")
-    total = sum(counts.values())
-    print(f"\n{total} files in {root} ({time.perf_counter() - start:.1f} s)")
-    print(", ".join(f"{n} {what}" for what, n in counts.items()))
+    print(f"\n{root} ({seconds:.1f} s)")
+    top_level = [row for row in rows if "/" not in row[0]]
+    for scope, selected in (("top-level *.dcm", top_level), ("all, with dicomdirtests", rows)):
+        counts = dict.fromkeys(("read", "no pixels", "no decoder", "decoders failed", "other"), 0)
+        for row in selected:
+            counts[row[2]] += 1
+        print(f"{scope}: {len(selected)} files: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return 0
 
 

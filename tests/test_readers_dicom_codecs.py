@@ -23,7 +23,7 @@ import pydicom.data
 import pytest
 from pydicom.pixels import get_decoder, pixel_array
 
-from fixtures_images import SHARED_DATA
+from fixtures_images import SHARED_DATA, write_dicom
 from medpredict.errors import DataError
 from medpredict.readers import read_dicom
 from medpredict.readers.dicom import DECODING_PLUGINS
@@ -319,3 +319,18 @@ def _raw(name: str) -> np.ndarray:
     plugin = FILES[name]
     assert isinstance(plugin, str)
     return pixel_array(CORPUS / name, decoding_plugin="" if plugin == NATIVE else plugin)
+
+
+def test_a_syntax_pydicom_cannot_decode_is_named(tmp_path: Path) -> None:
+    # MPEG-4 video (1.2.840.10008.1.2.4.102): pydicom has no decoder at all for it.
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+
+    path = write_dicom(tmp_path / "video.dcm", np.zeros((8, 8), np.uint8))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3 not really mpeg"])
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DataError, match=r"video\.dcm' is compressed as MPEG-4 .*\(1\.2\.840\.10008\.1\.2\.4\.102\), "
+                                        r"which no DICOM decoder in pydicom reads"):
+        read_dicom(path)

@@ -281,8 +281,9 @@ def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.nda
         compressed = syntax.is_compressed
     except ValueError as exc:  # pydicom: "UID is not a transfer syntax"
         raise DataError(
-            f"'{source}' declares Transfer Syntax UID '{syntax}', which is not a transfer syntax; "
-            "the file meta information is corrupt."
+            f"'{source}' declares Transfer Syntax UID '{syntax}', which the installed pydicom does not know as a "
+            "transfer syntax: either the file meta information is corrupt, or the syntax is newer than pydicom "
+            "(e.g. JPEG XL, 1.2.840.10008.1.2.4.110-112); convert the file to a known syntax first."
         ) from exc
     if not compressed:
         try:
