@@ -334,3 +334,18 @@ def test_a_syntax_pydicom_cannot_decode_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"video\.dcm' is compressed as MPEG-4 .*\(1\.2\.840\.10008\.1\.2\.4\.102\), "
                                         r"which no DICOM decoder in pydicom reads"):
         read_dicom(path)
+
+
+def test_a_file_read_after_failed_plugins_logs_no_pydicom_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    # JPEG-lossy.dcm: pylibjpeg, pillow and gdcm fail before gdcm-12bit reads it. pydicom logs each
+    # failure with a traceback at ERROR; inside read_dicom those are dropped (the reasons go to DEBUG).
+    caplog.set_level(logging.DEBUG, logger="pydicom")
+    read_dicom(CORPUS / "JPEG-lossy.dcm")
+    assert not [r for r in caplog.records if r.name.startswith("pydicom") and r.levelno >= logging.ERROR]
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("The '")]
+    assert [reason.split("'")[1] for reason in reasons] == ["pylibjpeg", "pillow", "gdcm"]
+    assert decoded_by(caplog) == "gdcm-12bit"
+    # pydicom used directly still logs as before
+    with pytest.raises(RuntimeError):
+        pixel_array(CORPUS / "JPEG-lossy.dcm", decoding_plugin="pylibjpeg")
+    assert [r for r in caplog.records if r.name == "pydicom.pixels.decoders.base" and r.levelno == logging.ERROR]

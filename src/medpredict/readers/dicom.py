@@ -8,6 +8,7 @@ Enhanced multi-frame files keep rescale and window in functional groups; those a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -23,6 +24,8 @@ from medpredict.errors import DataError
 from medpredict.readers.images import check_request, check_size, conform, robust_unit_range, scale_by_dtype
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -269,6 +272,41 @@ _PLUGIN_LOCK = threading.Lock()
 _GDCM_12BIT_ADDED = False
 
 
+class _MutedInThread(logging.Filter):
+    """Drops a logger's records emitted by threads inside :meth:`muted`.
+
+    pydicom logs a traceback at ERROR for every plugin that fails, even when the next one
+    decodes the file. While medpredict tries plugins in turn, those records would show a reader
+    of a perfectly readable file three tracebacks; each reason is logged at DEBUG here instead,
+    and all of them go into the ``DataError`` when no plugin decodes. Other threads, and pydicom
+    used outside ``read_dicom``, log as before.
+    """
+
+    def __init__(self, logger_name: str) -> None:
+        super().__init__()
+        self._logger_name = logger_name
+        self._threads: set[int] = set()
+        self._installed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return threading.get_ident() not in self._threads
+
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        with _PLUGIN_LOCK:
+            if not self._installed:
+                logging.getLogger(self._logger_name).addFilter(self)
+                self._installed = True
+        self._threads.add(threading.get_ident())
+        try:
+            yield
+        finally:
+            self._threads.discard(threading.get_ident())
+
+
+_PLUGIN_TRACEBACKS = _MutedInThread("pydicom.pixels.decoders.base")
+
+
 def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.ndarray:
     """Decode the frames in ``indices`` as ``(F, H, W)`` or ``(F, H, W, 3)``.
 
@@ -300,14 +338,17 @@ def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.nda
             f"Install one (medpredict depends on them; reinstalling it installs them): {', '.join(missing)}."
         )
     failures = []
-    for plugin in installed:
-        try:
-            array = _frames(ds, indices, frames, plugin)
-        except Exception as exc:  # decoders raise many types (RuntimeError, ValueError...) on bad data
-            failures.append(f"{plugin}: {_one_line(exc).removeprefix(_ALL_FAILED + plugin + ': ')}")
-            continue
-        logger.debug("Decoded %s pixel data with the '%s' plugin.", syntax.name, plugin)
-        return array
+    with _PLUGIN_TRACEBACKS.muted():
+        for plugin in installed:
+            try:
+                array = _frames(ds, indices, frames, plugin)
+            except Exception as exc:  # decoders raise many types (RuntimeError, ValueError...) on bad data
+                reason = _one_line(exc).removeprefix(f"{_ALL_FAILED}{plugin}: ")
+                failures.append(f"{plugin}: {reason}")
+                logger.debug("The '%s' plugin could not decode %s pixel data: %s", plugin, syntax.name, reason)
+                continue
+            logger.debug("Decoded %s pixel data with the '%s' plugin.", syntax.name, plugin)
+            return array
     verdict = (
         f"Decoders not installed may read it: {', '.join(missing)}; else the file is corrupt."
         if missing
