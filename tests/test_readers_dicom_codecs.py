@@ -229,6 +229,7 @@ def test_lossless_encodings_decode_to_their_twins_pixels(compressed: str, twin: 
     np.testing.assert_array_equal(_raw(compressed), reference)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # SC_rgb_jpeg_dcmd.dcm: implicit VR where explicit is declared
 @pytest.mark.parametrize(("compressed", "twin", "levels"), LOSSY)
 def test_lossy_encodings_stay_within_their_bound(compressed: str, twin: str, levels: int) -> None:
     # These are 8-bit colour images: read_dicom divides the stored value by 255, nothing else.
