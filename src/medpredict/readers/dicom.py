@@ -8,10 +8,12 @@ Enhanced multi-frame files keep rescale and window in functional groups; those a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,8 @@ from medpredict.errors import DataError
 from medpredict.readers.images import check_request, check_size, conform, robust_unit_range, scale_by_dtype
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -238,41 +242,181 @@ def _frame_count(ds: Dataset, source: str) -> int:
         raise DataError(f"'{source}' has an invalid Number of Frames {ds.get('NumberOfFrames')!r}.") from exc
 
 
-def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.ndarray:
-    """Decode the frames in ``indices`` as ``(F, H, W)`` or ``(F, H, W, 3)``."""
-    from pydicom.pixels import get_decoder, pixel_array
+#: Decoding plugins tried in turn, per compressed transfer syntax: pydicom's plugin labels, plus
+#: ``gdcm-12bit`` (``medpredict.readers.dicom_gdcm``). The first that decodes wins, so the dedicated
+#: decoder leads and GDCM, which reads nearly everything, comes last as the fallback. Pillow keeps
+#: the lead it had for JPEG Baseline, so 8-bit JPEG pixels do not change with the new decoders.
+#: ``docs/DICOM.md`` shows this table; ``tests/test_readers_dicom_codecs.py`` checks it.
+DECODING_PLUGINS: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2.4.50": ("pillow", "pylibjpeg", "gdcm"),  # JPEG Baseline (8-bit)
+    "1.2.840.10008.1.2.4.51": ("pylibjpeg", "pillow", "gdcm", "gdcm-12bit"),  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": ("pylibjpeg", "gdcm"),  # JPEG Lossless, process 14
+    "1.2.840.10008.1.2.4.70": ("pylibjpeg", "gdcm"),  # JPEG Lossless, process 14, selection value 1
+    "1.2.840.10008.1.2.4.80": ("pyjpegls", "pylibjpeg", "gdcm"),  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": ("pyjpegls", "pylibjpeg", "gdcm"),  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": ("pylibjpeg", "pillow", "gdcm"),  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": ("pylibjpeg", "pillow", "gdcm"),  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": ("pylibjpeg",),  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202": ("pylibjpeg",),  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203": ("pylibjpeg",),  # HTJ2K
+    "1.2.840.10008.1.2.5": ("pylibjpeg", "pydicom"),  # RLE Lossless
+}
+# The PyPI packages behind a plugin label; pylibjpeg's codec depends on the transfer syntax.
+_PACKAGES = {"pillow": "pillow", "pyjpegls": "pyjpegls", "gdcm": "python-gdcm", "gdcm-12bit": "python-gdcm"}
+_PYLIBJPEG_CODEC = {"1.2.840.10008.1.2.5": "pylibjpeg-rle", "1.2.840.10008.1.2.4.5": "pylibjpeg-libjpeg",
+                    "1.2.840.10008.1.2.4.7": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.8": "pylibjpeg-libjpeg",
+                    "1.2.840.10008.1.2.4.9": "pylibjpeg-openjpeg", "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg"}
+# How pydicom wraps a plugin's own error; only the plugin's part is kept.
+_ALL_FAILED = "RuntimeError: Unable to decode as exceptions were raised by all available plugins: "
+_PLUGIN_LOCK = threading.Lock()
+_GDCM_12BIT_ADDED = False
 
+
+class _MutedInThread(logging.Filter):
+    """Drops a logger's records emitted by threads inside :meth:`muted`.
+
+    pydicom logs a traceback at ERROR for every plugin that fails, even when the next one
+    decodes the file. While medpredict tries plugins in turn, those records would show a reader
+    of a perfectly readable file three tracebacks; each reason is logged at DEBUG here instead,
+    and all of them go into the ``DataError`` when no plugin decodes. Other threads, and pydicom
+    used outside ``read_dicom``, log as before.
+    """
+
+    def __init__(self, logger_name: str) -> None:
+        super().__init__()
+        self._logger_name = logger_name
+        self._threads: set[int] = set()
+        self._installed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return threading.get_ident() not in self._threads
+
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        with _PLUGIN_LOCK:
+            if not self._installed:
+                logging.getLogger(self._logger_name).addFilter(self)
+                self._installed = True
+        self._threads.add(threading.get_ident())
+        try:
+            yield
+        finally:
+            self._threads.discard(threading.get_ident())
+
+
+_PLUGIN_TRACEBACKS = _MutedInThread("pydicom.pixels.decoders.base")
+
+
+def _decode(ds: Dataset, indices: list[int], frames: int, source: str) -> np.ndarray:
+    """Decode the frames in ``indices`` as ``(F, H, W)`` or ``(F, H, W, 3)``.
+
+    Compressed pixel data goes through the installed plugins of :data:`DECODING_PLUGINS` in
+    turn. When none decodes, the error names the transfer syntax (name and UID), each plugin
+    tried with its reason, and the packages that would add the plugins not installed.
+    """
     syntax = ds.file_meta.TransferSyntaxUID
-    hint = ""
     try:
         compressed = syntax.is_compressed
     except ValueError as exc:  # pydicom: "UID is not a transfer syntax"
         raise DataError(
-            f"'{source}' declares Transfer Syntax UID '{syntax}', which is not a transfer syntax; "
-            "the file meta information is corrupt."
+            f"'{source}' declares Transfer Syntax UID '{syntax}', which the installed pydicom does not know as a "
+            "transfer syntax: either the file meta information is corrupt, or the syntax is newer than pydicom "
+            "(e.g. JPEG XL, 1.2.840.10008.1.2.4.110-112); convert the file to a known syntax first."
         ) from exc
-    if compressed:
+    if not compressed:
         try:
-            decoder = get_decoder(syntax)
-        except NotImplementedError as exc:
+            return _frames(ds, indices, frames, "")
+        except Exception as exc:  # pydicom raises many types (ValueError, struct.error...) on bad data
             raise DataError(
-                f"'{source}' uses transfer syntax {syntax}, which pydicom cannot decode."
+                f"The pixel data of '{source}' ({syntax.name}, {syntax}) could not be read; the file is "
+                f"truncated or its image attributes are wrong ({_one_line(exc)})."
             ) from exc
-        hint = f" Decoders that may read it: {'; '.join(decoder.missing_dependencies) or 'none known'}."
-        if not decoder.is_available:
-            raise DataError(
-                f"'{source}' is compressed as {syntax.name}; no installed decoder reads it.{hint}"
-            )
-    try:
-        if frames > 1 and len(indices) == 1:
-            return pixel_array(ds, index=indices[0])[None]
-        array = ds.pixel_array
-    except Exception as exc:  # decoders raise many types (struct.error, RuntimeError...) on bad data
+    installed, missing = _plugins_for(syntax, source)
+    if not installed:
         raise DataError(
-            f"The pixel data of '{source}' ({syntax.name}) could not be decoded; the file is truncated, "
-            f"corrupt, or needs another decoder ({' '.join(str(exc).split())}).{hint}"
+            f"'{source}' is compressed as {syntax.name} ({syntax}); no installed decoder reads it. "
+            f"Install one (medpredict depends on them; reinstalling it installs them): {', '.join(missing)}."
+        )
+    failures = []
+    with _PLUGIN_TRACEBACKS.muted():
+        for plugin in installed:
+            try:
+                array = _frames(ds, indices, frames, plugin)
+            except Exception as exc:  # decoders raise many types (RuntimeError, ValueError...) on bad data
+                reason = _one_line(exc).removeprefix(f"{_ALL_FAILED}{plugin}: ")
+                failures.append(f"{plugin}: {reason}")
+                logger.debug("The '%s' plugin could not decode %s pixel data: %s", plugin, syntax.name, reason)
+                continue
+            logger.debug("Decoded %s pixel data with the '%s' plugin.", syntax.name, plugin)
+            return array
+    verdict = (
+        f"Decoders not installed may read it: {', '.join(missing)}; else the file is corrupt."
+        if missing
+        else "Every decoder failed, so the file is likely corrupt or truncated."
+    )
+    raise DataError(
+        f"The pixel data of '{source}' ({syntax.name}, {syntax}) could not be decoded by the installed "
+        f"decoders ({'; '.join(failures)}). {verdict}"
+    )
+
+
+def _plugins_for(syntax: Any, source: str) -> tuple[list[str], list[str]]:
+    """The installed plugins for a compressed ``syntax`` in :data:`DECODING_PLUGINS` order, and
+    the wanted ones not installed as ``"label (pip install PACKAGES)"``."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise DataError(
+            f"'{source}' is compressed as {syntax.name} ({syntax}), which no DICOM decoder in pydicom "
+            "reads; convert it to an uncompressed or JPEG transfer syntax first (e.g. dcmtk's dcmdjpeg)."
         ) from exc
+    wanted = DECODING_PLUGINS.get(str(syntax), ())
+    if "gdcm-12bit" in wanted:
+        _add_gdcm_12bit(decoder)
+    available = decoder.available_plugins
+    installed = [plugin for plugin in wanted if plugin in available]
+    installed += sorted(set(available) - set(installed))  # a plugin someone added to pydicom: tried last
+    missing = [f"{label} (pip install {_packages(label, str(syntax))})" for label in wanted if label not in available]
+    return installed, missing
+
+
+def _packages(plugin: str, syntax: str) -> str:
+    """The PyPI packages that provide ``plugin`` for ``syntax``."""
+    if plugin != "pylibjpeg":
+        return _PACKAGES.get(plugin, plugin)
+    codec = next((package for prefix, package in _PYLIBJPEG_CODEC.items() if syntax.startswith(prefix)), "")
+    return f"pylibjpeg {codec}".strip()
+
+
+def _add_gdcm_12bit(decoder: Any) -> None:
+    """Add ``dicom_gdcm``'s plugin to pydicom's JPEG Extended decoder, once per process."""
+    from medpredict.readers.dicom_gdcm import LABEL
+
+    global _GDCM_12BIT_ADDED
+    with _PLUGIN_LOCK:  # pydicom's add_plugin is not thread-safe
+        if _GDCM_12BIT_ADDED:
+            return
+        _GDCM_12BIT_ADDED = True
+        try:
+            decoder.add_plugin(LABEL, ("medpredict.readers.dicom_gdcm", "decode_frame"))
+        except ValueError:  # someone added it before under this label: leave theirs
+            logger.debug("pydicom's JPEG Extended decoder already has a '%s' plugin.", LABEL)
+
+
+def _frames(ds: Dataset, indices: list[int], frames: int, plugin: str) -> np.ndarray:
+    """The frames in ``indices`` decoded by ``plugin`` (``""``: native pixel data)."""
+    from pydicom.pixels import pixel_array
+
+    if frames > 1 and len(indices) == 1:
+        return pixel_array(ds, index=indices[0], decoding_plugin=plugin)[None]
+    array = pixel_array(ds, decoding_plugin=plugin)
     return array[None] if frames == 1 else array
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
