@@ -123,15 +123,16 @@ def load_images(
             files.append((row, path))
     for (file, key), members in groups.items():
         rows, indices = (np.array(x) for x in zip(*members, strict=True))
-        out[rows] = _quantise(_load_npz_group(file, key, indices, config, channels))
+        out[rows] = quantise(_load_npz_group(file, key, indices, config, channels))
     if files:
         from medpredict.readers import read_image
 
         for row, path in tqdm(files, desc="reading images", unit="img", disable=not progress, leave=False):
             image = read_image(path, channels=channels, spatial_dims=config.spatial_dims)
-            out[row] = _quantise(preprocess(image, config, channels))
+            out[row] = quantise(preprocess(image, config, channels))
     return out
 
 
-def _quantise(batch: torch.Tensor) -> torch.Tensor:
+def quantise(batch: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> uint8 (how datasets hold them; the predictor rounds the same way)."""
     return batch.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)

@@ -244,8 +244,14 @@ class Predictor:
         return np.asarray(image, dtype=np.float32), {}
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
-        """Read (if a path) and preprocess one image to the model's input ``(C, *size)`` in [0, 1]."""
+        """Read (if a path) and preprocess one image to the model's input ``(C, *size)`` in [0, 1].
+
+        After resizing, values are rounded to 8-bit steps, exactly as the training and
+        evaluation images are stored (:func:`medpredict.data.datasets.load_images`), so an
+        image predicted alone gets the very numbers it gets inside an evaluated split.
+        """
         from medpredict.config import PreprocessConfig
+        from medpredict.data.datasets import quantise
         from medpredict.data.transforms import preprocess
 
         array = self.read(image)[0] if isinstance(image, str | os.PathLike) else np.asarray(image, np.float32)
@@ -258,7 +264,7 @@ class Predictor:
         if not np.isfinite(array).all():
             raise DataError("The image holds NaN or infinite values.")
         config = PreprocessConfig(image_size=self.image_size, spatial_dims=self.spatial_dims)
-        return preprocess(np.clip(array, 0.0, 1.0), config, self.channels)
+        return quantise(preprocess(np.clip(array, 0.0, 1.0), config, self.channels)).float().div_(255.0)
 
     def refuse_contradicting(self, tags: Mapping[str, Any], source: Any = None) -> None:
         """Raise :class:`InputRefused` when DICOM ``tags`` contradict the intended use.
