@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,7 @@ class Predictor:
     def spatial_dims(self) -> int:
         return int(self.meta["preprocess"]["spatial_dims"])
 
-    @property
+    @cached_property
     def identity(self) -> ModelIdentity:
         """Name, version (weights hash) and architecture: the one way every output names this model."""
         sums = self.bundle.read_json("checksums.json") or {}
@@ -196,12 +197,12 @@ class Predictor:
     def version(self) -> str:
         return self.identity.version
 
-    @property
+    @cached_property
     def intended_use(self) -> IntendedUse:
         """What the model was built for (empty when the bundle does not declare it)."""
         return IntendedUse.from_dict(self.meta.get("intended_use"))
 
-    @property
+    @cached_property
     def rule(self) -> DecisionRule:
         """The decision rule fitted on validation: labels, locked threshold, conformal sets."""
         return DecisionRule(

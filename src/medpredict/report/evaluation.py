@@ -322,6 +322,7 @@ def assemble_evaluation(
             "checks": explanations.get("checks"),
             "feature_importance": _table_rows(explanations.get("feature_importance")),
             "local": explanations.get("local"),
+            "shortcut": explanations.get("shortcut"),
         }
     return evaluation
 
@@ -351,7 +352,11 @@ def evaluation_to_json(evaluation: dict[str, Any]) -> dict[str, Any]:
             kept = {k: v for k, v in example.items() if k not in ("image", "heatmap")}
             kept["image"] = "embedded in report.html"
             examples.append(clean(kept))
-        out["explanations"] = clean({**explanations, "examples": examples})
+        shortcut = explanations.get("shortcut")
+        if shortcut:
+            flagged = [{k: v for k, v in c.items() if k not in ("image", "heatmap")} for c in shortcut["flagged_cases"]]
+            shortcut = {**shortcut, "flagged_cases": flagged}
+        out["explanations"] = clean({**explanations, "examples": examples, "shortcut": shortcut})
     else:
         out["explanations"] = None
     return out
