@@ -1,4 +1,4 @@
-"""Train an image + record fusion model from a manifest, and rebuild it for prediction.
+"""Train an image + record fusion model from a manifest.
 
 A manifest row with both ``image_path`` and clinical columns is one paired sample. A
 row may lack either: an empty ``image_path`` cell means "no image", a row whose clinical
@@ -12,25 +12,24 @@ augmentation and modality dropout on training batches, fits calibration, thresho
 conformal sets on validation (:func:`medpredict.training.image.post_fit`), evaluates the
 model with both modalities and with each one alone, and writes a run folder::
 
-    config.json            the resolved settings
+    config.yaml            the resolved config (medpredict.config.RunConfig, kind "fused")
     metrics.json           val/test metrics: fused, image only, record only
     splits.csv             row -> split (no patient ids)
     test_predictions.csv   calibrated test probabilities (row numbers, never ids)
     metrics.jsonl, curves.png, checkpoint.safetensors   from the engine
     model/                 the bundle: weights, bundle.json (input_kind "fusion"), cleaner.json
 
-For the predictor, :func:`build_fusion_from_meta` rebuilds the network from
-``bundle.json``'s ``model`` entry, and :func:`fusion_inputs` /
-:func:`prepare_fusion_batch` turn images and records, either of which may be missing per
-row, into the network's three inputs.
+The bundle's network entry (:class:`medpredict.bundle.kinds.FusedNet`) rebuilds the network
+for prediction; :func:`medpredict.models.fusion.fusion_inputs` turns raw images and records
+into its three inputs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,138 +58,6 @@ class FusionRun:
     model: torch.nn.Module
     splits: np.ndarray
     best_epoch: int
-
-
-# --------------------------------------------------------------------------- rebuild + inputs
-
-
-def build_fusion_from_meta(meta_model: Mapping[str, Any]) -> torch.nn.Module:
-    """Rebuild an untrained :class:`FusionNet` from a bundle's ``model`` entry.
-
-    ``meta_model`` is ``bundle.json["model"]``, with or without its ``kind`` key; load the
-    bundle's weights into the result (they include the image normalisation statistics).
-
-    Raises:
-        ConfigError: the entry is not a fusion model's or names unknown networks.
-    """
-    from medpredict.models import build_model
-    from medpredict.models.fusion import FusionNet
-    from medpredict.models.normalised import InputNormalised
-    from medpredict.models.tabular import build_tabular_model
-
-    spec = dict(meta_model)
-    if spec.pop("kind", "fusion") != "fusion" or "image" not in spec or "table" not in spec:
-        raise ConfigError(f"Not a fusion model entry (expected kind 'fusion' with image and table): {meta_model!r}.")
-    image = dict(spec["image"])
-    image_net = InputNormalised(
-        build_model(
-            image["name"],
-            in_channels=int(image["in_channels"]),
-            num_classes=int(image["num_classes"]),
-            spatial_dims=int(image.get("spatial_dims", 2)),
-            dropout=float(image.get("dropout", 0.0)),
-        )
-    )
-    table_net = build_tabular_model(**dict(spec["table"]))
-    return FusionNet(
-        image_net,
-        table_net.encoder,
-        int(spec["num_classes"]),
-        mode=str(spec["mode"]),
-        modality_dropout=float(spec.get("modality_dropout", 0.0)),
-        fusion_dim=int(spec["fusion_dim"]),
-        dropout=float(spec["dropout"]),
-    )
-
-
-def _rows(values: torch.Tensor | Sequence[torch.Tensor | None] | None, n: int, what: str) -> list[torch.Tensor | None]:
-    if values is None:
-        return [None] * n
-    rows = list(values)
-    if len(rows) > n:
-        raise DataError(f"Got {len(rows)} {what}s for {n} rows; give at most one {what} per row.")
-    return rows + [None] * (n - len(rows))
-
-
-def prepare_fusion_batch(
-    images: torch.Tensor | Sequence[torch.Tensor | None] | None,
-    records: torch.Tensor | Sequence[torch.Tensor | None] | None,
-    n: int,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """Stack prepared inputs, any of which may be missing, into ``FusionNet``'s inputs.
-
-    Args:
-        images: ``(N, C, H, W)`` float32 in [0, 1], or a list of ``(C, H, W)`` tensors with
-            ``None`` for rows without an image, or ``None`` (no images at all). A list
-            shorter than ``n`` leaves the last rows without an image.
-        records: ``(N, F)`` cleaner output, or a list of ``(F,)`` rows / ``None``, or ``None``.
-        n: number of rows.
-
-    Returns:
-        ``(image, record, present)``: stacked tensors (zeros in absent rows; ``None`` when no
-        row has that modality) and the ``(N, 2)`` float presence mask (image, record).
-
-    Raises:
-        DataError: a row has neither an image nor a record, or a list is longer than ``n``.
-    """
-    image_rows, record_rows = _rows(images, n, "image"), _rows(records, n, "record")
-    present = torch.tensor(
-        [[float(i is not None), float(r is not None)] for i, r in zip(image_rows, record_rows, strict=True)],
-        dtype=torch.float32,
-    ).reshape(n, 2)
-    empty = torch.nonzero(present.sum(dim=1) == 0).flatten().tolist()
-    if empty:
-        raise DataError(
-            f"Rows {empty[:10]} have neither an image nor a clinical record; give at least one of them per row."
-        )
-
-    def stack(rows: list[torch.Tensor | None]) -> torch.Tensor | None:
-        given = [r for r in rows if r is not None]
-        if not given:
-            return None
-        template = torch.zeros_like(torch.as_tensor(given[0], dtype=torch.float32))
-        return torch.stack([template if r is None else torch.as_tensor(r, dtype=torch.float32) for r in rows])
-
-    return stack(image_rows), stack(record_rows), present
-
-
-def fusion_inputs(
-    images: Sequence[Any] | None,
-    records: Sequence[Mapping[str, Any] | None] | None,
-    *,
-    prepare_image: Callable[[Any], torch.Tensor],
-    cleaner: Any,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """Raw images and clinical records (either may be ``None`` per row) -> ``FusionNet`` inputs.
-
-    Args:
-        images: arrays as out of the readers, or paths; ``None`` entries for missing images.
-        records: dicts of clinical values; ``None``, or a dict with no value for any of the
-            model's columns, means no record for that row.
-        prepare_image: one image -> ``(C, H, W)`` in [0, 1] (the predictor's ``prepare``).
-        cleaner: the bundle's fitted :class:`~medpredict.records.cleaning.TableCleaner`.
-
-    Raises:
-        DataError: a row has neither modality, or a record lacks a column the model reads.
-    """
-    from medpredict.records.tables import clean_token
-
-    images, records = list(images or []), list(records or [])
-    n = max(len(images), len(records))
-    if n == 0:
-        raise DataError("No inputs given: send images, clinical records or both.")
-    columns = list(cleaner.columns_)
-    given = [
-        i for i, r in enumerate(records) if r is not None and any(clean_token(r.get(c)) is not None for c in columns)
-    ]
-    record_rows: list[torch.Tensor | None] = [None] * n
-    if given:
-        frame = pd.DataFrame([dict(records[i]) for i in given]).astype(object)  # type: ignore[arg-type]
-        cleaned = torch.as_tensor(cleaner.transform(frame), dtype=torch.float32)
-        for row, i in zip(cleaned, given, strict=True):
-            record_rows[i] = row
-    image_rows = [None if image is None else prepare_image(image) for image in images]
-    return prepare_fusion_batch(image_rows, record_rows, n)
 
 
 # --------------------------------------------------------------------------- training
@@ -278,8 +145,18 @@ def train_fusion(
         ConfigError: an unknown model, mode or modality.
     """
     from medpredict.atomic import write_json, write_text
-    from medpredict.bundle.store import save_bundle
-    from medpredict.config import AugmentConfig, PreprocessConfig, TrainConfig
+    from medpredict.bundle.kinds import FusedNet, ImageInput, ImageNet, RecordInput, RecordNet
+    from medpredict.bundle.schema import BundleMeta, write_bundle
+    from medpredict.config import (
+        AugmentConfig,
+        DataConfig,
+        FusionConfig,
+        ModelConfig,
+        PreprocessConfig,
+        RecordModelConfig,
+        RunConfig,
+        TrainConfig,
+    )
     from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
     from medpredict.data.manifest import IMAGE_COLUMN_ALIASES, PATIENT_COLUMN_ALIASES, from_frame
     from medpredict.data.splits import assign_splits, require_no_leakage
@@ -423,13 +300,7 @@ def train_fusion(
 
     # ---- the network
     num_classes = len(manifest.labels)
-    image_spec = {
-        "name": image_model,
-        "in_channels": channels,
-        "num_classes": num_classes,
-        "spatial_dims": 2,
-        "dropout": 0.0,
-    }
+    image_spec = ImageNet(name=image_model, in_channels=channels, num_classes=num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # weight initialisation is part of the run's seeded randomness
         image_net = InputNormalised(
@@ -518,68 +389,70 @@ def train_fusion(
             )
 
     # ---- run folder and bundle
-    settings = {
-        "source": str(path),
-        "target": target,
-        "clinical_columns": columns,
-        "image_column": image_col,
-        "image_model": image_model,
-        "image_size": image_size,
-        "channels": channels,
-        "mode": mode,
-        "modalities": list(modalities),
-        "modality_dropout": modality_dropout,
-        "fusion_dim": fusion_dim,
-        "dropout": dropout,
-        "table_model": table_model,
-        "table_hparams": dict(table_net.hparams),
-        "train": asdict(config),
-        "augment": asdict(augmenter.config),
-        "cleaning": asdict(cleaner.config),
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-    }
+    run_config = RunConfig(
+        name=run_dir.name,
+        out_dir=str(run_dir.parent),
+        kind="fused",
+        data=DataConfig(
+            source=str(path),
+            target=target,
+            image_column=image_col,
+            patient_column=patient_col,
+            task=manifest.task,
+            channels=channels,
+            clinical_columns=tuple(columns),
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+        ),
+        preprocess=preprocess,
+        augment=augmenter.config,
+        model=ModelConfig(name=image_model),
+        record_model=RecordModelConfig(name=table_model, hparams=dict(table_hparams or {})),
+        cleaning=cleaner.config,
+        fusion=FusionConfig(
+            mode=mode,
+            modalities=modalities,
+            modality_dropout=modality_dropout,
+            fusion_dim=fusion_dim,
+            dropout=dropout,
+        ),
+        train=config,
+    )
     fused = metrics["views"].get("fused", {})
-    meta = {
-        "name": run_dir.name,
-        "input_kind": "fusion",
-        "task": manifest.task,
-        "labels": list(labels),
-        "config": settings,
-        "model": {
-            "kind": "fusion",
-            "mode": mode,
-            "num_classes": num_classes,
-            "fusion_dim": fusion_dim,
-            "dropout": dropout,
-            "modality_dropout": modality_dropout,
-            "image": image_spec,
-            "table": dict(table_net.hparams),
-        },
-        "preprocess": {
-            "image_size": image_size,
-            "spatial_dims": 2,
-            "channels": channels,
-            "normalisation": normalisation.to_dict(),
-            "cleaner": "cleaner.json",
-            "input_columns": list(cleaner.columns_),
-            "features": list(cleaner.feature_names_),
-        },
+    meta = BundleMeta(
+        name=run_dir.name,
+        kind="fused",
+        task=manifest.task,
+        labels=labels,
+        config=run_config,
+        model=FusedNet(
+            image=image_spec,
+            record=RecordNet(dict(table_net.hparams)),
+            num_classes=num_classes,
+            mode=mode,
+            fusion_dim=fusion_dim,
+            dropout=dropout,
+            modality_dropout=modality_dropout,
+        ),
+        image=ImageInput(
+            image_size=image_size, spatial_dims=2, channels=channels, mean=normalisation.mean, std=normalisation.std
+        ),
+        record=RecordInput(input_columns=tuple(cleaner.columns_), features=tuple(cleaner.feature_names_)),
         **fields,
-        "val_metrics": fused.get("val"),
-        "metrics": fused.get("test"),
-        "data": {
+        val_metrics=fused.get("val"),
+        metrics=fused.get("test"),
+        data={
             "source": str(path),
             "rows": {k: int(len(v)) for k, v in part.items()},
             "patients": {k: int(len(np.unique(groups[v]))) for k, v in part.items()},
             "with_image": {k: int(has_image[v].sum()) for k, v in part.items()},
             "with_record": {k: int(has_record[v].sum()) for k, v in part.items()},
         },
-        "training": training_summary(result, started, model),
-    }
+        training=training_summary(result, started, model),
+    )
     bundle_dir = run_dir / "model"
-    save_bundle(bundle_dir, state_dict=model.state_dict(), meta=meta, json_files={"cleaner.json": cleaner.to_dict()})
-    write_json(run_dir / "config.json", settings)
+    write_bundle(bundle_dir, meta, state_dict=model.state_dict(), cleaner=cleaner.to_dict())
+    write_text(run_dir / "config.yaml", run_config.to_yaml())
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "splits.csv", pd.DataFrame({"row": frame.index, "split": split}).to_csv(index=False))
     if test_probs is not None:

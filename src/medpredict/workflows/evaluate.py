@@ -219,16 +219,15 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
     from medpredict.explain.checks import local_attribution, permutation_importance_table
     from medpredict.training.records import load_table_data, split_rows
 
-    config = predictor.meta["config"]
-    source = data or config["source"]
-    rule = target or config["target"] + (config.get("target_rule") or "")  # e.g. "num" + ">0"
-    table = load_table_data(source, target=rule, task=config.get("task", "auto"))
+    config = from_dict(predictor.meta["config"])
+    source = data or config.data.source
+    table = load_table_data(source, target=target or config.data.target, task=config.data.task)  # target: "num>0"
     if data is None:
         splits = split_rows(
             table,
-            val_fraction=config["val_fraction"],
-            test_fraction=config["test_fraction"],
-            seed=config["seed"],
+            val_fraction=config.data.val_fraction,
+            test_fraction=config.data.test_fraction,
+            seed=config.train.seed,
         )
         rows, val_rows = np.flatnonzero(splits == split), np.flatnonzero(splits == "val")
     else:
