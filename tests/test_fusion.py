@@ -166,9 +166,9 @@ def runs(
 ) -> dict[str, object]:
     """Fused (intermediate and late), image-only and record-only runs on the same split."""
     from medpredict.config import TrainConfig
-    from medpredict.models import fusion as fusion_models
+    from medpredict.training import fusion as fusion_trainer
 
-    real_drop = fusion_models.drop_modalities
+    real_drop = fusion_trainer.drop_modalities
     current: list[str] = []
 
     def spy(present: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
@@ -189,7 +189,7 @@ def runs(
     with pytest.MonkeyPatch.context() as patch:
         # curves.png is redrawn every epoch (~0.6 s each), longer than a 16-px epoch takes
         patch.setattr("medpredict.training.engine._plot_curves", lambda history, path: None)
-        patch.setattr(fusion_models, "drop_modalities", spy)
+        patch.setattr(fusion_trainer, "drop_modalities", spy)
         trained = {}
         for name, options in variants.items():
             current.append(name)
@@ -310,7 +310,7 @@ def test_train_fusion_refuses_bad_input(paired: Path, tmp_path: Path) -> None:
         train_fusion(paired, mode="intermediat", out=tmp_path / "x", progress=False)
     table = tmp_path / "records.csv"
     pd.read_csv(paired).drop(columns="image_path").to_csv(table, index=False)
-    with pytest.raises(DataError, match="tabular train"):
+    with pytest.raises(DataError, match="records train"):
         train_fusion(table, out=tmp_path / "x", progress=False)
 
 

@@ -143,7 +143,7 @@ class FusionNet(nn.Module):
         reference = image if image is not None else record
         if reference is None:
             raise ConfigError("FusionNet needs an image batch, a record batch or both; both were None.")
-        n = len(reference)
+        n = reference.shape[0]  # not len(): the ONNX tracer keeps shape[0] dynamic
         if present is None:
             present = torch.ones(n, 2, device=reference.device)
         else:
@@ -187,7 +187,7 @@ class FusionNet(nn.Module):
         image_z, record_z = self._embeddings(image, record)
         if self.mode == "intermediate":
             return self.features_from(image_z, record_z, present)
-        n = len(present)
+        n = present.shape[0]
         if image_z is None:
             image_z = present.new_zeros(n, self.image_dim)
         if record_z is None:
@@ -198,7 +198,7 @@ class FusionNet(nn.Module):
         self, image_z: torch.Tensor | None, record_z: torch.Tensor | None, present: torch.Tensor
     ) -> torch.Tensor:
         """Intermediate fusion: projections with absent ones replaced by the learned vectors."""
-        n = len(present)
+        n = present.shape[0]
         parts = []
         for k, (z, proj) in enumerate(((image_z, self.image_proj), (record_z, self.record_proj))):
             missing = self.missing[k].expand(n, -1)
@@ -210,7 +210,7 @@ class FusionNet(nn.Module):
         return torch.cat([*parts, present], dim=1)
 
     def _late(self, image_z: torch.Tensor | None, record_z: torch.Tensor | None, present: torch.Tensor) -> torch.Tensor:
-        total = present.new_zeros(len(present), self.num_classes)
+        total = present.new_zeros(present.shape[0], self.num_classes)
         if image_z is not None:
             total = total + present[:, IMAGE : IMAGE + 1] * self.image_head(image_z)
         if record_z is not None:

@@ -194,11 +194,9 @@ def train(
 
     ``on_epoch`` is passed to :func:`medpredict.training.engine.fit` (called after every epoch).
     """
-    from medpredict.errors import unknown_choice
-    from medpredict.models import MODELS
+    from medpredict.models import check_input_size
 
-    if config.model.name not in MODELS:  # before any data is read or file written
-        raise unknown_choice("model", config.model.name, MODELS)
+    check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read or file written
     dist = Distributed.from_env()
     run_dir = config.run_dir
     if not resume and dist.is_main and (run_dir / "checkpoint.safetensors").exists():
