@@ -4,10 +4,11 @@ Trains the demo recipe (``medpredict.demo.DEMO_SETTINGS``) on PneumoniaMNIST's o
 train split for several seeds, each through ``medpredict.training.image.train`` and
 ``medpredict.workflows.evaluate.evaluate`` exactly as ``medpredict demo`` does, and reports per seed:
 
-* test ECE before and after the temperature fitted on validation (``ece_reduction`` > 0 means
-  temperature scaling lowered it);
-* coverage on test of the bundle's conformal sets (APS, alpha 0.1) and, from the same
-  calibrated probabilities, of LAC sets fitted on the same validation split;
+* test ECE of the raw outputs, of the shipped calibration (prior correction + the calibrator
+  chosen on validation), and of the previous recipe (one temperature, no prior correction);
+* coverage on test of class-conditional (Mondrian, the bundle's), LAC and deterministic APS
+  sets fitted on the same validation split from the same calibrated probabilities, and the
+  share of cases the contract refers;
 * whether the threshold used on test is the one chosen on validation;
 * test AUC and accuracy at that threshold.
 
@@ -59,6 +60,7 @@ def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 def one_seed(npz: Path, seed: int, overrides: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
     """Train and evaluate one seed of one recipe; return its figures."""
     from medpredict.calibration.conformal import SplitConformal, coverage
+    from medpredict.calibration.scalers import TemperatureScaler, calibration_summary, logits_from_probs
     from medpredict.calibration.thresholds import ThresholdPicker
     from medpredict.config import load_config
     from medpredict.demo import DEMO_SETTINGS
@@ -78,25 +80,36 @@ def one_seed(npz: Path, seed: int, overrides: dict[str, Any], workdir: Path, nam
     # the calibrated probabilities exactly as evaluate() computes them, for the side-by-side checks
     predictor = Predictor.from_bundle(result.bundle_dir)
     manifest = load_data(config)
-    probs_val, _, _ = _predict_frame(predictor, manifest.split("val"), progress=False)
-    probs_test, _, _ = _predict_frame(predictor, manifest.split("test"), progress=False)
+    val, test = (_predict_frame(predictor, manifest.split(s), progress=False) for s in ("val", "test"))
     y_val = manifest.split("val")["target"].to_numpy()
     y_test = manifest.split("test")["target"].to_numpy()
-    lac = SplitConformal(alpha=0.1, method="lac").fit(probs_val, y_val).predict_sets(probs_test)
     cal, conf, thr = full["calibration"], full["conformal"], full["threshold"]
-    chosen = ThresholdPicker("youden").fit(y_val, probs_val[:, 1]).threshold_  # re-chosen here, independently
+    # the previous recipe, side by side: one temperature on the raw outputs, no prior correction
+    temperature = TemperatureScaler().fit(logits_from_probs(val.raw), y_val)
+    ece_temperature_only = calibration_summary(y_test, temperature.transform(logits_from_probs(test.raw))[:, 1])["ece"]
+    sets = {
+        method: SplitConformal(alpha=0.1, method=method).fit(val.probs, y_val).predict_sets(test.probs)
+        for method in ("mondrian", "lac", "aps")
+    }
+    chosen = ThresholdPicker("youden").fit(y_val, val.probs[:, 1]).threshold_  # re-chosen here, independently
+    validation = cal.get("validation") or {}
     return {
         "seed": seed,
         "train_s": round(train_s, 1),
         "epochs_run": len(result.fit.history),
-        "temperature": (cal.get("calibrator") or {}).get("temperature"),
+        "calibrator": cal.get("method"),
+        "validation_citl": validation.get("calibration_in_the_large"),
+        "validation_slope": validation.get("slope"),
         "test_ece_before": cal["test_uncalibrated"]["ece"],
         "test_ece_after": cal["test"]["ece"],
+        "test_ece_temperature_only": ece_temperature_only,
         "ece_lowered": cal["ece_reduction"] > 0,
-        "coverage_aps": conf["coverage"],
-        "coverage_lac": coverage(lac, y_test),
-        "empty_aps": conf["empty_rate"],
-        "mean_size_aps": conf["mean_size"],
+        **{f"coverage_{m}": coverage(s, y_test) for m, s in sets.items()},
+        **{f"coverage_{m}_normal": float(s[y_test == 0, 0].mean()) for m, s in sets.items()},
+        **{f"two_class_{m}": int((s.sum(1) == 2).sum()) for m, s in sets.items()},
+        **{f"empty_{m}": int((s.sum(1) == 0).sum()) for m, s in sets.items()},
+        "share_referred": (full.get("referral") or {}).get("share_referred"),
+        "ood_flagged": (full.get("input_guard") or {}).get("ood_flagged_share"),
         "threshold": thr["value"],
         "threshold_chosen_on_validation": chosen,
         # the val probabilities here are recomputed in float32, so the two agree to ~1e-8, not bit for bit
@@ -107,25 +120,33 @@ def one_seed(npz: Path, seed: int, overrides: dict[str, Any], workdir: Path, nam
         "test_sensitivity": m["sensitivity"],
         "test_specificity": m["specificity"],
         "agreement_flags": len((full.get("agreement") or {}).get("flags") or []),
+        "conformal_bundle": conf["method"],
     }
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def within(key: str) -> int:
-        return sum(abs(r[key] - 0.9) <= 0.03 for r in rows)
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    def span(key: str) -> list[float]:
+        return [min(r[key] for r in rows), max(r[key] for r in rows)]
 
     return {
         "n": len(rows),
         "ece_lowered": sum(r["ece_lowered"] for r in rows),
-        "test_ece_after_mean": float(np.mean([r["test_ece_after"] for r in rows])),
-        "coverage_aps_within_3": within("coverage_aps"),
-        "coverage_lac_within_3": within("coverage_lac"),
-        "coverage_aps_range": [min(r["coverage_aps"] for r in rows), max(r["coverage_aps"] for r in rows)],
-        "coverage_lac_range": [min(r["coverage_lac"] for r in rows), max(r["coverage_lac"] for r in rows)],
+        "test_ece_before_mean": mean("test_ece_before"),
+        "test_ece_after_mean": mean("test_ece_after"),
+        "test_ece_temperature_only_mean": mean("test_ece_temperature_only"),
+        **{f"coverage_{m}_range": span(f"coverage_{m}") for m in ("mondrian", "lac", "aps")},
+        **{
+            f"coverage_{m}_at_least_087": sum(r[f"coverage_{m}"] >= 0.87 for r in rows)
+            for m in ("mondrian", "lac", "aps")
+        },
+        "share_referred_range": span("share_referred"),
         "threshold_locked": sum(r["threshold_locked"] for r in rows),
-        "auc_mean": float(np.mean([r["test_auc"] for r in rows])),
+        "auc_mean": mean("test_auc"),
         "auc_min": min(r["test_auc"] for r in rows),
-        "accuracy_mean": float(np.mean([r["test_accuracy"] for r in rows])),
+        "accuracy_mean": mean("test_accuracy"),
         "accuracy_min": min(r["test_accuracy"] for r in rows),
         "accuracy_at_least_092": sum(r["test_accuracy"] >= 0.92 for r in rows),
         "auc_at_least_097": sum(r["test_auc"] >= 0.97 for r in rows),
@@ -139,22 +160,28 @@ def to_markdown(payload: dict[str, Any]) -> str:
     for name, block in payload["recipes"].items():
         s = block["summary"]
         lines += [f"## {name}: {block['overrides'] or 'the demo recipe as shipped'}", "",
-                  "| seed | epochs | T | test ECE before -> after | APS coverage (empty) | LAC coverage | "
-                  "threshold locked = val-chosen | test AUC | test ACC | sens | spec |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| seed | epochs | calibrator | val CITL / slope | test ECE raw -> shipped (temperature only) | "
+                  "coverage mondrian (normals) / LAC / APS | referred | threshold locked | AUC | ACC | sens | spec |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in block["rows"]:
             lines.append(
-                f"| {r['seed']} | {r['epochs_run']} | {r['temperature']:.3f} | {r['test_ece_before']:.4f} -> "
-                f"{r['test_ece_after']:.4f} | {r['coverage_aps']:.3f} ({r['empty_aps']:.3f}) | "
-                f"{r['coverage_lac']:.3f} | "
-                f"{r['threshold']:.3f} {'yes' if r['threshold_locked'] else 'NO'} | {r['test_auc']:.4f} | "
-                f"{r['test_accuracy']:.3f} | {r['test_sensitivity']:.3f} | {r['test_specificity']:.3f} |")
+                f"| {r['seed']} | {r['epochs_run']} | {r['calibrator']} | {r['validation_citl']:+.3f} / "
+                f"{r['validation_slope']:.2f} | {r['test_ece_before']:.4f} -> {r['test_ece_after']:.4f} "
+                f"({r['test_ece_temperature_only']:.4f}) | {r['coverage_mondrian']:.3f} "
+                f"({r['coverage_mondrian_normal']:.3f}) / {r['coverage_lac']:.3f} / {r['coverage_aps']:.3f} | "
+                f"{r['share_referred']:.3f} | {r['threshold']:.3f} {'yes' if r['threshold_locked'] else 'NO'} | "
+                f"{r['test_auc']:.4f} | {r['test_accuracy']:.3f} | {r['test_sensitivity']:.3f} | "
+                f"{r['test_specificity']:.3f} |")
+        cover = ", ".join(
+            f"{m} {s[f'coverage_{m}_range'][0]:.3f}-{s[f'coverage_{m}_range'][1]:.3f} "
+            f"(>= 0.87 in {s[f'coverage_{m}_at_least_087']})" for m in ("mondrian", "lac", "aps")
+        )
         lines += ["",
-                  f"Temperature scaling lowered test ECE in {s['ece_lowered']}/{s['n']} seeds (mean ECE after "
-                  f"{s['test_ece_after_mean']:.4f}); coverage within 90 +- 3 points: APS {s['coverage_aps_within_3']}/"
-                  f"{s['n']} (range {s['coverage_aps_range'][0]:.3f}-{s['coverage_aps_range'][1]:.3f}), LAC "
-                  f"{s['coverage_lac_within_3']}/{s['n']} ({s['coverage_lac_range'][0]:.3f}-"
-                  f"{s['coverage_lac_range'][1]:.3f}); threshold locked in {s['threshold_locked']}/{s['n']}; "
+                  f"Calibration lowered test ECE in {s['ece_lowered']}/{s['n']} seeds: mean "
+                  f"{s['test_ece_before_mean']:.4f} -> {s['test_ece_after_mean']:.4f} (one temperature, no prior correction: "
+                  f"{s['test_ece_temperature_only_mean']:.4f}). Coverage for a 90% target: {cover}. "
+                  f"Referred: {s['share_referred_range'][0]:.1%}-{s['share_referred_range'][1]:.1%}. "
+                  f"Threshold locked in {s['threshold_locked']}/{s['n']}; "
                   f"test AUC mean {s['auc_mean']:.4f} (min {s['auc_min']:.4f}, >= 0.97 in {s['auc_at_least_097']}); "
                   f"ACC mean {s['accuracy_mean']:.3f} (min {s['accuracy_min']:.3f}, >= 0.92 in "
                   f"{s['accuracy_at_least_092']}).", ""]

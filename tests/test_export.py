@@ -85,7 +85,9 @@ def test_export_of_a_two_input_model(tmp_path):
     torch.manual_seed(1)
     net = Fusion().eval()
     rec = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
-    report = export.export_onnx(net, tmp_path / "f.onnx", [_images(4), rec], exporter="torchscript")
+    report = export.export_onnx(
+        net, tmp_path / "f.onnx", [_images(4), rec], exporter="torchscript", input_names=("image", "record")
+    )
     assert report.input_names == ["image", "record"]
     assert OnnxBackend(tmp_path / "f.onnx").logits(_images(4), rec).shape == (4, 3)
 

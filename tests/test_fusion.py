@@ -19,9 +19,9 @@ from sklearn.metrics import roc_auc_score
 
 from medpredict.errors import ConfigError, DataError
 from medpredict.models import build_model
-from medpredict.models.fusion import FusionNet, drop_modalities
+from medpredict.models.fusion import FusionNet, drop_modalities, fusion_inputs, prepare_fusion_batch
 from medpredict.models.tabular import TabularEncoder
-from medpredict.training.fusion import build_fusion_from_meta, fusion_inputs, prepare_fusion_batch, train_fusion
+from medpredict.training.fusion import train_fusion
 
 N_ROWS = 400
 CLINICAL = ["lab_a", "lab_b", "noise_1", "noise_2", "smoker"]
@@ -166,9 +166,9 @@ def runs(
 ) -> dict[str, object]:
     """Fused (intermediate and late), image-only and record-only runs on the same split."""
     from medpredict.config import TrainConfig
-    from medpredict.models import fusion as fusion_models
+    from medpredict.training import fusion as fusion_trainer
 
-    real_drop = fusion_models.drop_modalities
+    real_drop = fusion_trainer.drop_modalities
     current: list[str] = []
 
     def spy(present: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
@@ -189,7 +189,7 @@ def runs(
     with pytest.MonkeyPatch.context() as patch:
         # curves.png is redrawn every epoch (~0.6 s each), longer than a 16-px epoch takes
         patch.setattr("medpredict.training.engine._plot_curves", lambda history, path: None)
-        patch.setattr(fusion_models, "drop_modalities", spy)
+        patch.setattr(fusion_trainer, "drop_modalities", spy)
         trained = {}
         for name, options in variants.items():
             current.append(name)
@@ -245,19 +245,18 @@ def test_training_batches_get_modality_dropout(runs: dict[str, object], hidden: 
 
 def test_bundle_rebuilds_and_predicts_through_the_predictor(runs: dict[str, object], paired: Path) -> None:
     """The wiring the Predictor needs for input_kind 'fusion', exercised with the real Predictor class."""
-    from medpredict.bundle.store import load_bundle
+    from medpredict.bundle.schema import read_bundle
     from medpredict.inference.predictor import Predictor
-    from medpredict.records.cleaning import TableCleaner
 
     run = runs["intermediate"]
-    bundle = load_bundle(run.run_dir)  # type: ignore[attr-defined]
+    bundle = read_bundle(run.run_dir)  # type: ignore[attr-defined]
     assert bundle.meta["input_kind"] == "fusion" and bundle.meta["model"]["kind"] == "fusion"
-    assert bundle.meta["labels"] == ["disease", "healthy"] and bundle.meta["threshold"] is not None
-    assert bundle.meta["data"]["with_image"]["train"] < bundle.meta["data"]["rows"]["train"]
-    model = build_fusion_from_meta(bundle.meta["model"])
+    assert bundle.info.kind == "fused" and bundle.info.config.kind == "fused"
+    assert bundle.info.labels == ("disease", "healthy") and bundle.info.threshold is not None
+    assert bundle.info.data["with_image"]["train"] < bundle.info.data["rows"]["train"]
+    model = bundle.info.build_network()
     model.load_state_dict(bundle.state_dict)
-    cleaner = TableCleaner.from_dict(bundle.read_json("cleaner.json"))
-    predictor = Predictor(bundle, model, torch.device("cpu"), cleaner)
+    predictor = Predictor(bundle, model, torch.device("cpu"), bundle.cleaner())
     assert predictor.input_columns == CLINICAL
 
     frame = pd.read_csv(paired)
@@ -299,7 +298,7 @@ def test_run_folder_splits_by_patient_and_fits_the_cleaner_on_training_rows(
     train = frame[run.splits == "train"]  # type: ignore[attr-defined]
     assert cleaner["columns"]["lab_a"]["median"] == pytest.approx(train["lab_a"].median())
     assert cleaner["columns"]["lab_a"]["median"] != pytest.approx(frame["lab_a"].median())
-    for name in ("config.json", "metrics.json", "splits.csv", "test_predictions.csv", "metrics.jsonl"):
+    for name in ("config.yaml", "metrics.json", "splits.csv", "test_predictions.csv", "metrics.jsonl"):
         assert (run.run_dir / name).is_file()  # type: ignore[attr-defined]
     assert "p0" not in (run.run_dir / "test_predictions.csv").read_text()  # type: ignore[attr-defined]
 
@@ -311,7 +310,7 @@ def test_train_fusion_refuses_bad_input(paired: Path, tmp_path: Path) -> None:
         train_fusion(paired, mode="intermediat", out=tmp_path / "x", progress=False)
     table = tmp_path / "records.csv"
     pd.read_csv(paired).drop(columns="image_path").to_csv(table, index=False)
-    with pytest.raises(DataError, match="tabular train"):
+    with pytest.raises(DataError, match="records train"):
         train_fusion(table, out=tmp_path / "x", progress=False)
 
 

@@ -71,7 +71,7 @@ def test_train_table_writes_a_loadable_bundle(table, tmp_path):
     model.eval()
     x = cleaner.transform(run.data.frame.head(5))
     torch.testing.assert_close(model(torch.as_tensor(x)), run.model(torch.as_tensor(x)))
-    for name in ("metrics.json", "config.json", "cleaning_report.json", "test_predictions.csv"):
+    for name in ("metrics.json", "config.yaml", "cleaning_report.json", "test_predictions.csv"):
         assert (run.run_dir / name).is_file()
     assert "patient_id" not in (run.run_dir / "test_predictions.csv").read_text()
 

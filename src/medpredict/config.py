@@ -2,7 +2,19 @@
 
 A config is validated when it is built: unknown keys are refused with a suggestion, and
 values of the wrong type or out of range are refused with the key and value named.
-``RunConfig.to_dict()`` is what is saved beside every run and inside every bundle.
+``RunConfig.to_dict()`` is what is saved beside every run (``config.yaml``) and inside every
+bundle (``bundle.json["config"]``), for every kind of model: ``kind`` says which sections a
+run reads —
+
+========  ==================================================================================
+kind      sections it reads
+========  ==================================================================================
+image     data, preprocess, augment, model, train
+record    data (source, target or rule such as ``num>0``, task, fractions), record_model,
+          cleaning, train
+fused     all of the above plus fusion (``model`` is the image branch, ``record_model`` the
+          record branch, ``data.clinical_columns`` the record inputs)
+========  ==================================================================================
 """
 
 from __future__ import annotations
@@ -18,7 +30,15 @@ import yaml
 
 from medpredict.errors import ConfigError, did_you_mean
 
+#: Every task a run can have; ``auto`` infers binary/multiclass/regression from the target.
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
+#: The kinds of model a run trains (see :mod:`medpredict.bundle.kinds`).
+RUN_KINDS = ("image", "record", "fused")
+#: The modalities of a fused model.
+MODALITIES = ("image", "record")
+OUTLIER_METHODS = ("iqr", "robust_z", "none")
+OUTLIER_ACTIONS = ("clip", "missing")
+SCALINGS = ("standard", "robust", "none")
 
 
 @dataclass(frozen=True)
@@ -33,7 +53,8 @@ class DataConfig:
         task: ``auto`` infers binary/multiclass from the target's distinct values.
         val_fraction / test_fraction: patient fractions for splits the data does not give.
         channels: 1 for grey, 3 for colour; images are converted on reading.
-        clinical_columns: record columns fed to tabular and fusion models.
+        clinical_columns: the record columns a fused model reads; empty uses every column
+            that is not the target, image, patient or another reserved column.
         max_per_split: keep at most this many rows per split (quick checks); ``None`` keeps all.
         positive: the class a binary model's threshold, sensitivity and PPV refer to (a label
             name); ``None`` takes the second class (label 1).
@@ -190,17 +211,106 @@ class IntendedUseConfig:
 
 
 @dataclass(frozen=True)
+class CleaningConfig:
+    """How the record cleaner treats values; saved with the cleaner.
+
+    Attributes:
+        outliers: ``iqr`` (fences at Q1 - k·IQR, Q3 + k·IQR), ``robust_z`` (|x - median| /
+            (1.4826·MAD) > z) or ``none``. Only ``numeric`` columns, never ordinal codes.
+        outlier_action: ``clip`` to the fence or set ``missing`` (then imputed).
+        iqr_k: the IQR multiple; 3 flags only far-out values ("extreme" in Tukey's terms).
+        robust_z: the robust z threshold.
+        default_ranges: apply the cleaner's plausibility ranges to columns with matching names.
+        missing_indicators: add ``<col>__missing`` for columns with missing training values.
+        scaling: ``standard`` (z-score), ``robust`` (median/IQR) or ``none``.
+        max_categories: keep the most frequent levels; rarer ones share code 0.
+    """
+
+    outliers: str = "iqr"
+    outlier_action: str = "clip"
+    iqr_k: float = 3.0
+    robust_z: float = 5.0
+    default_ranges: bool = True
+    missing_indicators: bool = True
+    scaling: str = "standard"
+    max_categories: int = 50
+
+    def __post_init__(self) -> None:
+        _choice("cleaning.outliers", self.outliers, OUTLIER_METHODS)
+        _choice("cleaning.outlier_action", self.outlier_action, OUTLIER_ACTIONS)
+        _choice("cleaning.scaling", self.scaling, SCALINGS)
+        if self.iqr_k <= 0 or self.robust_z <= 0 or self.max_categories < 1:
+            raise ConfigError(
+                f"iqr_k ({self.iqr_k}), robust_z ({self.robust_z}) and max_categories "
+                f"({self.max_categories}) must be positive."
+            )
+
+
+@dataclass(frozen=True)
+class RecordModelConfig:
+    """The record network of a record or fused run, from ``medpredict.models.tabular``.
+
+    Attributes:
+        name: ``mlp`` or ``transformer``.
+        hparams: keyword arguments of the network beyond its input widths, e.g.
+            ``{"hidden": [64, 32], "dropout": 0.2}``; empty keeps the network's defaults.
+    """
+
+    name: str = "mlp"
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How a fused model joins its image and record branches.
+
+    Attributes:
+        mode: ``intermediate`` (learned projections, a joint head) or ``late`` (averaged heads).
+        modalities: ``("image", "record")``; one alone trains the same pipeline with the other
+            modality hidden in every row (the single-modality ablation).
+        modality_dropout: chance a training row with both modalities is shown only one.
+        fusion_dim / dropout: width and dropout of the fusion head.
+    """
+
+    mode: str = "intermediate"
+    modalities: tuple[str, ...] = MODALITIES
+    modality_dropout: float = 0.2
+    fusion_dim: int = 32
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _choice("fusion.mode", self.mode, ("intermediate", "late"))
+        if not self.modalities:
+            raise ConfigError(f"fusion.modalities is empty; give one or both of {list(MODALITIES)}.")
+        for modality in self.modalities:
+            _choice("fusion.modalities", modality, MODALITIES)
+        _range("fusion.modality_dropout", self.modality_dropout, 0.0, 1.0)
+        _range("fusion.fusion_dim", self.fusion_dim, 1, 4096)
+        _range("fusion.dropout", self.dropout, 0.0, 0.99)
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
+    """Everything one training run needs; saved as ``config.yaml`` in the run folder.
+
+    ``kind`` picks the trainer and the sections it reads (see the module docstring).
+    """
 
     name: str = "run"
     out_dir: str = "runs"
+    kind: str = "image"
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    record_model: RecordModelConfig = field(default_factory=RecordModelConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     intended_use: IntendedUseConfig = field(default_factory=IntendedUseConfig)
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, RUN_KINDS)
 
     @property
     def run_dir(self) -> Path:
@@ -280,6 +390,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}.")
+        return dict(value)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

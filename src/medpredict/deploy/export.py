@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medpredict.atomic import write_bytes, write_json
+from medpredict.bundle.schema import BundleMeta
 from medpredict.errors import BundleError, ConfigError, DataError, require_extra, unknown_choice
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
-INPUT_NAMES = ("image", "record")
 OUTPUT_NAME = "logits"
 QUANT_METHODS = ("static", "dynamic")
 
@@ -137,6 +137,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
     output_names: Sequence[str] = (OUTPUT_NAME,),
+    input_names: Sequence[str] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ONNX at ``path`` and check it against PyTorch.
 
@@ -156,6 +157,8 @@ def export_onnx(
         metadata: extra ``key -> value`` strings stored in the model's metadata.
         output_names: graph output names; the first is the logits (the parity check
             compares it), a model returning a tuple names the rest (e.g. ``features``).
+        input_names: the graph's input names, one per example input; defaults to
+            ``input_0, input_1, ...`` (``image`` for a single input).
 
     Returns:
         The :class:`ExportReport` with the measured ``max_abs_diff``.
@@ -174,10 +177,12 @@ def export_onnx(
             "export_onnx needs at least one example input array, e.g. an image batch (N, C, H, W)."
         )
     path = Path(path)
+    if input_names is not None and len(input_names) != len(example_inputs):
+        raise ConfigError(f"export_onnx got {len(input_names)} input names for {len(example_inputs)} inputs.")
     names = (
-        list(INPUT_NAMES[: len(example_inputs)])
-        if len(example_inputs) <= 2
-        else [f"input_{i}" for i in range(len(example_inputs))]
+        list(input_names)
+        if input_names is not None
+        else ["image"] if len(example_inputs) == 1 else [f"input_{i}" for i in range(len(example_inputs))]
     )
     tensors = tuple(torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in example_inputs)
     was_training = model.training
@@ -500,40 +505,36 @@ def export_run(
 
     bundle_dir = resolve_bundle_dir(Path(run))
     predictor = Predictor.from_bundle(bundle_dir)
-    model = getattr(predictor, "model", None)
-    if model is None:
-        raise BundleError(
-            f"The bundle {bundle_dir} did not load a PyTorch model; only PyTorch bundles export."
-        )
-    shapes = _input_shapes(predictor)
+    info = predictor.bundle.info
+    kind = info.entry
     rng = np.random.default_rng(seed)
-    example = [rng.random((2, *shape), dtype=np.float32) for shape in shapes]
+    example = example_inputs(info, rng, rows=2)
     calibration = None
     if check_inputs is not None:
         checks = list(check_inputs)
     else:
-        own = _run_images(predictor, seed=seed)
+        own = _run_images(info, seed=seed) if kind.name == "image" else None
         if own is not None:
             calibration, checks, check_labels = [own[0]], [own[1]], own[2]
         else:
-            checks = [rng.random((16, *shape), dtype=np.float32) for shape in shapes]
+            checks = example_inputs(info, rng, rows=16)
     out = Path(out_dir) if out_dir is not None else bundle_dir.parent / "onnx"
     weights = bundle_dir / "weights.safetensors"
     meta = {
-        "medpredict.version": str(getattr(predictor, "version", "")),
-        "medpredict.labels": ",".join(getattr(predictor, "labels", [])),
-        "medpredict.task": str(getattr(predictor, "task", "")),
-        "medpredict.input_kind": str(getattr(predictor, "input_kind", "")),
+        "medpredict.version": predictor.version,
+        "medpredict.labels": ",".join(info.labels),
+        "medpredict.task": info.task,
+        "medpredict.input_kind": kind.stored,
         "medpredict.weights_sha256": _sha256(weights) if weights.is_file() else "",
     }
-    exported, outputs = _with_features(model, getattr(predictor, "input_kind", ""))
+    exported, outputs = _with_features(predictor.model, kind.name)
     report = export_onnx(
-        exported, out / "model.onnx", example, parity_inputs=checks, atol=atol, exporter=exporter, metadata=meta,
-        output_names=outputs,
+        exported, out / "model.onnx", example, parity_inputs=checks, atol=atol, exporter=exporter,
+        metadata=meta, input_names=kind.graph_inputs, output_names=outputs,
     )
     if quantize:
-        activation = "sigmoid" if getattr(predictor, "task", "") == "multilabel" else "softmax"
-        method = quant_method or ("static" if getattr(predictor, "input_kind", "") == "image" else "dynamic")
+        activation = "sigmoid" if info.task == "multilabel" else "softmax"
+        method = quant_method or ("static" if kind.name == "image" else "dynamic")
         if method == "static" and calibration is None and check_inputs is None:
             logger.warning("The run's images could not be read: static int8 scales come from random inputs and "
                            "may cost accuracy. Pass check_inputs (preprocessed images) for real scales.")
@@ -574,23 +575,35 @@ def _with_features(model: torch.nn.Module, input_kind: str) -> tuple[torch.nn.Mo
     return LogitsAndFeatures(model, head).eval(), (OUTPUT_NAME, FEATURES_OUTPUT)
 
 
+def example_inputs(info: BundleMeta, rng: np.random.Generator, *, rows: int) -> list[np.ndarray]:
+    """Seeded random inputs of the bundle's network, one array per graph input, ``rows`` deep.
+
+    Images and records are uniform in [0, 1); the fused model's presence mask cycles
+    through both modalities, image only and record only, so every masking path is checked.
+    """
+    arrays = []
+    for name, shape in zip(info.entry.graph_inputs, info.input_shapes(), strict=True):
+        if name == "present":
+            patterns = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+            arrays.append(patterns[np.arange(rows) % len(patterns)])
+        else:
+            arrays.append(rng.random((rows, *shape), dtype=np.float32))
+    return arrays
+
+
 def _run_images(
-    predictor: Any, *, seed: int, calibration_rows: int = 256, check_rows: int = 1000
+    info: BundleMeta, *, seed: int, calibration_rows: int = 256, check_rows: int = 1000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Training images (calibration) and validation images with labels (checks) of an image run.
 
     Returns ``(calibration (N, C, H, W), checks (M, C, H, W), labels (M,))`` float32 in
-    [0, 1], or ``None`` when the bundle is not an image classifier or its data is gone.
+    [0, 1], or ``None`` when the bundle is not a classifier or its data is gone.
     """
-    meta = getattr(predictor, "meta", {})
-    if getattr(predictor, "input_kind", "") != "image" or "config" not in meta:
+    if info.task not in ("binary", "multiclass"):
         return None
-    if getattr(predictor, "task", "") not in ("binary", "multiclass"):
-        return None
-    from medpredict.config import from_dict
     from medpredict.training.image import build_dataset, load_data
 
-    config = from_dict(meta["config"])
+    config = info.config
     try:
         manifest = load_data(config)
     except (DataError, ConfigError, OSError) as exc:
@@ -608,20 +621,6 @@ def _run_images(
     logger.info("Checking the export on %d validation images; int8 scales from %d training images.",
                 len(parts[1][0]), len(parts[0][0]))
     return parts[0][0], parts[1][0], parts[1][1]
-
-
-def _input_shapes(predictor: Any) -> list[tuple[int, ...]]:
-    """Per-sample input shapes of a loaded predictor, from its preprocessing settings."""
-    shapes = getattr(predictor, "input_shapes", None)
-    if shapes:
-        return [tuple(int(v) for v in s) for s in shapes]
-    size, channels, dims = (getattr(predictor, k, None) for k in ("image_size", "channels", "spatial_dims"))
-    if size and channels and dims:
-        return [(int(channels), *([int(size)] * int(dims)))]
-    raise BundleError(
-        "The predictor does not expose 'input_shapes' (one per-sample shape per model input, "
-        "e.g. [(1, 28, 28)]); export needs them to build example inputs."
-    )
 
 
 def _sha256(path: Path) -> str:

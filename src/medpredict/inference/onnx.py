@@ -617,9 +617,9 @@ class OnnxBundlePredictor(Predictor):
             BundleError: the bundle is invalid, the ONNX file is missing, or it was exported
                 from other weights than the bundle's (a stale export).
         """
-        from medpredict.bundle.store import load_bundle
+        from medpredict.bundle.schema import read_bundle
 
-        bundle = load_bundle(Path(path))
+        bundle = read_bundle(Path(path))
         default = bundle.path.parent / "onnx" / ("model.int8.onnx" if int8 else "model.onnx")
         onnx_file = Path(onnx_path) if onnx_path is not None else default
         backend = OnnxBackend(onnx_file, threads=threads)
@@ -633,7 +633,7 @@ class OnnxBundlePredictor(Predictor):
             )
         import torch
 
-        return cls(bundle, backend, torch.device("cpu"))  # type: ignore[arg-type]
+        return cls(bundle, backend, torch.device("cpu"), bundle.cleaner())  # type: ignore[arg-type]
 
     @property
     def card(self) -> dict[str, Any]:

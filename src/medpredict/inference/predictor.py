@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from medpredict.bundle.identity import ModelIdentity
-from medpredict.bundle.store import GUARD, Bundle, load_bundle
+from medpredict.bundle.schema import ModelBundle, read_bundle
+from medpredict.bundle.store import GUARD
 from medpredict.calibration.conformal import SplitConformal
 from medpredict.calibration.ood import MahalanobisDetector
 from medpredict.calibration.posthoc import load_calibration
@@ -67,7 +68,7 @@ class Predictor:
     explanation_method = "grad-cam"
 
     def __init__(
-        self, bundle: Bundle, model: torch.nn.Module, device: torch.device, cleaner: Any = None
+        self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, cleaner: Any = None
     ) -> None:
         self.bundle = bundle
         self.meta = bundle.meta
@@ -88,52 +89,14 @@ class Predictor:
         Raises:
             BundleError: the bundle is missing, tampered with, or of an unknown kind.
         """
-        bundle = load_bundle(Path(path))
-        spec = dict(bundle.meta.get("model", {}))
-        kind = spec.pop("kind", None)
-        cleaner = None
-        if kind == "image":
-            from medpredict.models import build_model
-            from medpredict.models.normalised import InputNormalised
-
-            model: torch.nn.Module = InputNormalised(
-                build_model(
-                    spec["name"],
-                    in_channels=spec["in_channels"],
-                    num_classes=spec["num_classes"],
-                    spatial_dims=spec["spatial_dims"],
-                    dropout=spec.get("dropout", 0.0),
-                )
-            )
-        elif kind == "table":
-            from medpredict.models.tabular import build_tabular_model
-            from medpredict.records.cleaning import TableCleaner
-
-            stored = bundle.read_json("cleaner.json")
-            if stored is None:
-                raise BundleError(
-                    f"The record model in {bundle.path} has no cleaner.json; the bundle is incomplete."
-                )
-            cleaner = TableCleaner.from_dict(stored)
-            model = build_tabular_model(**spec)
-        elif kind == "fusion":
-            from medpredict.records.cleaning import TableCleaner
-            from medpredict.training.fusion import build_fusion_from_meta
-
-            stored = bundle.read_json("cleaner.json")
-            if stored is None:
-                raise BundleError(f"The fusion model in {bundle.path} has no cleaner.json; the bundle is incomplete.")
-            cleaner = TableCleaner.from_dict(stored)
-            model = build_fusion_from_meta(spec)
-        else:
-            raise BundleError(
-                f"{bundle.path} holds a model of unknown kind {kind!r}; is it from a newer medpredict?"
-            )
+        bundle = read_bundle(Path(path))
+        model = bundle.info.build_network()
+        cleaner = bundle.cleaner()
         try:
             model.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
             raise BundleError(
-                f"The weights in {bundle.path} do not fit model '{spec.get('name')}': {exc}"
+                f"The weights in {bundle.path} do not fit model '{bundle.info.model.name}': {exc}"
             ) from exc
         torch_device = torch.device(device)
         return cls(bundle, model.to(torch_device), torch_device, cleaner)
@@ -442,7 +405,7 @@ class Predictor:
         Raises:
             DataError: a row has neither an image nor a record.
         """
-        from medpredict.training.fusion import fusion_inputs
+        from medpredict.models.fusion import fusion_inputs
 
         image_list: list[Any] = list(images or [])
         record_list: list[Any] = list(records or [])
@@ -453,7 +416,8 @@ class Predictor:
         for start in range(0, n, batch_size):
             chunk = slice(start, start + batch_size)
             inputs = fusion_inputs(
-                image_list[chunk], record_list[chunk], prepare_image=self.prepare, cleaner=self.cleaner
+                image_list[chunk], record_list[chunk], prepare_image=self.prepare, cleaner=self.cleaner,
+                image_shape=self.bundle.info.image.shape if self.bundle.info.image else None,
             )
             with torch.no_grad():
                 logits = self.model(*(None if t is None else t.to(self.device) for t in inputs)).float().cpu().numpy()

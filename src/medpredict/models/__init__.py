@@ -18,7 +18,7 @@ from medpredict.models import image
 from medpredict.models.spec import ModelSpec
 from medpredict.models.weights import WeightsReport, load_weights
 
-__all__ = ["MODELS", "ModelSpec", "WeightsReport", "build_model", "load_weights"]
+__all__ = ["MODELS", "ModelSpec", "WeightsReport", "build_model", "check_input_size", "load_weights"]
 
 MODELS: dict[str, ModelSpec] = {
     # ~0.31 M parameters; the default: a few minutes per PneumoniaMNIST run on 2 CPU cores
@@ -87,6 +87,27 @@ MODELS: dict[str, ModelSpec] = {
         default_size=224,
     ),
 }
+
+
+def check_input_size(name: str, size: int) -> None:
+    """Refuse an input side below the network's smallest (:attr:`ModelSpec.min_size`).
+
+    Called before any data is read, so a training run fails in a second instead of after
+    loading every image.
+
+    Raises:
+        ConfigError: unknown name, or ``size`` below the minimum (names the model, the size,
+            the minimum and the size the network is meant for).
+    """
+    if name not in MODELS:
+        raise unknown_choice("model", name, MODELS)
+    spec = MODELS[name]
+    if size < spec.min_size:
+        raise ConfigError(
+            f"Model '{name}' needs images of at least {spec.min_size} px per side; the image size is {size}. "
+            f"Pass --image-size {spec.min_size} or more ({name} is meant for {spec.default_size} px), "
+            "or choose a model for small images such as tiny-resnet."
+        )
 
 
 def build_model(

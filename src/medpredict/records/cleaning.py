@@ -32,15 +32,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medpredict.errors import ConfigError, DataError, did_you_mean, unknown_choice
+from medpredict.config import CleaningConfig
+from medpredict.errors import DataError, did_you_mean, unknown_choice
 from medpredict.records.tables import TableSchema, clean_token
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "medpredict.table_cleaner/1"
-OUTLIER_METHODS = ("iqr", "robust_z", "none")
-OUTLIER_ACTIONS = ("clip", "missing")
-SCALINGS = ("standard", "robust", "none")
 MISSING_COLUMNS = ("error", "impute")
 
 # Physiologically plausible ranges, in the units these columns are usually recorded in.
@@ -78,46 +76,6 @@ DEFAULT_RANGES: dict[tuple[str, ...], tuple[float, float]] = {
 def default_range(column: str) -> tuple[float, float] | None:
     """The built-in plausibility range for a column name, or ``None``."""
     return next((bounds for names, bounds in DEFAULT_RANGES.items() if column in names), None)
-
-
-@dataclass(frozen=True)
-class CleaningConfig:
-    """How the cleaner treats values; saved with the cleaner.
-
-    Attributes:
-        outliers: ``iqr`` (fences at Q1 - k·IQR, Q3 + k·IQR), ``robust_z`` (|x - median| /
-            (1.4826·MAD) > z) or ``none``. Only ``numeric`` columns, never ordinal codes.
-        outlier_action: ``clip`` to the fence or set ``missing`` (then imputed).
-        iqr_k: the IQR multiple; 3 flags only far-out values ("extreme" in Tukey's terms).
-        robust_z: the robust z threshold.
-        default_ranges: apply :data:`DEFAULT_RANGES` to columns with matching names.
-        missing_indicators: add ``<col>__missing`` for columns with missing training values.
-        scaling: ``standard`` (z-score), ``robust`` (median/IQR) or ``none``.
-        max_categories: keep the most frequent levels; rarer ones share code 0.
-    """
-
-    outliers: str = "iqr"
-    outlier_action: str = "clip"
-    iqr_k: float = 3.0
-    robust_z: float = 5.0
-    default_ranges: bool = True
-    missing_indicators: bool = True
-    scaling: str = "standard"
-    max_categories: int = 50
-
-    def __post_init__(self) -> None:
-        for key, value, choices in (
-            ("outliers", self.outliers, OUTLIER_METHODS),
-            ("outlier_action", self.outlier_action, OUTLIER_ACTIONS),
-            ("scaling", self.scaling, SCALINGS),
-        ):
-            if value not in choices:
-                raise unknown_choice(f"cleaning option {key}", value, choices)
-        if self.iqr_k <= 0 or self.robust_z <= 0 or self.max_categories < 1:
-            raise ConfigError(
-                f"iqr_k ({self.iqr_k}), robust_z ({self.robust_z}) and max_categories "
-                f"({self.max_categories}) must be positive."
-            )
 
 
 @dataclass

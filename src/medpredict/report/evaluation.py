@@ -156,7 +156,11 @@ def _conformal_section(
     if conformal is not None:
         predictor, source = SplitConformal.from_dict(conformal), "bundle (validation)"
     elif y_val is not None and probs_val is not None:
-        predictor = SplitConformal(alpha=alpha).fit(probs_val, y_val)
+        try:
+            predictor = SplitConformal(alpha=alpha).fit(probs_val, y_val)
+        except DataError as exc:  # too few validation rows of some class for this alpha
+            logger.warning("No prediction sets in the report: %s", exc)
+            return None
         source = "validation"
     else:
         return None

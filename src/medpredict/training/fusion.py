@@ -1,4 +1,4 @@
-"""Train an image + record fusion model from a manifest, and rebuild it for prediction.
+"""Train an image + record fusion model from a manifest.
 
 A manifest row with both ``image_path`` and clinical columns is one paired sample. A
 row may lack either: an empty ``image_path`` cell means "no image", a row whose clinical
@@ -9,28 +9,27 @@ paths (:class:`~medpredict.models.fusion.FusionNet` masks absent modalities).
 the training rows only, trains with the shared engine on
 ``ArrayDataset((images_uint8, records_float, present_mask), target)`` with image
 augmentation and modality dropout on training batches, fits calibration, threshold and
-conformal sets on validation (:func:`medpredict.training.image.post_fit`), evaluates the
+conformal sets on validation (:func:`medpredict.training.postfit.post_fit`), evaluates the
 model with both modalities and with each one alone, and writes a run folder::
 
-    config.json            the resolved settings
+    config.yaml            the resolved config (medpredict.config.RunConfig, kind "fused")
     metrics.json           val/test metrics: fused, image only, record only
     splits.csv             row -> split (no patient ids)
     test_predictions.csv   calibrated test probabilities (row numbers, never ids)
     metrics.jsonl, curves.png, checkpoint.safetensors   from the engine
     model/                 the bundle: weights, bundle.json (input_kind "fusion"), cleaner.json
 
-For the predictor, :func:`build_fusion_from_meta` rebuilds the network from
-``bundle.json``'s ``model`` entry, and :func:`fusion_inputs` /
-:func:`prepare_fusion_batch` turn images and records, either of which may be missing per
-row, into the network's three inputs.
+The bundle's network entry (:class:`medpredict.bundle.kinds.FusedNet`) rebuilds the network
+for prediction; :func:`medpredict.models.fusion.fusion_inputs` turns raw images and records
+into its three inputs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,40 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medpredict.errors import ConfigError, DataError, unknown_choice
+from medpredict.atomic import write_json, write_text
+from medpredict.bundle.kinds import FusedNet, ImageInput, ImageNet, RecordInput, RecordNet
+from medpredict.bundle.schema import BundleMeta, write_bundle
+from medpredict.calibration.posthoc import load_calibration
+from medpredict.config import (
+    MODALITIES,
+    AugmentConfig,
+    CleaningConfig,
+    DataConfig,
+    FusionConfig,
+    ModelConfig,
+    PreprocessConfig,
+    RecordModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
+from medpredict.data.manifest import IMAGE_COLUMN_ALIASES, PATIENT_COLUMN_ALIASES, from_frame
+from medpredict.data.splits import assign_splits, require_no_leakage
+from medpredict.data.transforms import BatchAugment, Normalisation
+from medpredict.errors import DataError, unknown_choice
+from medpredict.evaluation.metrics import classification_metrics
+from medpredict.models import build_model, check_input_size
+from medpredict.models.fusion import FusionNet, drop_modalities
+from medpredict.models.normalised import InputNormalised
+from medpredict.models.tabular import TABULAR_MODELS, build_tabular_model
+from medpredict.records.cleaning import TableCleaner
+from medpredict.records.tables import clean_token, infer_schema
+from medpredict.training.engine import FitResult, class_weights, fit, predict_logits
+from medpredict.training.image import training_summary
+from medpredict.training.postfit import post_fit
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "record")
 # Manifest columns that are never clinical inputs (besides the target, image and patient columns).
 RESERVED_COLUMNS = frozenset(
     {"image_path", "patient_id", "study_id", "target", "label_name", "split", "sha256", "site", "time"}
@@ -51,7 +79,7 @@ RESERVED_COLUMNS = frozenset(
 
 @dataclass
 class FusionRun:
-    """What :func:`train_fusion` produced."""
+    """What :func:`train_fused` produced."""
 
     run_dir: Path
     bundle_dir: Path
@@ -60,140 +88,54 @@ class FusionRun:
     splits: np.ndarray
     best_epoch: int
 
+    def summary(self) -> str:
+        """Each view's AUC with its interval, and where the run went."""
+        lines = []
+        for view, splits in self.metrics["views"].items():
+            result = splits.get("test") or splits.get("val") or {}
+            low, high = result.get("auc_ci") or [float("nan"), float("nan")]
+            lines.append(f"{view:12s} auc {result.get('auc', float('nan')):.3f} [{low:.3f}, {high:.3f}]")
+        return "\n".join([*lines, f"Run folder: {self.run_dir} (bundle in {self.bundle_dir})"])
 
-# --------------------------------------------------------------------------- rebuild + inputs
 
+@dataclass
+class FusedData:
+    """A fused manifest read and split by patient, with each row's modalities known.
 
-def build_fusion_from_meta(meta_model: Mapping[str, Any]) -> torch.nn.Module:
-    """Rebuild an untrained :class:`FusionNet` from a bundle's ``model`` entry.
-
-    ``meta_model`` is ``bundle.json["model"]``, with or without its ``kind`` key; load the
-    bundle's weights into the result (they include the image normalisation statistics).
-
-    Raises:
-        ConfigError: the entry is not a fusion model's or names unknown networks.
+    Attributes:
+        frame: the manifest rows (``image_path`` is ``""`` where a row has no image), with ``split``.
+        labels / task: the target's classes and task.
+        columns: the clinical columns the model reads.
+        split: ``train``/``val``/``test`` per row.
+        part: row numbers per split (rows with no modality in use left out).
+        has_image / has_record: per row, whether that modality is present and in use.
+        image_column / patient_column: the manifest's columns, as resolved.
     """
-    from medpredict.models import build_model
-    from medpredict.models.fusion import FusionNet
-    from medpredict.models.normalised import InputNormalised
-    from medpredict.models.tabular import build_tabular_model
 
-    spec = dict(meta_model)
-    if spec.pop("kind", "fusion") != "fusion" or "image" not in spec or "table" not in spec:
-        raise ConfigError(f"Not a fusion model entry (expected kind 'fusion' with image and table): {meta_model!r}.")
-    image = dict(spec["image"])
-    image_net = InputNormalised(
-        build_model(
-            image["name"],
-            in_channels=int(image["in_channels"]),
-            num_classes=int(image["num_classes"]),
-            spatial_dims=int(image.get("spatial_dims", 2)),
-            dropout=float(image.get("dropout", 0.0)),
-        )
-    )
-    table_net = build_tabular_model(**dict(spec["table"]))
-    return FusionNet(
-        image_net,
-        table_net.encoder,
-        int(spec["num_classes"]),
-        mode=str(spec["mode"]),
-        modality_dropout=float(spec.get("modality_dropout", 0.0)),
-        fusion_dim=int(spec["fusion_dim"]),
-        dropout=float(spec["dropout"]),
-    )
+    frame: pd.DataFrame
+    labels: tuple[str, ...]
+    task: str
+    columns: list[str]
+    split: np.ndarray
+    part: dict[str, np.ndarray]
+    has_image: np.ndarray
+    has_record: np.ndarray
+    image_column: str
+    patient_column: str | None
 
+    def images(self, rows: np.ndarray) -> list[str | None]:
+        """The rows' image paths, ``None`` where a row has no image (as the predictor takes them)."""
+        paths = self.frame["image_path"].to_numpy()
+        return [str(paths[i]) if self.has_image[i] else None for i in rows]
 
-def _rows(values: torch.Tensor | Sequence[torch.Tensor | None] | None, n: int, what: str) -> list[torch.Tensor | None]:
-    if values is None:
-        return [None] * n
-    rows = list(values)
-    if len(rows) > n:
-        raise DataError(f"Got {len(rows)} {what}s for {n} rows; give at most one {what} per row.")
-    return rows + [None] * (n - len(rows))
+    def records(self, rows: np.ndarray) -> list[dict[str, Any] | None]:
+        """The rows' clinical values as dicts, ``None`` where a row has no record."""
+        values = self.frame[self.columns].astype(object)
 
+        def record(i: int) -> dict[str, Any]:
+            return {c: (None if clean_token(v) is None else v) for c, v in values.iloc[i].items()}
 
-def prepare_fusion_batch(
-    images: torch.Tensor | Sequence[torch.Tensor | None] | None,
-    records: torch.Tensor | Sequence[torch.Tensor | None] | None,
-    n: int,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """Stack prepared inputs, any of which may be missing, into ``FusionNet``'s inputs.
-
-    Args:
-        images: ``(N, C, H, W)`` float32 in [0, 1], or a list of ``(C, H, W)`` tensors with
-            ``None`` for rows without an image, or ``None`` (no images at all). A list
-            shorter than ``n`` leaves the last rows without an image.
-        records: ``(N, F)`` cleaner output, or a list of ``(F,)`` rows / ``None``, or ``None``.
-        n: number of rows.
-
-    Returns:
-        ``(image, record, present)``: stacked tensors (zeros in absent rows; ``None`` when no
-        row has that modality) and the ``(N, 2)`` float presence mask (image, record).
-
-    Raises:
-        DataError: a row has neither an image nor a record, or a list is longer than ``n``.
-    """
-    image_rows, record_rows = _rows(images, n, "image"), _rows(records, n, "record")
-    present = torch.tensor(
-        [[float(i is not None), float(r is not None)] for i, r in zip(image_rows, record_rows, strict=True)],
-        dtype=torch.float32,
-    ).reshape(n, 2)
-    empty = torch.nonzero(present.sum(dim=1) == 0).flatten().tolist()
-    if empty:
-        raise DataError(
-            f"Rows {empty[:10]} have neither an image nor a clinical record; give at least one of them per row."
-        )
-
-    def stack(rows: list[torch.Tensor | None]) -> torch.Tensor | None:
-        given = [r for r in rows if r is not None]
-        if not given:
-            return None
-        template = torch.zeros_like(torch.as_tensor(given[0], dtype=torch.float32))
-        return torch.stack([template if r is None else torch.as_tensor(r, dtype=torch.float32) for r in rows])
-
-    return stack(image_rows), stack(record_rows), present
-
-
-def fusion_inputs(
-    images: Sequence[Any] | None,
-    records: Sequence[Mapping[str, Any] | None] | None,
-    *,
-    prepare_image: Callable[[Any], torch.Tensor],
-    cleaner: Any,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """Raw images and clinical records (either may be ``None`` per row) -> ``FusionNet`` inputs.
-
-    Args:
-        images: arrays as out of the readers, or paths; ``None`` entries for missing images.
-        records: dicts of clinical values; ``None``, or a dict with no value for any of the
-            model's columns, means no record for that row.
-        prepare_image: one image -> ``(C, H, W)`` in [0, 1] (the predictor's ``prepare``).
-        cleaner: the bundle's fitted :class:`~medpredict.records.cleaning.TableCleaner`.
-
-    Raises:
-        DataError: a row has neither modality, or a record lacks a column the model reads.
-    """
-    from medpredict.records.tables import clean_token
-
-    images, records = list(images or []), list(records or [])
-    n = max(len(images), len(records))
-    if n == 0:
-        raise DataError("No inputs given: send images, clinical records or both.")
-    columns = list(cleaner.columns_)
-    given = [
-        i for i, r in enumerate(records) if r is not None and any(clean_token(r.get(c)) is not None for c in columns)
-    ]
-    record_rows: list[torch.Tensor | None] = [None] * n
-    if given:
-        frame = pd.DataFrame([dict(records[i]) for i in given]).astype(object)  # type: ignore[arg-type]
-        cleaned = torch.as_tensor(cleaner.transform(frame), dtype=torch.float32)
-        for row, i in zip(cleaned, given, strict=True):
-            record_rows[i] = row
-    image_rows = [None if image is None else prepare_image(image) for image in images]
-    return prepare_fusion_batch(image_rows, record_rows, n)
-
-
-# --------------------------------------------------------------------------- training
+        return [record(i) if self.has_record[i] else None for i in rows]
 
 
 def _read_manifest(path: Path) -> pd.DataFrame:
@@ -217,12 +159,10 @@ def _pick_column(frame: pd.DataFrame, given: str | None, aliases: Sequence[str])
 
 
 def _missing(values: pd.Series) -> np.ndarray:
-    from medpredict.records.tables import clean_token
-
     return values.map(clean_token).isna().to_numpy()
 
 
-def train_fusion(
+def fused_config(
     manifest_path: str | Path,
     *,
     target: str = "label",
@@ -240,127 +180,91 @@ def train_fusion(
     table_hparams: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     seed: int | None = None,
-    train: Any = None,
-    augment: Any = None,
-    cleaning: Any = None,
+    train: TrainConfig | None = None,
+    augment: AugmentConfig | None = None,
+    cleaning: CleaningConfig | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     image_column: str | None = None,
     patient_column: str | None = None,
-    n_boot: int = 1000,
-    progress: bool = True,
-) -> FusionRun:
-    """Train an image + record fusion classifier on a manifest and write a run folder.
-
-    Args:
-        manifest_path: CSV/TSV/Parquet with an image column, clinical columns, the target
-            and (recommended) a patient column; an optional ``split`` column is respected.
-        target: the target column (binary or multiclass).
-        clinical_columns: record columns to use; ``None`` uses every column except the
-            target, image, patient and :data:`RESERVED_COLUMNS`.
-        image_model: a key of :data:`medpredict.models.MODELS`.
-        image_size / channels: images are resized to ``image_size`` square, 1 or 3 channels.
-        mode: ``intermediate`` or ``late`` fusion.
-        modalities: ``("image", "record")``; one of them alone trains the same pipeline with
-            the other modality hidden in every row (the single-modality ablation).
-        modality_dropout: chance a training row with both modalities is shown only one.
-        fusion_dim / dropout: width and dropout of the fusion head.
-        table_model / table_hparams: the record encoder (``mlp`` or ``transformer``).
-        epochs / seed: override ``train``'s values when given.
-        train: a :class:`~medpredict.config.TrainConfig` (default: its defaults, batch 64).
-        augment: an :class:`~medpredict.config.AugmentConfig` for training images.
-        cleaning: a :class:`~medpredict.records.cleaning.CleaningConfig`.
-        val_fraction / test_fraction: patient fractions held out when the manifest gives no split.
-        n_boot: patient-bootstrap replicates for the metric intervals.
+) -> RunConfig:
+    """The :class:`~medpredict.config.RunConfig` (kind ``fused``) for :func:`train_fusion`'s arguments.
 
     Raises:
-        DataError: unreadable manifest, missing columns, a regression target, too few patients.
-        ConfigError: an unknown model, mode or modality.
+        ConfigError: an unknown model, mode or modality, or an image size below the model's minimum.
     """
-    from medpredict.atomic import write_json, write_text
-    from medpredict.bundle.store import save_bundle
-    from medpredict.config import AugmentConfig, PreprocessConfig, TrainConfig
-    from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
-    from medpredict.data.manifest import IMAGE_COLUMN_ALIASES, PATIENT_COLUMN_ALIASES, from_frame
-    from medpredict.data.splits import assign_splits, require_no_leakage
-    from medpredict.data.transforms import BatchAugment, Normalisation
-    from medpredict.models import MODELS, build_model
-    from medpredict.models.fusion import FUSION_MODES, FusionNet, drop_modalities
-    from medpredict.models.normalised import InputNormalised
-    from medpredict.models.tabular import build_tabular_model
-    from medpredict.records.cleaning import TableCleaner
-    from medpredict.records.tables import infer_schema
-    from medpredict.training.engine import class_weights, fit, predict_logits
-    from medpredict.training.image import training_summary
-    from medpredict.training.postfit import post_fit
-
-    started = time.monotonic()
-    if image_model not in MODELS:
-        raise unknown_choice("image model", image_model, MODELS)
-    if mode not in FUSION_MODES:
-        raise unknown_choice("fusion mode", mode, FUSION_MODES)
-    modalities = tuple(modalities)
-    for name in modalities:
-        if name not in MODALITIES:
-            raise unknown_choice("modality", name, MODALITIES)
-    if not modalities:
-        raise ConfigError(f"modalities is empty; give one or both of {MODALITIES}.")
-    if image_size < MODELS[image_model].min_size:
-        raise ConfigError(
-            f"image_size {image_size} is below {image_model}'s smallest input ({MODELS[image_model].min_size} px)."
-        )
-    config = train or TrainConfig(batch_size=64)
-    config = replace(
-        config,
-        epochs=config.epochs if epochs is None else epochs,
-        seed=config.seed if seed is None else seed,
+    train = train or TrainConfig(batch_size=64)
+    train = replace(train, epochs=train.epochs if epochs is None else epochs, seed=train.seed if seed is None else seed)
+    out = Path(out)
+    return RunConfig(
+        name=out.name,
+        out_dir=str(out.parent),
+        kind="fused",
+        data=DataConfig(
+            source=str(Path(manifest_path).expanduser()),
+            target=target,
+            image_column=image_column,
+            patient_column=patient_column,
+            channels=channels,
+            clinical_columns=tuple(clinical_columns or ()),
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+        ),
+        preprocess=PreprocessConfig(image_size=image_size, spatial_dims=2),
+        augment=augment or AugmentConfig(),
+        model=ModelConfig(name=image_model),
+        record_model=RecordModelConfig(name=table_model, hparams=dict(table_hparams or {})),
+        cleaning=cleaning or CleaningConfig(),
+        fusion=FusionConfig(
+            mode=mode,
+            modalities=tuple(modalities),
+            modality_dropout=modality_dropout,
+            fusion_dim=fusion_dim,
+            dropout=dropout,
+        ),
+        train=train,
     )
-    preprocess = PreprocessConfig(image_size=image_size, spatial_dims=2)
-    path = Path(manifest_path).expanduser()
+
+
+def load_fused_data(config: RunConfig) -> FusedData:
+    """Read a fused run's manifest and split it by patient exactly as training does.
+
+    ``config.data.clinical_columns`` empty uses every column but the target, image, patient
+    and :data:`RESERVED_COLUMNS`.
+
+    Raises:
+        DataError: unreadable manifest, missing columns, a regression target, an empty split.
+    """
+    data = config.data
+    path = Path(data.source).expanduser()
     if not path.is_file():
         raise DataError(f"Manifest not found: {path}. Give a CSV/TSV/Parquet with image_path and clinical columns.")
-
-    # ---- manifest, modality presence, splits
     raw = _read_manifest(path).reset_index(drop=True)
-    image_col = _pick_column(raw, image_column, IMAGE_COLUMN_ALIASES)
+    image_col = _pick_column(raw, data.image_column, IMAGE_COLUMN_ALIASES)
     if image_col is None:
         raise DataError(
             f"{path} has no image column (looked for {', '.join(IMAGE_COLUMN_ALIASES)}); a fusion model needs "
-            "image paths and clinical columns. For records alone use 'medpredict tabular train'."
+            "image paths and clinical columns. For records alone use 'medpredict records train'."
         )
     if image_col not in raw.columns:
         raise DataError(f"The image column '{image_col}' is not in {path}. Columns: {list(raw.columns)}.")
-    patient_col = _pick_column(raw, patient_column, PATIENT_COLUMN_ALIASES)
+    patient_col = _pick_column(raw, data.patient_column, PATIENT_COLUMN_ALIASES)
     image_missing = _missing(raw[image_col])
     # from_frame resolves every cell as a path; an empty cell (NaN) would break it.
     paths = raw[image_col].astype(object).where(~image_missing, "")
     manifest = from_frame(
-        raw.assign(**{image_col: paths}),
-        source=str(path),
-        root=path.parent,
-        target=target,
-        image_column=image_col,
-        patient_column=patient_col,
-        task="auto",
+        raw.assign(**{image_col: paths}), source=str(path), root=path.parent, target=data.target,
+        image_column=image_col, patient_column=patient_col, task="auto",
     )
     if manifest.task not in ("binary", "multiclass"):
         raise DataError(
-            f"Fusion models are classifiers; the target '{target}' of {path} looks like a {manifest.task} target."
+            f"Fusion models are classifiers; the target '{data.target}' of {path} looks like a {manifest.task} target."
         )
-    frame = manifest.frame
-    reserved = set(RESERVED_COLUMNS) | {target, image_col, patient_col}
-    if clinical_columns is None:
-        columns = [str(c) for c in raw.columns if c not in reserved]
-    else:
-        columns = list(clinical_columns)
-        absent = [c for c in columns if c not in frame.columns]
-        if absent:
-            raise DataError(f"Clinical column(s) {absent} are not in {path}. Columns: {list(raw.columns)}.")
-    if not columns:
-        raise DataError(f"{path} has no clinical columns besides the reserved ones; name them with clinical_columns.")
-    keys = frame["sha256"] if "sha256" in frame.columns else None
+    columns = _clinical_columns(raw, manifest.frame, config, {data.target, image_col, patient_col}, path)
+    keys = manifest.frame["sha256"] if "sha256" in manifest.frame.columns else None
     frame = assign_splits(
-        manifest, val_fraction=val_fraction, test_fraction=test_fraction, seed=config.seed, content_keys=keys
+        manifest, val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=config.train.seed,
+        content_keys=keys,
     ).frame
     require_no_leakage(frame, keys)
     split = frame["split"].to_numpy()
@@ -368,243 +272,305 @@ def train_fusion(
     for name in ("train", "val"):
         if len(part[name]) == 0:
             raise DataError(f"The {name} split of {path} is empty; give more patients or other fractions.")
-
-    has_image = np.asarray(~image_missing, dtype=bool)
+    modalities = config.fusion.modalities
+    has_image = np.asarray(~image_missing, dtype=bool) & ("image" in modalities)
     has_record = np.asarray(~np.column_stack([_missing(frame[c]) for c in columns]).all(axis=1), dtype=bool)
-    if "image" not in modalities:
-        has_image = np.zeros(len(frame), dtype=bool)
-    if "record" not in modalities:
-        has_record = np.zeros(len(frame), dtype=bool)
-    neither = np.flatnonzero(~has_image & ~has_record)
-    if len(neither):
-        log.warning(
-            "%d rows have none of the modalities used (%s); they are left out.", len(neither), ", ".join(modalities)
-        )
-        keep = has_image | has_record
-        part = {name: rows[keep[rows]] for name, rows in part.items()}
+    has_record &= "record" in modalities
+    neither = ~has_image & ~has_record
+    if neither.any():
+        log.warning("%d rows have none of the modalities used (%s); they are left out.", int(neither.sum()),
+                    ", ".join(modalities))
+        part = {name: rows[~neither[rows]] for name, rows in part.items()}
+    return FusedData(
+        frame, tuple(manifest.labels), manifest.task, columns, split, part, has_image, has_record,
+        image_column=image_col, patient_column=patient_col,
+    )
 
-    # ---- records: schema and cleaner from training rows that have a record
-    train_records = part["train"][has_record[part["train"]]] if has_record.any() else part["train"]
-    record_frame = frame[columns].astype(object)
+
+def _clinical_columns(
+    raw: pd.DataFrame, frame: pd.DataFrame, config: RunConfig, used: set[str | None], path: Path
+) -> list[str]:
+    if not config.data.clinical_columns:
+        reserved = set(RESERVED_COLUMNS) | used
+        columns = [str(c) for c in raw.columns if c not in reserved]
+    else:
+        columns = list(config.data.clinical_columns)
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise DataError(f"Clinical column(s) {absent} are not in {path}. Columns: {list(raw.columns)}.")
+    if not columns:
+        raise DataError(f"{path} has no clinical columns besides the reserved ones; name them with clinical_columns.")
+    return columns
+
+
+def _fit_cleaner(data: FusedData, config: RunConfig) -> TableCleaner:
+    """Schema and cleaner from the training rows that have a record."""
+    train = data.part["train"]
+    train_records = train[data.has_record[train]] if data.has_record.any() else train
     if not len(train_records):
-        train_records = part["train"]  # an image-only ablation: the cleaner is fitted but never used
+        train_records = train  # an image-only ablation: the cleaner is fitted but never used
+    record_frame = data.frame[data.columns].astype(object)
     schema = infer_schema(
-        pd.concat([record_frame.iloc[train_records], frame[["target"]].iloc[train_records]], axis=1),
+        pd.concat([record_frame.iloc[train_records], data.frame[["target"]].iloc[train_records]], axis=1),
         target="target",
     )
-    unused = [c for c in columns if c not in schema.features()]
+    unused = [c for c in data.columns if c not in schema.features()]
     if unused:
         log.warning("Clinical columns not used as features (id-like, dates or empty in training): %s.", unused)
-    cleaner = TableCleaner(schema, cleaning).fit(record_frame.iloc[train_records])
-    records = cleaner.transform(record_frame).astype(np.float32)
-    records[~has_record] = 0.0
+    return TableCleaner(schema, config.cleaning).fit(record_frame.iloc[train_records])
 
-    # ---- images: read once, uint8; absent images are zeros
-    images = torch.zeros((len(frame), channels, image_size, image_size), dtype=torch.uint8)
-    rows_with_image = np.flatnonzero(has_image)
-    if len(rows_with_image):
-        images[rows_with_image] = load_images(
-            frame["image_path"].iloc[rows_with_image].tolist(), preprocess, channels, progress=progress
+
+def _read_images(data: FusedData, config: RunConfig, progress: bool) -> torch.Tensor:
+    """Every row's image, read once as uint8 ``(N, C, S, S)``; absent images are zeros."""
+    size, channels = config.preprocess.image_size, config.data.channels
+    images = torch.zeros((len(data.frame), channels, size, size), dtype=torch.uint8)
+    rows = np.flatnonzero(data.has_image)
+    if len(rows):
+        images[rows] = load_images(
+            data.frame["image_path"].iloc[rows].tolist(), config.preprocess, channels, progress=progress
         )
-    train_images = rows_with_image[np.isin(rows_with_image, part["train"])]
-    normalisation = (
-        Normalisation.fit(images[train_images].float().div(255), preprocess.normalize)
-        if len(train_images)
-        else Normalisation()
-    )
+    return images
 
-    present = torch.tensor(np.stack([has_image, has_record], axis=1), dtype=torch.float32)
-    target_all = target_tensor(frame["target"].tolist(), manifest.task)
-    records_t = torch.from_numpy(records)
 
-    def dataset(rows: np.ndarray, mask: torch.Tensor | None = None) -> ArrayDataset:
-        index = torch.as_tensor(rows, dtype=torch.long)
-        shown = present[index] if mask is None else present[index] * mask
-        return ArrayDataset((images[index], records_t[index], shown), target_all[index])
-
-    # ---- the network
-    num_classes = len(manifest.labels)
-    image_spec = {
-        "name": image_model,
-        "in_channels": channels,
-        "num_classes": num_classes,
-        "spatial_dims": 2,
-        "dropout": 0.0,
-    }
+def _network(
+    config: RunConfig, cleaner: TableCleaner, normalisation: Normalisation, num_classes: int
+) -> tuple[FusionNet, dict[str, Any]]:
+    """The untrained fusion network, its weights drawn from the run's seed, and the record branch's hparams."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # weight initialisation is part of the run's seeded randomness
+        torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
         image_net = InputNormalised(
-            build_model(image_model, in_channels=channels, num_classes=num_classes, spatial_dims=2),
+            build_model(config.model.name, in_channels=config.data.channels, num_classes=num_classes,
+                        spatial_dims=2, dropout=config.model.dropout),
             normalisation.mean,
             normalisation.std,
         )
         table_net = build_tabular_model(
-            table_model,
+            config.record_model.name,
             n_continuous=cleaner.n_continuous_,
             cardinalities=cleaner.cardinalities_,
             num_classes=num_classes,
-            **dict(table_hparams or {}),
+            **config.record_model.hparams,
         )
+        fusion = config.fusion
         model = FusionNet(
-            image_net,
-            table_net.encoder,
-            num_classes,
-            mode=mode,
-            modality_dropout=modality_dropout,
-            fusion_dim=fusion_dim,
-            dropout=dropout,
+            image_net, table_net.encoder, num_classes, mode=fusion.mode, modality_dropout=fusion.modality_dropout,
+            fusion_dim=fusion.fusion_dim, dropout=fusion.dropout,
         )
-    augmenter = BatchAugment(augment or AugmentConfig(), 2)
-    hide = modality_dropout if len(modalities) == 2 else 0.0
+    return model, dict(table_net.hparams)
+
+
+@dataclass
+class _Arrays:
+    """A fused run's inputs in memory: uint8 images, cleaned records, presence mask, targets."""
+
+    images: torch.Tensor
+    records: torch.Tensor
+    present: torch.Tensor
+    target: torch.Tensor
+
+    def dataset(self, rows: np.ndarray, mask: torch.Tensor | None = None) -> ArrayDataset:
+        """The rows as the network's training input; ``mask`` hides a modality in every row."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        shown = self.present[index] if mask is None else self.present[index] * mask
+        return ArrayDataset((self.images[index], self.records[index], shown), self.target[index])
+
+
+def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True) -> FusionRun:
+    """Train an image + record fusion classifier as configured and write its run folder.
+
+    Args:
+        config: a :class:`~medpredict.config.RunConfig` of kind ``fused`` (see
+            :func:`fused_config` for the keyword form).
+        n_boot: patient-bootstrap replicates for the metric intervals.
+
+    Raises:
+        DataError: unreadable manifest, missing columns, a regression target, too few patients.
+        ConfigError: an unknown model or record model, or an image size below the model's minimum.
+    """
+    started = time.monotonic()
+    check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read
+    if config.record_model.name not in TABULAR_MODELS:
+        raise unknown_choice("record model", config.record_model.name, TABULAR_MODELS)
+    data = load_fused_data(config)
+    cleaner = _fit_cleaner(data, config)
+    records = cleaner.transform(data.frame[data.columns].astype(object)).astype(np.float32)
+    records[~data.has_record] = 0.0
+    images = _read_images(data, config, progress)
+    train_images = np.flatnonzero(data.has_image)[np.isin(np.flatnonzero(data.has_image), data.part["train"])]
+    normalisation = (
+        Normalisation.fit(images[train_images].float().div(255), config.preprocess.normalize)
+        if len(train_images)
+        else Normalisation()
+    )
+    arrays = _Arrays(
+        images,
+        torch.from_numpy(records),
+        torch.tensor(np.stack([data.has_image, data.has_record], axis=1), dtype=torch.float32),
+        target_tensor(data.frame["target"].tolist(), data.task),
+    )
+    config = replace(config, data=replace(
+        config.data, task=data.task, clinical_columns=tuple(data.columns), image_column=data.image_column,
+        patient_column=data.patient_column,
+    ))  # resolved: what evaluation reads back to find the same rows
+    model, record_hparams = _network(config, cleaner, normalisation, len(data.labels))
+    result = _fit(model, arrays, data, config, progress)
+    val_set = arrays.dataset(data.part["val"])
+    counts = np.bincount(arrays.dataset(data.part["train"]).target.numpy(), minlength=len(data.labels))
+    fields, _ = post_fit(
+        predict_logits(model, val_set),
+        val_set.target.numpy(),
+        data.task,
+        tuple(data.labels),
+        class_weights=class_weights(counts, config.train.class_weighting) if data.task != "regression" else None,
+        seed=config.train.seed,
+    )
+    metrics, test_probs = _evaluate_views(model, arrays, data, fields, config, n_boot)
+    meta = _bundle_meta(config, data, RecordNet(record_hparams), cleaner, normalisation, fields, metrics)
+    meta = replace(meta, training=training_summary(result, started, model))
+    run_dir = config.run_dir
+    write_bundle(run_dir / "model", meta, state_dict=model.state_dict(), cleaner=cleaner.to_dict())
+    _write_run_files(run_dir, config, data, metrics, test_probs, arrays.target)
+    log.info("Fusion run written to %s: %s", run_dir, _headline(metrics))
+    return FusionRun(run_dir, run_dir / "model", metrics, model, data.split, result.best_epoch)
+
+
+def _fit(model: FusionNet, arrays: _Arrays, data: FusedData, config: RunConfig, progress: bool) -> FitResult:
+    """The shared engine, with image augmentation and modality dropout on training batches."""
+    augmenter = BatchAugment(config.augment, 2)
+    hide = config.fusion.modality_dropout if len(config.fusion.modalities) == 2 else 0.0
 
     def train_transform(inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         image, record, shown = inputs
         return augmenter(image, generator), record, drop_modalities(shown, hide, generator)
 
-    train_set, val_set = dataset(part["train"]), dataset(part["val"])
-    counts = np.bincount(train_set.target.numpy(), minlength=num_classes)
-    run_dir = Path(out)
+    train_set = arrays.dataset(data.part["train"])
     result = fit(
         model,
         train_set,
-        val_set,
-        task=manifest.task,
-        config=config,
-        run_dir=run_dir,
-        class_counts=counts,
+        arrays.dataset(data.part["val"]),
+        task=data.task,
+        config=config.train,
+        run_dir=config.run_dir,
+        class_counts=np.bincount(train_set.target.numpy(), minlength=len(data.labels)),
         progress=progress,
         train_transform=train_transform,
     )
     model.eval()
-    labels = tuple(manifest.labels)
-    val_logits = predict_logits(model, val_set)
-    fields, val_probs = post_fit(
-        val_logits,
-        val_set.target.numpy(),
-        manifest.task,
-        labels,
-        class_weights=class_weights(counts, config.class_weighting),
-        seed=config.seed,
-    )
+    return result
 
-    # ---- evaluation: with every modality the row has, and with each one alone
-    from medpredict.calibration.posthoc import load_calibration
-    from medpredict.evaluation.metrics import classification_metrics
 
+def _evaluate_views(
+    model: FusionNet, arrays: _Arrays, data: FusedData, fields: dict[str, Any], config: RunConfig, n_boot: int
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """Validation and test metrics with every modality a row has, and with each one alone."""
     calibrator = load_calibration(fields["calibration"]) if fields.get("calibration") else None
-    threshold = (fields.get("threshold") or {}).get("threshold") if manifest.task == "binary" else None
-    groups = frame["patient_id"].to_numpy()
+    threshold = (fields.get("threshold") or {}).get("threshold") if data.task == "binary" else None
+    groups = data.frame["patient_id"].to_numpy()
     views = {"fused": torch.tensor([1.0, 1.0])}
-    if len(modalities) == 2:
+    if len(config.fusion.modalities) == 2:
         views |= {"image_only": torch.tensor([1.0, 0.0]), "record_only": torch.tensor([0.0, 1.0])}
-    evaluated = {"val": part["val"]} | ({"test": part["test"]} if len(part["test"]) else {})
+    evaluated = {"val": data.part["val"]} | ({"test": data.part["test"]} if len(data.part["test"]) else {})
     metrics: dict[str, Any] = {
-        "task": manifest.task,
-        "labels": list(labels),
-        "mode": mode,
-        "modalities": list(modalities),
+        "task": data.task,
+        "labels": list(data.labels),
+        "mode": config.fusion.mode,
+        "modalities": list(config.fusion.modalities),
         "views": {},
     }
     test_probs = None
     for view, mask in views.items():
         for split_name, rows in evaluated.items():
-            rows = rows[(present[rows] * mask).sum(dim=1).numpy() > 0]  # rows this view can predict
-            if not len(rows) or len(np.unique(target_all[rows].numpy())) < 2:
+            rows = rows[(arrays.present[rows] * mask).sum(dim=1).numpy() > 0]  # rows this view can predict
+            if not len(rows) or len(np.unique(arrays.target[rows].numpy())) < 2:
                 continue
-            logits = predict_logits(model, dataset(rows, mask))
+            logits = predict_logits(model, arrays.dataset(rows, mask))
             probs = calibrator.transform(logits.numpy()) if calibrator else torch.softmax(logits, 1).numpy()
             if view == "fused" and split_name == "test":
                 test_probs = (rows, probs)
             metrics["views"].setdefault(view, {})[split_name] = classification_metrics(
-                target_all[rows].numpy(),
-                probs,
-                labels=list(labels),
-                threshold=threshold,
-                groups=groups[rows],
-                n_boot=n_boot,
-                seed=config.seed,
+                arrays.target[rows].numpy(), probs, labels=list(data.labels), threshold=threshold,
+                groups=groups[rows], n_boot=n_boot, seed=config.train.seed,
             )
+    return metrics, test_probs
 
-    # ---- run folder and bundle
-    settings = {
-        "source": str(path),
-        "target": target,
-        "clinical_columns": columns,
-        "image_column": image_col,
-        "image_model": image_model,
-        "image_size": image_size,
-        "channels": channels,
-        "mode": mode,
-        "modalities": list(modalities),
-        "modality_dropout": modality_dropout,
-        "fusion_dim": fusion_dim,
-        "dropout": dropout,
-        "table_model": table_model,
-        "table_hparams": dict(table_net.hparams),
-        "train": asdict(config),
-        "augment": asdict(augmenter.config),
-        "cleaning": asdict(cleaner.config),
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-    }
+
+def _bundle_meta(
+    config: RunConfig,
+    data: FusedData,
+    record_net: RecordNet,
+    cleaner: TableCleaner,
+    normalisation: Normalisation,
+    fields: dict[str, Any],
+    metrics: dict[str, Any],
+) -> BundleMeta:
+    """What the bundle says about a fused model (``training`` is added by the caller)."""
+    num_classes = len(data.labels)
+    fusion = config.fusion
     fused = metrics["views"].get("fused", {})
-    meta = {
-        "name": run_dir.name,
-        "input_kind": "fusion",
-        "task": manifest.task,
-        "labels": list(labels),
-        "config": settings,
-        "model": {
-            "kind": "fusion",
-            "mode": mode,
-            "num_classes": num_classes,
-            "fusion_dim": fusion_dim,
-            "dropout": dropout,
-            "modality_dropout": modality_dropout,
-            "image": image_spec,
-            "table": dict(table_net.hparams),
-        },
-        "preprocess": {
-            "image_size": image_size,
-            "spatial_dims": 2,
-            "channels": channels,
-            "normalisation": normalisation.to_dict(),
-            "cleaner": "cleaner.json",
-            "input_columns": list(cleaner.columns_),
-            "features": list(cleaner.feature_names_),
-        },
+    groups = data.frame["patient_id"].to_numpy()
+    part = data.part
+    return BundleMeta(
+        name=config.name,
+        kind="fused",
+        task=data.task,
+        labels=data.labels,
+        config=config,
+        model=FusedNet(
+            image=ImageNet(config.model.name, config.data.channels, num_classes, dropout=config.model.dropout),
+            record=record_net,
+            num_classes=num_classes,
+            mode=fusion.mode,
+            fusion_dim=fusion.fusion_dim,
+            dropout=fusion.dropout,
+            modality_dropout=fusion.modality_dropout,
+        ),
+        image=ImageInput(
+            config.preprocess.image_size, 2, config.data.channels, normalisation.mean, normalisation.std
+        ),
+        record=RecordInput(input_columns=tuple(cleaner.columns_), features=tuple(cleaner.feature_names_)),
         **fields,
-        "val_metrics": fused.get("val"),
-        "metrics": fused.get("test"),
-        "data": {
-            "source": str(path),
+        val_metrics=fused.get("val"),
+        metrics=fused.get("test"),
+        data={
+            "source": config.data.source,
             "rows": {k: int(len(v)) for k, v in part.items()},
             "patients": {k: int(len(np.unique(groups[v]))) for k, v in part.items()},
-            "with_image": {k: int(has_image[v].sum()) for k, v in part.items()},
-            "with_record": {k: int(has_record[v].sum()) for k, v in part.items()},
+            "with_image": {k: int(data.has_image[v].sum()) for k, v in part.items()},
+            "with_record": {k: int(data.has_record[v].sum()) for k, v in part.items()},
         },
-        "training": training_summary(result, started, model),
-    }
-    bundle_dir = run_dir / "model"
-    save_bundle(bundle_dir, state_dict=model.state_dict(), meta=meta, json_files={"cleaner.json": cleaner.to_dict()})
-    write_json(run_dir / "config.json", settings)
+    )
+
+
+def _write_run_files(
+    run_dir: Path,
+    config: RunConfig,
+    data: FusedData,
+    metrics: dict[str, Any],
+    test_probs: tuple[np.ndarray, np.ndarray] | None,
+    target: torch.Tensor,
+) -> None:
+    write_text(run_dir / "config.yaml", config.to_yaml())
     write_json(run_dir / "metrics.json", metrics)
-    write_text(run_dir / "splits.csv", pd.DataFrame({"row": frame.index, "split": split}).to_csv(index=False))
+    write_text(run_dir / "splits.csv", pd.DataFrame({"row": data.frame.index, "split": data.split}).to_csv(index=False))
     if test_probs is not None:
         rows, probs = test_probs
-        table = pd.DataFrame(probs, columns=[f"p_{name}" for name in labels])
-        table.insert(0, "target", target_all[rows].numpy())
+        table = pd.DataFrame(probs, columns=[f"p_{name}" for name in data.labels])
+        table.insert(0, "target", target[rows].numpy())
         table.insert(0, "row", rows)
         write_text(run_dir / "test_predictions.csv", table.to_csv(index=False, float_format="%.6f"))
-    log.info("Fusion run written to %s: %s", run_dir, _headline(metrics))
-    return FusionRun(
-        run_dir=run_dir,
-        bundle_dir=bundle_dir,
-        metrics=metrics,
-        model=model,
-        splits=split,
-        best_epoch=result.best_epoch,
-    )
+
+
+def train_fusion(manifest_path: str | Path, *, n_boot: int = 1000, progress: bool = True, **settings: Any) -> FusionRun:
+    """Train a fusion model from keyword settings: :func:`fused_config` then :func:`train_fused`.
+
+    Args:
+        manifest_path: CSV/TSV/Parquet with an image column, clinical columns, the target
+            and (recommended) a patient column; an optional ``split`` column is respected.
+        n_boot: patient-bootstrap replicates for the metric intervals.
+        settings: the keywords of :func:`fused_config` (``target``, ``clinical_columns``,
+            ``out``, ``image_model``, ``image_size``, ``mode``, ``modalities``, ``epochs``, ...).
+    """
+    return train_fused(fused_config(manifest_path, **settings), n_boot=n_boot, progress=progress)
 
 
 def _headline(metrics: Mapping[str, Any]) -> str:

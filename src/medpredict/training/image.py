@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from medpredict.atomic import write_text
-from medpredict.bundle.store import GUARD, save_bundle
+from medpredict.bundle.kinds import ImageInput, ImageNet
+from medpredict.bundle.schema import BundleMeta, write_bundle
 from medpredict.config import RunConfig
 from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
 from medpredict.data.intended_use import declare
@@ -129,16 +130,26 @@ def build_network(config: RunConfig, num_outputs: int, normalisation: Normalisat
     return InputNormalised(net, normalisation.mean, normalisation.std)
 
 
-def model_meta(config: RunConfig, num_outputs: int) -> dict[str, Any]:
-    """What the predictor needs to rebuild the network before loading the weights."""
-    return {
-        "kind": "image",
-        "name": config.model.name,
-        "in_channels": config.data.channels,
-        "num_classes": num_outputs,
-        "spatial_dims": config.preprocess.spatial_dims,
-        "dropout": config.model.dropout,
-    }
+def image_net(config: RunConfig, num_outputs: int) -> ImageNet:
+    """The bundle's network entry: what rebuilds the network before its weights are loaded."""
+    return ImageNet(
+        name=config.model.name,
+        in_channels=config.data.channels,
+        num_classes=num_outputs,
+        spatial_dims=config.preprocess.spatial_dims,
+        dropout=config.model.dropout,
+    )
+
+
+def image_input(config: RunConfig, normalisation: Normalisation) -> ImageInput:
+    """The bundle's image input description (size, channels, normalisation)."""
+    return ImageInput(
+        image_size=config.preprocess.image_size,
+        spatial_dims=config.preprocess.spatial_dims,
+        channels=config.data.channels,
+        mean=normalisation.mean,
+        std=normalisation.std,
+    )
 
 
 @contextlib.contextmanager
@@ -165,11 +176,9 @@ def train(
 
     ``on_epoch`` is passed to :func:`medpredict.training.engine.fit` (called after every epoch).
     """
-    from medpredict.errors import unknown_choice
-    from medpredict.models import MODELS
+    from medpredict.models import check_input_size
 
-    if config.model.name not in MODELS:  # before any data is read or file written
-        raise unknown_choice("model", config.model.name, MODELS)
+    check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read or file written
     dist = Distributed.from_env()
     run_dir = config.run_dir
     if not resume and dist.is_main and (run_dir / "checkpoint.safetensors").exists():
@@ -251,45 +260,35 @@ def _train(
         dataclasses.asdict(config.intended_use), parts["train"]["image_path"].tolist(), channels=config.data.channels
     )
     val_metrics = _val_metrics(y_val, val_probs, task, manifest.labels, fields)
-    meta = {
-        "name": config.name,
-        "input_kind": "image",
-        "task": task,
-        "labels": list(manifest.labels),
-        "config": config.to_dict(),
-        "model": model_meta(config, num_outputs),
-        "preprocess": {
-            "image_size": config.preprocess.image_size,
-            "spatial_dims": config.preprocess.spatial_dims,
-            "channels": config.data.channels,
-            "normalisation": normalisation.to_dict(),
-        },
+    meta = BundleMeta(
+        name=config.name,
+        kind="image",
+        task=task,
+        labels=tuple(manifest.labels),
+        config=config,
+        model=image_net(config, num_outputs),
+        image=image_input(config, normalisation),
         **fields,
-        "positive_label": manifest.labels[positive] if task == "binary" else None,
-        "intended_use": intended.to_dict(),
-        "val_metrics": val_metrics,
-        "reference_stats": reference_statistics(
+        positive_label=manifest.labels[positive] if task == "binary" else None,
+        intended_use=intended.to_dict(),
+        val_metrics=val_metrics,
+        reference_stats=reference_statistics(
             train_set.target.numpy(), images=train_set.inputs[0][:5000].float().div(255).numpy()
         )
         if task in ("binary", "multiclass")
         else None,
-        "data": {
+        data={
             "source": str(config.data.source),
             "units": manifest.units,
             "rows": {k: len(v) for k, v in parts.items()},
             "patients": {k: int(v["patient_id"].nunique()) for k, v in parts.items()},
             "prevalence": {k: _prevalence(v, task) for k, v in parts.items() if len(v)},
         },
-        "training": training_summary(result, started, model),
-    }
+        training=training_summary(result, started, model),
+    )
     bundle_dir = run_dir / "model"
     if dist.is_main:
-        save_bundle(
-            bundle_dir,
-            state_dict=model.state_dict(),
-            meta=meta,
-            json_files={GUARD: guard} if guard else None,
-        )
+        write_bundle(bundle_dir, meta, state_dict=model.state_dict(), guard=guard)
         _write_val_predictions(run_dir, parts["val"], val_probs, manifest.labels, task)
         log.info(
             "Bundle written to %s (validation score %.4f at epoch %d).",

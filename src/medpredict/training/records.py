@@ -13,7 +13,7 @@
   :func:`medpredict.training.image.post_fit`), evaluates network and baselines on the test
   rows, and writes a run folder with a bundle the shared predictor loads.
 
-Run folder: ``config.json``, ``metrics.json`` (test metrics of all models side by side,
+Run folder: ``config.yaml``, ``metrics.json`` (test metrics of all models side by side,
 and CV results when asked), ``cleaning_report.json``, ``test_predictions.csv`` (row
 numbers, never ids) and ``model/`` (``weights.safetensors``, ``bundle.json``,
 ``cleaner.json``, ``checksums.json``).
@@ -25,15 +25,18 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medpredict.bundle.kinds import RecordInput, RecordNet
+from medpredict.bundle.schema import BundleMeta, write_bundle
+from medpredict.config import CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
 from medpredict.errors import ConfigError, DataError, unknown_choice
-from medpredict.records.cleaning import CleaningConfig, TableCleaner, drop_duplicate_rows
+from medpredict.records.cleaning import TableCleaner, drop_duplicate_rows
 from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
 from medpredict.training.record_fit import BASELINES, NetSettings, fit_baseline, fit_network, new_network, score
 
@@ -442,7 +445,6 @@ def train_table(
         ConfigError: unknown model, task or option.
     """
     from medpredict.atomic import write_json, write_text
-    from medpredict.bundle.store import save_bundle
     from medpredict.evaluation.metrics import classification_metrics, regression_metrics
 
     if model not in ("mlp", "transformer"):
@@ -526,52 +528,56 @@ def train_table(
             models=(model, *BASELINES),
             progress=progress,
         )
-    config = {
-        "source": data.source,
-        "target": data.schema.target,
-        "target_rule": data.schema.target_rule,
-        "task": data.task,
-        "model": model,
-        "hparams": dict(net.hparams),
-        "settings": asdict(settings),
-        "cleaning": asdict(cleaner.config),
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-    }
-    meta = {
-        "name": run_dir.name,
-        "input_kind": "table",
-        "task": data.task,
-        "labels": list(data.labels),
-        "config": config,
-        "model": {"kind": "table", **net.hparams},
-        "preprocess": {
-            "cleaner": "cleaner.json",
-            "input_columns": list(cleaner.columns_),
-            "features": list(cleaner.feature_names_),
-        },
+    run_config = RunConfig(
+        name=run_dir.name,
+        out_dir=str(run_dir.parent),
+        kind="record",
+        data=DataConfig(
+            source=str(data.source),
+            target=f"{data.schema.target}{data.schema.target_rule or ''}",
+            task=data.task,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+        ),
+        record_model=RecordModelConfig(name=model, hparams=dict(hparams or {})),
+        cleaning=cleaner.config,
+        train=TrainConfig(
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            patience=settings.patience,
+            class_weighting=settings.class_weighting,
+            seed=seed,
+        ),
+    )
+    meta = BundleMeta(
+        name=run_dir.name,
+        kind="record",
+        task=data.task,
+        labels=tuple(data.labels),
+        config=run_config,
+        model=RecordNet(dict(net.hparams)),
+        record=RecordInput(input_columns=tuple(cleaner.columns_), features=tuple(cleaner.feature_names_)),
         **fields,
-        "val_metrics": metrics["models"][model]["val"],
-        "metrics": metrics["models"][model].get("test"),
-        "data": {
+        val_metrics=metrics["models"][model]["val"],
+        metrics=metrics["models"][model].get("test"),
+        data={
             "source": data.source,
             "rows": {k: int(len(v)) for k, v in part.items()},
             "patients": {k: int(len(np.unique(data.groups[v]))) for k, v in part.items()},
             "removed": data.removed,
         },
-        "training": {
+        training={
             "best_epoch": fitted.best_epoch,
             "epochs_run": fitted.epochs_run,
             "seconds": round(time.monotonic() - started, 1),
             "device": "cpu",
         },
-    }
-    bundle_dir = run_dir / "model"
-    save_bundle(
-        bundle_dir, state_dict=net.state_dict(), meta=meta, json_files={"cleaner.json": cleaner.to_dict()}
     )
-    write_json(run_dir / "config.json", config)
+    bundle_dir = run_dir / "model"
+    write_bundle(bundle_dir, meta, state_dict=net.state_dict(), cleaner=cleaner.to_dict())
+    write_text(run_dir / "config.yaml", run_config.to_yaml())
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "cleaning_report.json", cleaner.report_.to_dict())
     if test_probs is not None:

@@ -11,9 +11,11 @@ a run on its own test split also stores the model card in the bundle.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medpredict.config import PreprocessConfig, from_dict
+from medpredict.atomic import write_text
+from medpredict.bundle.kinds import kind_of
+from medpredict.bundle.store import add_files
+from medpredict.calibration.scalers import calibration_summary
+from medpredict.config import PreprocessConfig, RunConfig, from_dict
 from medpredict.data.datasets import load_images
-from medpredict.data.manifest import Manifest, load_manifest
+from medpredict.data.manifest import load_manifest
 from medpredict.errors import DataError
+from medpredict.evaluation.subgroups import shift_diagnostics
+from medpredict.explain.checks import (
+    explanation_sanity,
+    local_attribution,
+    permutation_importance_table,
+    shortcut_flag,
+)
+from medpredict.explain.maps import gradcam
 from medpredict.inference.contract import CasePrediction
+from medpredict.inference.onnx import load_predictor
 from medpredict.inference.predictor import Predictor
+from medpredict.models.fusion import fusion_inputs
+from medpredict.report import assemble_evaluation, build_report
+from medpredict.report.evaluation import evaluation_to_json
+from medpredict.training.fusion import FusedData, load_fused_data
+from medpredict.training.image import load_data
+from medpredict.training.records import load_table_data, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +86,8 @@ def _rows(
     predictor: Predictor, data: str | None, target: str | None, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, bool]:
     """The rows to evaluate, the validation rows (own data only), and whether the data is external."""
-    config = from_dict(predictor.meta["config"]) if "config" in predictor.meta else None
+    config = _run_config(predictor)
     if data is None and config is not None:
-        from medpredict.training.image import load_data
-
         manifest = load_data(config)
         return manifest.split(split), manifest.split("val"), False
     if data is None:
@@ -79,16 +98,16 @@ def _rows(
         frame = frame[frame["split"] == split]
     else:
         log.info("%s has no '%s' split; evaluating all %d rows.", data, split, len(frame))
-    return _align_labels(frame, manifest, predictor), None, True
+    return _align_labels(frame, manifest.source, predictor), None, True
 
 
-def _align_labels(frame: pd.DataFrame, manifest: Manifest, predictor: Predictor) -> pd.DataFrame:
+def _align_labels(frame: pd.DataFrame, source: str, predictor: Predictor) -> pd.DataFrame:
     """Map the external data's label names onto the model's class order."""
     index = {name.lower(): i for i, name in enumerate(predictor.labels)}
     unknown = sorted({n for n in frame["label_name"].astype(str) if n.lower() not in index})
     if unknown:
         raise DataError(
-            f"Labels {unknown} of {manifest.source} are not classes of this model {predictor.labels}. "
+            f"Labels {unknown} of {source} are not classes of this model {predictor.labels}. "
             "Give --target naming a column with the same classes."
         )
     frame = frame.copy()
@@ -131,8 +150,6 @@ def _explanations(
 
     Every map explains the class decided for its case (what the clinician is told).
     """
-    from medpredict.explain.checks import explanation_sanity
-
     labels = predictor.labels
     decided = np.array([labels.index(c.decision) for c in cases])
     positive = predictor.positive_index if predictor.task == "binary" else None
@@ -176,8 +193,6 @@ def _explanations(
     batch = [images[i].float().div(255).numpy() for i in chosen]
 
     def explain_fn(model: torch.nn.Module, image: np.ndarray, class_index: int) -> np.ndarray:
-        from medpredict.explain.maps import gradcam
-
         return gradcam(model, torch.as_tensor(image)[None], class_index)
 
     def predict_fn(batch_np: np.ndarray) -> np.ndarray:
@@ -198,8 +213,6 @@ def _heatmap(predictor: Predictor, image: torch.Tensor, class_label: str) -> tup
 
 
 def _shortcut(heatmap: np.ndarray, image: np.ndarray) -> dict[str, Any]:
-    from medpredict.explain.checks import shortcut_flag
-
     return shortcut_flag(heatmap, image)
 
 
@@ -256,6 +269,11 @@ class _Collected:
     cases: list[CasePrediction] | None = None
 
 
+def _run_config(predictor: Predictor) -> RunConfig | None:
+    """The run's resolved config, or ``None`` for a model trained elsewhere (an ONNX descriptor)."""
+    return from_dict(predictor.meta["config"]) if "config" in predictor.meta else None
+
+
 def _collect_images(
     predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool
 ) -> _Collected:
@@ -273,14 +291,13 @@ def _collect_images(
         }
     shift = None
     if external and predictor.meta.get("reference_stats"):
-        from medpredict.evaluation.subgroups import shift_diagnostics
-
         shift = shift_diagnostics(
             predictor.meta["reference_stats"],
             y,
             probs[:, 1] if probs.shape[1] == 2 else probs,
             images=images[:5000].float().div(255).numpy(),
         )
+    config = _run_config(predictor)
     return _Collected(
         y=y,
         probs=probs,
@@ -291,26 +308,24 @@ def _collect_images(
         val=val,
         cases=scored.cases,
         shift=shift,
-        dataset=Path(data or predictor.meta["config"]["data"]["source"]).name,  # data is given when there is no config
+        dataset=Path(data or (config.data.source if config else "")).name,  # data is given when there is no config
         external=external,
     )
 
 
-def _collect_table(predictor: Predictor, data: str | None, target: str | None, split: str) -> _Collected:
+def _collect_records(
+    predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool
+) -> _Collected:
     """The same split the record model was trained with (or all rows of another table)."""
-    from medpredict.explain.checks import local_attribution, permutation_importance_table
-    from medpredict.training.records import load_table_data, split_rows
-
-    config = predictor.meta["config"]
-    source = data or config["source"]
-    rule = target or config["target"] + (config.get("target_rule") or "")  # e.g. "num" + ">0"
-    table = load_table_data(source, target=rule, task=config.get("task", "auto"))
+    config = from_dict(predictor.meta["config"])
+    source = data or config.data.source
+    table = load_table_data(source, target=target or config.data.target, task=config.data.task)  # target: "num>0"
     if data is None:
         splits = split_rows(
             table,
-            val_fraction=config["val_fraction"],
-            test_fraction=config["test_fraction"],
-            seed=config["seed"],
+            val_fraction=config.data.val_fraction,
+            test_fraction=config.data.test_fraction,
+            seed=config.train.seed,
         )
         rows, val_rows = np.flatnonzero(splits == split), np.flatnonzero(splits == "val")
     else:
@@ -319,7 +334,6 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
         raise DataError(f"The '{split}' split of {source} is empty; choose another --split.")
     frame = table.frame.iloc[rows].reset_index(drop=True)
     logits, features = predictor.outputs(predictor.prepare_records(frame))
-    raw = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     probs = predictor.calibrate(logits)
     cases = predictor.cases(probs, features)
     y = table.y[rows].astype(int)
@@ -331,43 +345,106 @@ def _collect_table(predictor: Predictor, data: str | None, target: str | None, s
             "probs_val": predictor.predict_proba(predictor.prepare_records(val_frame)),
             "groups_val": table.groups[val_rows],
         }
-    columns = [c for c in predictor.input_columns if c in frame.columns]
-
-    def predict_fn(records: pd.DataFrame) -> np.ndarray:
-        return predictor.predict_proba(predictor.prepare_records(records))
-
-    explanations: dict[str, Any] = {}
-    if probs.shape[1] == 2 and len(set(y)) == 2:
-        importance = permutation_importance_table(predict_fn, frame[columns], y, n_repeats=10)
-        explanations["feature_importance"] = importance.to_dict(orient="records")
-        local = []
-        for title, index in (
-            ("highest predicted risk", int(np.argmax(probs[:, 1]))),
-            ("lowest predicted risk", int(np.argmin(probs[:, 1]))),
-        ):
-            attribution = local_attribution(predict_fn, frame[columns].iloc[[index]], frame[columns])
-            local.append(
-                {
-                    "title": title,
-                    "prediction": attribution.attrs.get("prediction"),
-                    "expected": attribution.attrs.get("expected"),
-                    "rows": attribution.head(8).to_dict(orient="records"),
-                }
-            )
-        explanations["local"] = local
     return _Collected(
         y=y,
         probs=probs,
-        raw=raw,
+        raw=torch.softmax(torch.from_numpy(logits), dim=1).numpy(),
         groups=table.groups[rows],
         frame=frame,
-        explanations=explanations,
+        explanations=_record_explanations(predictor, frame, y, probs),
         val=val,
         shift=None,
         dataset=Path(source).name,
         external=data is not None,
         cases=cases,
     )
+
+
+def _record_explanations(predictor: Predictor, frame: pd.DataFrame, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Permutation importance of the record fields and local attributions of two extreme cases."""
+    columns = [c for c in predictor.input_columns if c in frame.columns]
+    if probs.shape[1] != 2 or len(set(y)) != 2:
+        return {}
+
+    def predict_fn(records: pd.DataFrame) -> np.ndarray:
+        return predictor.predict_proba(predictor.prepare_records(records))
+
+    importance = permutation_importance_table(predict_fn, frame[columns], y, n_repeats=10)
+    local = []
+    for title, index in (
+        ("highest predicted risk", int(np.argmax(probs[:, 1]))),
+        ("lowest predicted risk", int(np.argmin(probs[:, 1]))),
+    ):
+        attribution = local_attribution(predict_fn, frame[columns].iloc[[index]], frame[columns])
+        local.append(
+            {
+                "title": title,
+                "prediction": attribution.attrs.get("prediction"),
+                "expected": attribution.attrs.get("expected"),
+                "rows": attribution.head(8).to_dict(orient="records"),
+            }
+        )
+    return {"feature_importance": importance.to_dict(orient="records"), "local": local}
+
+
+def _fused_outputs(predictor: Predictor, data: FusedData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated and uncalibrated probabilities of a fused model for ``rows`` (each with what it has)."""
+    images, records = data.images(rows), data.records(rows)
+    shape = predictor.bundle.info.image.shape if predictor.bundle.info.image else None
+    chunks = []
+    for start in range(0, len(rows), 256):
+        part = slice(start, start + 256)
+        inputs = fusion_inputs(
+            images[part], records[part], prepare_image=predictor.prepare, cleaner=predictor.cleaner, image_shape=shape
+        )
+        with torch.no_grad():
+            out = predictor.model(*inputs)
+        chunks.append(torch.as_tensor(out).float().cpu().numpy())
+    logits = np.concatenate(chunks)
+    return predictor.calibrate(logits), torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def _collect_fused(
+    predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool
+) -> _Collected:
+    """A fused model on its own split (or on every row of another paired manifest)."""
+    config = from_dict(predictor.meta["config"])
+    if data is not None:
+        config = replace(config, data=replace(config.data, source=data, target=target or config.data.target))
+    fused = load_fused_data(config)
+    usable = np.flatnonzero(fused.has_image | fused.has_record)
+    rows = usable if data is not None else fused.part[split]
+    if len(rows) == 0:
+        raise DataError(f"The '{split}' split of {config.data.source} is empty; choose another --split.")
+    frame = fused.frame.iloc[rows].reset_index(drop=True)
+    if data is not None:
+        frame = _align_labels(frame, config.data.source, predictor)
+    probs, raw = _fused_outputs(predictor, fused, rows)
+    y = frame["target"].to_numpy().astype(int)
+    val: dict[str, Any] = {}
+    if data is None and len(fused.part["val"]):
+        val_rows = fused.part["val"]
+        val = {
+            "y_val": fused.frame["target"].to_numpy()[val_rows].astype(int),
+            "probs_val": _fused_outputs(predictor, fused, val_rows)[0],
+            "groups_val": fused.frame["patient_id"].to_numpy()[val_rows],
+        }
+    cases = predictor.cases(probs)
+    explanations: dict[str, Any] = {}
+    with_image = np.flatnonzero(fused.has_image[rows])
+    if len(with_image) and isinstance(predictor.model, torch.nn.Module):  # Grad-CAM of the image branch
+        images = torch.stack([predictor.prepare(p) for p in fused.images(rows[with_image]) if p is not None])
+        explanations = _explanations(predictor, (images * 255).round().to(torch.uint8), y[with_image],
+                                     [cases[i] for i in with_image])
+    return _Collected(
+        y=y, probs=probs, raw=raw, groups=frame["patient_id"].to_numpy(), frame=frame, explanations=explanations,
+        val=val, shift=None, dataset=Path(config.data.source).name, external=data is not None, cases=cases,
+    )
+
+
+Collector = Callable[[Predictor, str | None, str | None, str, bool], _Collected]
+#: How each kind of model (medpredict.bundle.kinds.KINDS) is evaluated.
+COLLECTORS: dict[str, Collector] = {"image": _collect_images, "record": _collect_records, "fused": _collect_fused}
 
 
 def evaluate(
@@ -383,15 +460,11 @@ def evaluate(
     progress: bool = True,
     backend: str = "torch",
 ) -> EvaluationResult:
-    """Evaluate a run's bundle (image or record model) and write the report (see the module docstring).
+    """Evaluate a run's bundle (image, record or fused model) and write the report (see the module docstring).
 
     Raises:
         DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
     """
-    from medpredict.inference.onnx import load_predictor
-    from medpredict.report import assemble_evaluation, build_report
-    from medpredict.report.evaluation import evaluation_to_json
-
     predictor = load_predictor(run, backend=backend)
     if data is None and "config" not in predictor.meta:
         raise DataError("This model brings no training data of its own: give --data (a manifest, npz or image folder).")
@@ -399,25 +472,56 @@ def evaluate(
         raise DataError(
             f"Evaluation reports cover classification models; this model's task is '{predictor.task}'."
         )
-    if predictor.input_kind == "table":
-        got = _collect_table(predictor, data, target, split)
-    else:
-        got = _collect_images(predictor, data, target, split, progress)
+    got = COLLECTORS[kind_of(predictor.input_kind).name](predictor, data, target, split, progress)
     missing = [c for c in subgroups if c not in got.frame.columns]
     if missing:
         raise DataError(
             f"Subgroup columns {missing} are not in the data; columns are {list(got.frame.columns)}."
         )
     labels = _positive_last(got, predictor)
-    meta = predictor.meta
+    evaluation = _assemble(predictor, got, labels, split=split, subgroups=subgroups, n_boot=n_boot)
+    _add_point_of_care(evaluation, predictor, got)
     bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
+    if out is not None:
+        out_dir = Path(out)
+    elif bundle is not None:
+        out_dir = bundle.path.parent
+    else:
+        raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
+    report_path = build_report(out_dir, evaluation, lang=lang)
+    if got.cases:
+        _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
+    if bundle is not None and not got.external and split == "test" and out is None:
+        add_files(
+            bundle.path,
+            json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
+            text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")},
+        )
+    metrics = evaluation_to_json(evaluation)["metrics"]
+    return EvaluationResult(
+        metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
+    )
+
+
+def _assemble(
+    predictor: Predictor,
+    got: _Collected,
+    labels: list[str],
+    *,
+    split: str,
+    subgroups: tuple[str, ...],
+    n_boot: int,
+) -> dict[str, Any]:
+    """Everything the report shows, from the collected predictions and the bundle."""
+    meta = predictor.meta
+    bundle = getattr(predictor, "bundle", None)
     history_path = bundle.path.parent / "metrics.jsonl" if bundle is not None else None
     curves = (
         _training_curves(history_path)
         if history_path is not None and history_path.exists() and not got.external
         else None
     )
-    evaluation = assemble_evaluation(
+    return assemble_evaluation(
         got.y,
         got.probs,
         labels=labels,
@@ -445,28 +549,6 @@ def evaluate(
         n_boot=n_boot,
         **got.val,
     )
-    _add_point_of_care(evaluation, predictor, got)
-    if out is not None:
-        out_dir = Path(out)
-    elif bundle is not None:
-        out_dir = bundle.path.parent
-    else:
-        raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
-    report_path = build_report(out_dir, evaluation, lang=lang)
-    if got.cases:
-        _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
-    if bundle is not None and not got.external and split == "test" and out is None:
-        from medpredict.bundle.store import add_files
-
-        add_files(
-            bundle.path,
-            json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
-            text_files={"model_card.md": (out_dir / "model_card.md").read_text(encoding="utf-8")},
-        )
-    metrics = evaluation_to_json(evaluation)["metrics"]
-    return EvaluationResult(
-        metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
-    )
 
 
 def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None:
@@ -474,8 +556,6 @@ def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None
 
     Sources are file names (or npz references) only; the true class index is the model's.
     """
-    from medpredict.atomic import write_text
-
     rows = []
     for case, truth in zip(cases, y, strict=True):
         row: dict[str, Any] = {"source": case.source, "true_class": int(truth), "decision": case.decision}
@@ -508,8 +588,6 @@ def _positive_last(got: _Collected, predictor: Predictor) -> list[str]:
 def _add_point_of_care(evaluation: dict[str, Any], predictor: Predictor, got: _Collected) -> None:
     """What the deployed contract says per case, summarised: units, positive class, calibration
     choice, input guard, referral reasons (the same cases ``predict``/``serve``/``pacs`` give)."""
-    from medpredict.calibration.scalers import calibration_summary
-
     data = predictor.meta.get("data") or {}
     evaluation["units"] = data.get("units", "patient") if not got.external else _units_of(got.groups)
     evaluation["positive_label"] = predictor.positive_label
@@ -567,13 +645,9 @@ def _split_info(data: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _training_curves(path: Path) -> dict[str, list[float]]:
-    import json
-
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {key: [r[key] for r in rows] for key in ("epoch", "train_loss", "val_loss", "val_score")}
