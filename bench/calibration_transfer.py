@@ -178,7 +178,8 @@ def to_markdown(payload: dict[str, Any]) -> str:
         )
         lines += ["",
                   f"Calibration lowered test ECE in {s['ece_lowered']}/{s['n']} seeds: mean "
-                  f"{s['test_ece_before_mean']:.4f} -> {s['test_ece_after_mean']:.4f} (one temperature, no prior correction: "
+                  f"{s['test_ece_before_mean']:.4f} -> {s['test_ece_after_mean']:.4f} "
+                  "(one temperature, no prior correction: "
                   f"{s['test_ece_temperature_only_mean']:.4f}). Coverage for a 90% target: {cover}. "
                   f"Referred: {s['share_referred_range'][0]:.1%}-{s['share_referred_range'][1]:.1%}. "
                   f"Threshold locked in {s['threshold_locked']}/{s['n']}; "
