@@ -82,7 +82,7 @@ def test_predict_one_file_at_a_time_agrees_with_evaluate(
 def test_serve_agrees_with_evaluate(run_and_images: tuple[Path, list[Path]], evaluated: pd.DataFrame) -> None:
     from fastapi.testclient import TestClient
 
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.service.app import ServiceSettings, create_app
 
     run, pngs = run_and_images
@@ -145,7 +145,7 @@ def test_dicom_files_of_the_same_pixels_agree_with_evaluate(
 def test_overlay_of_a_served_case_names_the_class_it_explains(run_and_images: tuple[Path, list[Path]]) -> None:
     from fastapi.testclient import TestClient
 
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.service.app import ServiceSettings, create_app
 
     run, pngs = run_and_images

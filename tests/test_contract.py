@@ -1,7 +1,7 @@
 """The contract every kind of model keeps, on every backend: load -> predict -> explain -> export -> evaluate.
 
 One tiny model per kind (image, record, fused) is trained once per module and driven only
-through the public surface: ``medpredict.inference.onnx.load_predictor(path, backend=...)``,
+through the public surface: ``medpredict.inference.loader.load_predictor(path, backend=...)``,
 ``.predict(images=..., records=...)``, ``.explain(...)``, ``medpredict.deploy.export.export_run``
 and ``medpredict.workflows.evaluate.evaluate``. The issue "Architecture" reproduced four crashes
 at these joins; each has its own test below, named after it.
@@ -21,7 +21,7 @@ import pytest
 from conftest import make_square_npz, tiny_config
 from medpredict.deploy.export import export_run
 from medpredict.errors import ConfigError
-from medpredict.inference.onnx import load_predictor
+from medpredict.inference.loader import load_predictor
 from medpredict.workflows.evaluate import evaluate
 
 KINDS = ("image", "record", "fused")

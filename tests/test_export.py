@@ -195,7 +195,7 @@ def test_export_run_writes_onnx_parity_and_int8_report(run_copy):
 
 def test_onnx_backend_gives_the_same_contract_as_pytorch(run_copy):
     # The exported graph also returns the pooled features, so the input check agrees too.
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     if not (run_copy / "onnx" / "model.onnx").is_file():
         export.export_run(run_copy, exporter="torchscript")

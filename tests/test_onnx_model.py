@@ -257,7 +257,8 @@ def _xrays(n: int) -> list[np.ndarray]:
 
 
 def test_onnx_bundle_predictor_matches_pytorch(exported_run):
-    from medpredict.inference.onnx import OnnxBundlePredictor, load_predictor
+    from medpredict.inference.loader import load_predictor
+    from medpredict.inference.onnx import OnnxBundlePredictor
     from medpredict.inference.predictor import Predictor
 
     torch_pred = Predictor.from_bundle(exported_run)
@@ -291,7 +292,7 @@ def test_stale_onnx_export_is_refused(exported_run, tmp_path):
 
 
 def test_unknown_backend_gets_a_suggestion(exported_run):
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     with pytest.raises(ConfigError, match="Did you mean 'onnx'"):
         load_predictor(exported_run, backend="onxx")

@@ -371,7 +371,7 @@ def run_pacs(
     ``model`` is a run folder, a bundle folder or a bring-your-own-model YAML. The ledger
     defaults to ``pacs_ledger.json`` beside the model.
     """
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     predictor = load_predictor(model)
     client = connect(url, username=username, password=password)

@@ -19,14 +19,15 @@ this (:class:`InputRefused`), unless the caller explicitly overrides the check.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from medpredict.bundle.identity import ModelIdentity
+from medpredict.data.intended_use import IntendedUse
 from medpredict.errors import DataError
 
 #: Referral reasons, worded for the people who read them.
@@ -183,6 +184,106 @@ class DecisionRule:
     def sets(self, probs: np.ndarray) -> np.ndarray | None:
         """``(N, K)`` boolean conformal sets, or None without a fitted conformal predictor."""
         return None if self.conformal is None else self.conformal.predict_sets(probs)
+
+
+@runtime_checkable
+class PredictorLike(Protocol):
+    """What every predictor offers — PyTorch bundles, their ONNX and int8 exports, outside models.
+
+    Callers (``evaluate``, ``predict``, ``serve``, ``pacs``) use only this surface; which
+    class stands behind it is the loader's business (:mod:`medpredict.inference.loader`).
+    """
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def input_kind(self) -> str: ...
+
+    @property
+    def card(self) -> dict[str, Any]: ...
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    @property
+    def intended_use(self) -> IntendedUse: ...
+
+    @property
+    def positive_label(self) -> str | None: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def rule(self) -> DecisionRule: ...
+
+    def predict(
+        self,
+        images: Sequence[Any] | None = None,
+        records: Sequence[dict[str, Any]] | None = None,
+        *,
+        tags: Sequence[Mapping[str, Any]] | None = None,
+        explain: bool = False,
+        ignore_intended_use: bool = False,
+    ) -> list[CasePrediction]:
+        """The contract for each input (see :class:`CasePrediction`)."""
+        ...
+
+    def explain(self, image: Any, class_index: int | None = None) -> np.ndarray:
+        """A heat map ``(H, W)`` in [0, 1]; by default of the class decided for the image."""
+        ...
+
+
+@runtime_checkable
+class Scorer(PredictorLike, Protocol):
+    """What evaluation needs beyond :class:`PredictorLike`: batches of prepared inputs in, the
+    contract out (``outputs`` -> ``calibrate`` -> ``cases``), and the stored metadata."""
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def positive_index(self) -> int | None: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def spatial_dims(self) -> int: ...
+
+    def outputs(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits ``(N, K)`` and pooled features ``(N, D)`` (or None) of a prepared batch."""
+        ...
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """The probabilities the model reports for raw ``logits``."""
+        ...
+
+    def predict_proba(self, batch: Any) -> np.ndarray:
+        """Calibrated probabilities of a prepared batch."""
+        ...
+
+    def cases(
+        self,
+        probs: np.ndarray,
+        features: np.ndarray | None = None,
+        *,
+        sources: Sequence[Any] | None = None,
+        tags: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[CasePrediction]:
+        """The contract for already computed calibrated probabilities."""
+        ...
+
+    def explanation(self, image: Any, class_label: str | None = None) -> Explanation:
+        """A heat map with the class it explains and its method."""
+        ...
 
 
 def display_source(source: Any) -> str | None:

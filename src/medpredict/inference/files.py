@@ -142,7 +142,7 @@ def predict_files(
     ``backend="onnx"`` runs a run's exported ONNX model (see ``medpredict export``).
     """
     from medpredict.explain.maps import save_overlay_png
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     predictor = load_predictor(run, backend=backend)
     paths = expand_inputs(inputs)

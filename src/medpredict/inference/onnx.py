@@ -529,11 +529,36 @@ class OnnxPredictor:
             ]
         return cases
 
-    def explain(self, image: np.ndarray | str | os.PathLike[str], *, patch: int | None = None) -> np.ndarray:
+    def outputs(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log-probabilities ``(N, K)`` of a batch in [0, 1]; an outside graph exports no features."""
+        return self.logits(batch), None
+
+    def cases(
+        self,
+        probs: np.ndarray,
+        features: np.ndarray | None = None,
+        *,
+        sources: Sequence[Any] | None = None,
+        tags: Sequence[Any] | None = None,
+    ) -> list[CasePrediction]:
+        """The contract for already computed probabilities (no input check without features)."""
+        return decide(self.rule, probs, sources=sources)
+
+    def explanation(self, image: Any, class_label: str | None = None) -> Explanation:
+        """An occlusion map with the class it explains (by default the decided one)."""
+        index = None if class_label is None else self.labels.index(class_label)
+        if index is None:
+            probs = self.predict_proba_batch(self.preprocess([image]))
+            index = int(self.rule.decisions(probs)[0])
+        return Explanation(self.explain(image, index), self.labels[index], "occlusion")
+
+    def explain(
+        self, image: np.ndarray | str | os.PathLike[str], class_index: int | None = None, *, patch: int | None = None
+    ) -> np.ndarray:
         """Occlusion map ``(H, W)`` float32 in [0, 1] at the image's own size.
 
-        Each square patch is replaced by the image mean; the drop of the predicted class's
-        probability is the patch's importance.
+        Each square patch is replaced by the image mean; the drop of the explained class's
+        probability is the patch's importance. ``class_index`` defaults to the decided class.
         """
         if isinstance(image, str | os.PathLike):
             from medpredict.readers import read_image
@@ -542,8 +567,9 @@ class OnnxPredictor:
         out_h, out_w = np.asarray(image).shape[-2:]
         chw = self._to_chw(image)
         d = self.descriptor
-        base = self.predict_proba_batch(self.preprocess([chw]))[0]
-        target = int(np.argmax(base)) if self.task != "binary" else self.positive_index
+        if class_index is None:  # the class decided for the image, as the contract explains
+            class_index = int(self.rule.decisions(self.predict_proba_batch(self.preprocess([chw])))[0])
+        target = class_index
         from medpredict.explain.maps import occlusion
 
         heat = occlusion(
@@ -666,20 +692,3 @@ class OnnxBundlePredictor(Predictor):
             spatial_dims=self.spatial_dims,
             progress=False,
         )
-
-
-def load_predictor(path: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """Load whatever ``path`` names: a descriptor YAML -> :class:`OnnxPredictor`, else a bundle.
-
-    With ``backend="onnx"`` a run folder loads as :class:`OnnxBundlePredictor`; other
-    ``kwargs`` go to :meth:`medpredict.inference.predictor.Predictor.from_bundle`.
-    """
-    path = Path(path)
-    backend = kwargs.pop("backend", "torch")
-    if path.is_file() and path.suffix.lower() in DESCRIPTOR_SUFFIXES:
-        return OnnxPredictor.from_path(path, threads=kwargs.get("threads"))
-    if backend == "onnx":
-        return OnnxBundlePredictor.from_run(path, threads=kwargs.get("threads"))
-    if backend != "torch":
-        raise unknown_choice("backend", backend, ("torch", "onnx"))
-    return Predictor.from_bundle(path, **kwargs)

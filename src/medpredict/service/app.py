@@ -455,7 +455,7 @@ def serve(
     require_extra("uvicorn", "serve")
     import uvicorn
 
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     key = api_key or os.environ.get(API_KEY_ENV, "")
     if not key:
@@ -467,7 +467,7 @@ def serve(
         )
     base = Path(model)
     audit = Path(audit_path) if audit_path is not None else (base if base.is_dir() else base.parent) / "audit.sqlite"
-    predictor = load_predictor(model, **({"backend": backend} if backend else {}))
+    predictor = load_predictor(model, backend=backend or "torch")
     settings = ServiceSettings(
         api_key=key,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),

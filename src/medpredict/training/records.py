@@ -10,7 +10,7 @@
 * :func:`train_table` splits by patient into train/validation/test, fits the cleaner
   on the training rows, trains the network with early stopping on validation,
   calibrates and picks a threshold on validation (the shared
-  :func:`medpredict.training.image.post_fit`), evaluates network and baselines on the test
+  :func:`medpredict.training.postfit.post_fit`), evaluates network and baselines on the test
   rows, and writes a run folder with a bundle the shared predictor loads.
 
 Run folder: ``config.yaml``, ``metrics.json`` (test metrics of all models side by side,
@@ -38,6 +38,7 @@ from medpredict.config import CleaningConfig, DataConfig, RecordModelConfig, Run
 from medpredict.errors import ConfigError, DataError, unknown_choice
 from medpredict.records.cleaning import TableCleaner, drop_duplicate_rows
 from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
+from medpredict.training.postfit import fit_input_guard
 from medpredict.training.record_fit import BASELINES, NetSettings, fit_baseline, fit_network, new_network, score
 
 logger = logging.getLogger(__name__)
@@ -564,6 +565,7 @@ def train_table(
         metrics=metrics["models"][model].get("test"),
         data={
             "source": data.source,
+            "units": "patient",
             "rows": {k: int(len(v)) for k, v in part.items()},
             "patients": {k: int(len(np.unique(data.groups[v]))) for k, v in part.items()},
             "removed": data.removed,
@@ -576,7 +578,9 @@ def train_table(
         },
     )
     bundle_dir = run_dir / "model"
-    write_bundle(bundle_dir, meta, state_dict=net.state_dict(), cleaner=cleaner.to_dict())
+    # the input check of a record model: Mahalanobis distance of the cleaned record to training's
+    guard = fit_input_guard(x["train"], y["train"], x["val"]) if data.task != "regression" else None
+    write_bundle(bundle_dir, meta, state_dict=net.state_dict(), cleaner=cleaner.to_dict(), guard=guard)
     write_text(run_dir / "config.yaml", run_config.to_yaml())
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "cleaning_report.json", cleaner.report_.to_dict())

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,8 @@ from medpredict.explain.checks import (
     shortcut_flag,
 )
 from medpredict.explain.maps import gradcam
-from medpredict.inference.contract import CasePrediction
-from medpredict.inference.onnx import load_predictor
+from medpredict.inference.contract import CasePrediction, Scorer
+from medpredict.inference.loader import load_predictor
 from medpredict.inference.predictor import Predictor
 from medpredict.models.fusion import fusion_inputs
 from medpredict.report import assemble_evaluation, build_report
@@ -83,7 +83,7 @@ class EvaluationResult:
 
 
 def _rows(
-    predictor: Predictor, data: str | None, target: str | None, split: str
+    predictor: Scorer, data: str | None, target: str | None, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, bool]:
     """The rows to evaluate, the validation rows (own data only), and whether the data is external."""
     config = _run_config(predictor)
@@ -101,7 +101,7 @@ def _rows(
     return _align_labels(frame, manifest.source, predictor), None, True
 
 
-def _align_labels(frame: pd.DataFrame, source: str, predictor: Predictor) -> pd.DataFrame:
+def _align_labels(frame: pd.DataFrame, source: str, predictor: Scorer) -> pd.DataFrame:
     """Map the external data's label names onto the model's class order."""
     index = {name.lower(): i for i, name in enumerate(predictor.labels)}
     unknown = sorted({n for n in frame["label_name"].astype(str) if n.lower() not in index})
@@ -115,7 +115,7 @@ def _align_labels(frame: pd.DataFrame, source: str, predictor: Predictor) -> pd.
     return frame
 
 
-def _predict_frame(predictor: Predictor, frame: pd.DataFrame, progress: bool) -> _Scored:
+def _predict_frame(predictor: Scorer, frame: pd.DataFrame, progress: bool) -> _Scored:
     """The contract for every row: calibrated and uncalibrated probabilities, features, cases."""
     config = PreprocessConfig(image_size=predictor.image_size, spatial_dims=predictor.spatial_dims)
     paths = frame["image_path"].astype(str).tolist()
@@ -143,7 +143,7 @@ class _Scored:
 
 
 def _explanations(
-    predictor: Predictor, images: torch.Tensor, y: np.ndarray, cases: list[CasePrediction], seed: int = 0
+    predictor: Scorer, images: torch.Tensor, y: np.ndarray, cases: list[CasePrediction], seed: int = 0
 ) -> dict[str, Any]:
     """Heat maps of a few correct and wrong cases, the shortcut check on those and on a fixed
     random sample of at least :data:`SHORTCUT_SAMPLE` cases, and the sanity/faithfulness checks.
@@ -198,15 +198,16 @@ def _explanations(
     def predict_fn(batch_np: np.ndarray) -> np.ndarray:
         return predictor.predict_proba(torch.as_tensor(batch_np, dtype=torch.float32))
 
+    model = getattr(predictor, "model", None)
     checks = (
-        explanation_sanity(predictor.model, batch, explain_fn, predict_fn)
-        if len(labels) == 2 and differentiable
+        explanation_sanity(model, batch, explain_fn, predict_fn)
+        if len(labels) == 2 and differentiable and isinstance(model, torch.nn.Module)
         else None
     )
     return {"examples": examples, "checks": checks, "shortcut": shortcut}
 
 
-def _heatmap(predictor: Predictor, image: torch.Tensor, class_label: str) -> tuple[np.ndarray, str]:
+def _heatmap(predictor: Scorer, image: torch.Tensor, class_label: str) -> tuple[np.ndarray, str]:
     """The predictor's own explanation of ``class_label`` for a prepared uint8 image."""
     explanation = predictor.explanation(image.float().div(255).numpy(), class_label)
     return explanation.heatmap, explanation.method
@@ -269,13 +270,13 @@ class _Collected:
     cases: list[CasePrediction] | None = None
 
 
-def _run_config(predictor: Predictor) -> RunConfig | None:
+def _run_config(predictor: Scorer) -> RunConfig | None:
     """The run's resolved config, or ``None`` for a model trained elsewhere (an ONNX descriptor)."""
     return from_dict(predictor.meta["config"]) if "config" in predictor.meta else None
 
 
 def _collect_images(
-    predictor: Predictor, data: str | None, target: str | None, split: str, progress: bool
+    predictor: Scorer, data: str | None, target: str | None, split: str, progress: bool
 ) -> _Collected:
     frame, val_frame, external = _rows(predictor, data, target, split)
     scored = _predict_frame(predictor, frame, progress)
@@ -465,14 +466,20 @@ def evaluate(
     Raises:
         DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
     """
-    predictor = load_predictor(run, backend=backend)
+    loaded = load_predictor(run, backend=backend)
+    if not callable(getattr(type(loaded), "cases", None)):  # the class, not the instance: no property runs
+        raise DataError(f"{run} loads as a {type(loaded).__name__}, which cannot be evaluated in batches.")
+    predictor = cast(Scorer, loaded)
     if data is None and "config" not in predictor.meta:
         raise DataError("This model brings no training data of its own: give --data (a manifest, npz or image folder).")
     if predictor.task not in ("binary", "multiclass"):
         raise DataError(
             f"Evaluation reports cover classification models; this model's task is '{predictor.task}'."
         )
-    got = COLLECTORS[kind_of(predictor.input_kind).name](predictor, data, target, split, progress)
+    kind = kind_of(predictor.input_kind).name
+    if kind != "image" and not isinstance(predictor, Predictor):
+        raise DataError(f"{run} is a {kind} model outside a medpredict bundle; only bundles of that kind evaluate.")
+    got = COLLECTORS[kind](predictor, data, target, split, progress)  # type: ignore[arg-type]
     missing = [c for c in subgroups if c not in got.frame.columns]
     if missing:
         raise DataError(
@@ -504,7 +511,7 @@ def evaluate(
 
 
 def _assemble(
-    predictor: Predictor,
+    predictor: Scorer,
     got: _Collected,
     labels: list[str],
     *,
@@ -537,7 +544,7 @@ def _assemble(
         training_curves=curves,
         run_info={
             "model_name": meta.get("model", {}).get("name") or meta.get("name"),
-            "model_version": predictor.version,
+            "model_version": predictor.identity.version,
             "dataset": got.dataset,
             "evaluated_split": split,
             "external": got.external,
@@ -569,7 +576,7 @@ def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None
     write_text(path, pd.DataFrame(rows).to_csv(index=False, float_format="%.8f"))
 
 
-def _positive_last(got: _Collected, predictor: Predictor) -> list[str]:
+def _positive_last(got: _Collected, predictor: Scorer) -> list[str]:
     """Put a binary model's positive class in column 1, where the metrics expect it.
 
     A model trained with ``--positive`` naming its first class is evaluated for that class:
@@ -585,7 +592,7 @@ def _positive_last(got: _Collected, predictor: Predictor) -> list[str]:
     return labels[::-1]
 
 
-def _add_point_of_care(evaluation: dict[str, Any], predictor: Predictor, got: _Collected) -> None:
+def _add_point_of_care(evaluation: dict[str, Any], predictor: Scorer, got: _Collected) -> None:
     """What the deployed contract says per case, summarised: units, positive class, calibration
     choice, input guard, referral reasons (the same cases ``predict``/``serve``/``pacs`` give)."""
     data = predictor.meta.get("data") or {}
