@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medpredict.errors import ConfigError
+from medpredict.errors import ConfigError, did_you_mean
 
 #: DICOM keywords the check reads, and the intended-use field each one is compared with.
 TAGS = {"Modality": "modalities", "BodyPartExamined": "body_parts", "ViewPosition": "views"}
@@ -87,8 +87,6 @@ class IntendedUse:
         known = {"description", "modalities", "body_parts", "views", "channels", "size_range", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
-            from medpredict.errors import did_you_mean
-
             raise ConfigError(
                 f"Unknown intended_use key(s) {unknown}{did_you_mean(unknown[0], known)}; "
                 f"valid keys: {sorted(known)}."

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,12 @@ from medpredict.bundle.store import GUARD
 from medpredict.calibration.conformal import SplitConformal
 from medpredict.calibration.ood import MahalanobisDetector
 from medpredict.calibration.posthoc import load_calibration
+from medpredict.config import PreprocessConfig
+from medpredict.data.datasets import quantise
 from medpredict.data.intended_use import IntendedUse
+from medpredict.data.transforms import preprocess
 from medpredict.errors import BundleError, DataError
+from medpredict.explain.maps import gradcam
 from medpredict.inference.contract import (
     CasePrediction,
     DecisionRule,
@@ -38,6 +43,8 @@ from medpredict.inference.contract import (
     decide,
     display_source,
 )
+from medpredict.models.fusion import fusion_inputs
+from medpredict.readers.images import read_image_and_tags
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +209,6 @@ class Predictor:
     def read(self, image: ImageInput) -> tuple[np.ndarray, dict[str, str]]:
         """An image as out of the readers, and its descriptive DICOM tags (empty for arrays and non-DICOM)."""
         if isinstance(image, str | os.PathLike):
-            from medpredict.readers.images import read_image_and_tags
-
             return read_image_and_tags(image, channels=self.channels, spatial_dims=self.spatial_dims)
         return np.asarray(image, dtype=np.float32), {}
 
@@ -214,10 +219,6 @@ class Predictor:
         evaluation images are stored (:func:`medpredict.data.datasets.load_images`), so an
         image predicted alone gets the very numbers it gets inside an evaluated split.
         """
-        from medpredict.config import PreprocessConfig
-        from medpredict.data.datasets import quantise
-        from medpredict.data.transforms import preprocess
-
         array = self.read(image)[0] if isinstance(image, str | os.PathLike) else np.asarray(image, np.float32)
         if array.ndim == self.spatial_dims:
             array = array[None]
@@ -371,8 +372,6 @@ class Predictor:
         return out
 
     def _with_explanation(self, case: CasePrediction, image: np.ndarray) -> CasePrediction:
-        from dataclasses import replace
-
         return replace(case, explanation=self.explanation(image, case.decision))
 
     def prepare_records(self, records: Sequence[dict[str, Any]] | Any) -> torch.Tensor:
@@ -405,8 +404,6 @@ class Predictor:
         Raises:
             DataError: a row has neither an image nor a record.
         """
-        from medpredict.models.fusion import fusion_inputs
-
         image_list: list[Any] = list(images or [])
         record_list: list[Any] = list(records or [])
         n = max(len(image_list), len(record_list))
@@ -431,8 +428,6 @@ class Predictor:
         ``class_index`` defaults to the class decided at the locked threshold (what the
         clinician is told), so the map shows the evidence for the answer given.
         """
-        from medpredict.explain.maps import gradcam
-
         prepared = self.prepare(image)
         if class_index is None:
             class_index = self.decided_index(prepared)

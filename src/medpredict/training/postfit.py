@@ -29,7 +29,7 @@ from medpredict.calibration.conformal import SplitConformal
 from medpredict.calibration.ood import MahalanobisDetector
 from medpredict.calibration.posthoc import PostHocCalibrator
 from medpredict.calibration.thresholds import ThresholdPicker
-from medpredict.errors import DataError
+from medpredict.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,6 @@ def resolve_positive(positive: str | None, labels: tuple[str, ...], task: str) -
     Raises:
         ConfigError: ``positive`` is not one of ``labels``, or the task is not binary.
     """
-    from medpredict.errors import ConfigError, did_you_mean
-
     if positive is None:
         return 1
     if task != "binary":
