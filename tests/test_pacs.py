@@ -24,6 +24,7 @@ from medpredict.deploy.pacs_ledger import Ledger, RetryPolicy  # noqa: E402
 from medpredict.deploy.remote import server_error  # noqa: E402
 from medpredict.deploy.uid_log import hashed_uids, scrub, short_id  # noqa: E402
 from medpredict.errors import ConfigError  # noqa: E402
+from test_fhir import assert_valid_r4  # noqa: E402
 
 DICOM = SHARED_DATA / "dicom"
 CHEST_CR = DICOM / "pydicom_data" / "RG1_J2KI.dcm"  # CR, CHEST, PA, JPEG 2000
@@ -351,7 +352,13 @@ def test_only_the_intended_studies_get_results_once_and_new_images_later(orthanc
     posted = [body for _, body in fhir_log.received]
     assert len(posted) == 2 and all(b["type"] == "transaction" for b in posted)
     assert {t for t, _ in fhir_log.received} == {"application/fhir+json"}
-    assert len(list((tmp_path / "fhir").glob("*.fhir.json"))) == 2
+    written = [json.loads(p.read_text()) for p in (tmp_path / "fhir").glob("*.fhir.json")]
+    assert len(written) == 2
+    for bundle in written + posted:  # every FHIR resource written or sent passes R4 and R4B validation
+        assert_valid_r4(bundle)
+        for entry in bundle["entry"]:
+            assert entry["resource"]["subject"]["identifier"] == {"system": "urn:oid:1.2.3.4.5",
+                                                                  "value": chest_a.PatientID}
 
     # A second pass stores nothing new and exits 0.
     count_before = len(_all_uids(client))
@@ -417,3 +424,43 @@ def test_a_failing_image_is_quarantined_retried_with_backoff_then_given_up(ortha
     (entry,) = Ledger(tmp_path / "ledger.json").quarantine.values()
     assert code == 0 and entry["retry_after"] is None  # given up, still listed with its reason
     assert _series(pacs.connect(orthanc.dicomweb_url), broken_ds.StudyInstanceUID) == ["CR"]  # nothing half-way
+
+
+@pytest.mark.orthanc
+def test_pacs_runs_the_int8_model(orthanc, chest_run, tmp_path, capsys):
+    """``--backend int8``: the exported, quantised network makes the stored result."""
+    from medpredict.deploy.export import export_run
+    from medpredict.inference.onnx import load_predictor
+    from medpredict.readers import read_dicom
+
+    run = tmp_path / "run"
+    shutil.copytree(chest_run, run)
+    export_run(run, exporter="torchscript", quantize=True)
+    data, ds = _variant(CHEST_CR, new_study=True, StudyDate="20310101")
+    orthanc.upload(data)
+    (tmp_path / "in.dcm").write_bytes(data)
+    expected = load_predictor(run, backend="int8").predict(images=[read_dicom(tmp_path / "in.dcm").pixels])[0]
+
+    code, out = _pass(run, orthanc, tmp_path, capsys, "--since", "20310101", "--backend", "int8", "--no-overlay")
+
+    assert code == 0 and "1 processed" in out
+    client = pacs.connect(orthanc.dicomweb_url)
+    (sr_item,) = [i for i in client.search_for_instances(ds.StudyInstanceUID, fields=["Modality"])
+                  if pacs._value(i, "00080060") == "SR"]
+    sr = client.retrieve_instance(ds.StudyInstanceUID, pacs._value(sr_item, "0020000E"),
+                                  pacs._value(sr_item, "00080018"), media_types=(("application/dicom", "*"),))
+    assert _numeric_values(sr)["Probability of pneumonia"] == pytest.approx(expected.score, abs=1e-6)
+
+
+def _numeric_values(sr) -> dict[str, float]:
+    """NUM content items of an SR by concept meaning."""
+    found: dict[str, float] = {}
+
+    def walk(items):
+        for item in items:
+            if item.get("ValueType") == "NUM":
+                found[item.ConceptNameCodeSequence[0].CodeMeaning] = float(item.MeasuredValueSequence[0].NumericValue)
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found

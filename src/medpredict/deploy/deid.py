@@ -217,7 +217,8 @@ REMOVE = (
 
 #: Root of the UIDs the standard itself defines (SOP classes, transfer syntaxes): never replaced.
 DICOM_ROOT = "1.2.840.10008."
-METHOD = "medpredict basic profile (DICOM PS3.15 Annex E); dates removed; private tags removed"
+#: De-identification Method values (LO: 64 characters each, so one step per value).
+METHOD = ("medpredict basic profile (DICOM PS3.15 Annex E)", "dates removed", "private tags removed")
 _DATE_VRS = ("DA", "DT", "TM")
 _PROCESS_SALT: list[str] = []
 
@@ -394,7 +395,7 @@ def deidentify_folder(
     write_json(
         report.report_path,
         {
-            "method": METHOD,
+            "method": "; ".join(METHOD),
             "written": report.written,
             "refused": len(report.refused),
             "refused_by_reason": reasons,
@@ -473,7 +474,7 @@ def _mark(ds: Dataset, keep_uids: bool) -> None:
     from pydicom.sequence import Sequence
 
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD + ("; UIDs retained" if keep_uids else "; UIDs replaced")
+    ds.DeidentificationMethod = [*METHOD, "UIDs retained" if keep_uids else "UIDs replaced"]
     codes = [("113100", "Basic Application Confidentiality Profile")]
     if keep_uids:
         codes.append(("113110", "Retain UIDs Option"))

@@ -42,9 +42,15 @@ SC_SERIES_NUMBER = 9902
 SR_DESCRIPTION_PREFIX = "AI result "
 
 
+def identity_text(identity: ModelIdentity, limit: int = 64) -> str:
+    """``identity.text(limit)`` in the DICOM default repertoire: a shortened name ends in "..." (not "…")."""
+    text = identity.text(limit)
+    return identity.text(limit - 2).replace("…", "...") if "…" in text else text
+
+
 def sr_series_description(identity: ModelIdentity) -> str:
     """The SR's SeriesDescription (DICOM LO, 64 characters): how a PACS node recognises its own results."""
-    return SR_DESCRIPTION_PREFIX + identity.text(64 - len(SR_DESCRIPTION_PREFIX))
+    return SR_DESCRIPTION_PREFIX + identity_text(identity, 64 - len(SR_DESCRIPTION_PREFIX))
 
 
 def _check_source(source: Dataset) -> None:
@@ -117,7 +123,7 @@ def structured_report(
 
     _check_source(source)
     finding = finding_of(prediction, positive_label, purpose="DICOM output")
-    text = identity.text(64)
+    text = identity_text(identity)
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -191,7 +197,8 @@ def overlay_capture(
     The picture keeps the source's row and column directions (it is shrunk, and a caption
     band is added below), so a usable Patient Orientation of the source is copied; without
     one (it is optional for CR) Patient Orientation is left empty, as Type 2 allows.
-    Body Part Examined and Laterality are copied from the source when it has them.
+    Body Part Examined and Laterality are copied from the source when it has them (Laterality
+    stays absent otherwise: an unpaired part such as the chest must not have it).
 
     Args:
         source: the image the overlay was made from.
@@ -234,8 +241,6 @@ def overlay_capture(
         )
     if orientation is None:
         sc["PatientOrientation"].value = None  # Type 2: present and empty when the direction is unknown
-    if "Laterality" not in sc:
-        sc.add_new("Laterality", "CS", None)  # Type 2C: present, empty when the source does not say
     body_part = str(source.get("BodyPartExamined") or "").strip()
     if body_part:
         sc.BodyPartExamined = body_part
@@ -303,7 +308,7 @@ def caption_for(prediction: Any, *, identity: ModelIdentity, positive_label: str
     ``positive_label`` is the finding whose probability is shown (default: the decided label).
     """
     finding = finding_of(prediction, positive_label, purpose="DICOM output")
-    parts = [f"AI ({identity.text(64)}): {finding.decision}", f"p({finding.target})={finding.score:.2f}"]
+    parts = [f"AI ({identity_text(identity)}): {finding.decision}", f"p({finding.target})={finding.score:.2f}"]
     if finding.threshold is not None:
         parts.append(f"threshold {finding.threshold:.2f}")
     return ", ".join(parts) + ". Heat map: regions that drove the prediction. Decision support only."
