@@ -342,6 +342,13 @@ def test_only_the_intended_studies_get_results_once_and_new_images_later(orthanc
     assert "2 processed, 4 skipped, 0 quarantined, 0 failed" in out
     for uid in chests:
         assert _series(client, uid) == ["CR", "OT", "SR"]  # source, overlay, report
+    sr = _retrieve_sr(client, chest_a.StudyInstanceUID)
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+    from medpredict.inference.predictor import Predictor
+    from medpredict.readers import read_dicom
+
+    expected = Predictor.from_bundle(chest_run).predict(images=[read_dicom(CHEST_CR).pixels])[0]
+    assert _numeric_values(sr)["Probability of pneumonia"] == pytest.approx(expected.score, abs=1e-6)
     for uid in others:
         assert "SR" not in _series(client, uid) and "OT" not in _series(client, uid)
     ledger = LedgerFile(tmp_path / "ledger.json")
@@ -444,12 +451,15 @@ def test_pacs_runs_the_int8_model(orthanc, chest_run, tmp_path, capsys):
     code, out = _pass(run, orthanc, tmp_path, capsys, "--since", "20310101", "--backend", "int8", "--no-overlay")
 
     assert code == 0 and "1 processed" in out
-    client = pacs.connect(orthanc.dicomweb_url)
-    (sr_item,) = [i for i in client.search_for_instances(ds.StudyInstanceUID, fields=["Modality"])
-                  if pacs._value(i, "00080060") == "SR"]
-    sr = client.retrieve_instance(ds.StudyInstanceUID, pacs._value(sr_item, "0020000E"),
-                                  pacs._value(sr_item, "00080018"), media_types=(("application/dicom", "*"),))
+    sr = _retrieve_sr(pacs.connect(orthanc.dicomweb_url), ds.StudyInstanceUID)
     assert _numeric_values(sr)["Probability of pneumonia"] == pytest.approx(expected.score, abs=1e-6)
+
+
+def _retrieve_sr(client, study_uid: str):
+    (item,) = [i for i in client.search_for_instances(study_uid, fields=["Modality"])
+               if pacs._value(i, "00080060") == "SR"]
+    return client.retrieve_instance(study_uid, pacs._value(item, "0020000E"), pacs._value(item, "00080018"),
+                                    media_types=(("application/dicom", "*"),))
 
 
 def _numeric_values(sr) -> dict[str, float]:

@@ -111,7 +111,11 @@ def connect(
         from dicomweb_client.session_utils import create_session_from_user_pass
 
         session = create_session_from_user_pass(username, password or "")
-    return DICOMwebClient(url.rstrip("/"), session=session, headers=headers)
+    client = DICOMwebClient(url.rstrip("/"), session=session, headers=headers)
+    # dicomweb-client retries every failed request (a refused connection too) for ~30 s by default;
+    # three tries 0.2 and 0.4 s apart ride out a blip, and the next pass retries the rest.
+    client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=100)
+    return client
 
 
 @dataclass(frozen=True)
