@@ -238,3 +238,20 @@ def test_bad_inputs_are_refused(prediction):
         fhir.observation(prediction, identity=IDENTITY, positive_label="covid")
     with pytest.raises(DataError, match="not valid FHIR R4"):
         fhir.risk_assessment(prediction, identity=IDENTITY, occurrence="yesterday-ish")
+
+
+def test_the_prediction_contract_fields_become_components():
+    """A CasePrediction.to_dict(): the prediction set, the referral and the input verdict are reported."""
+    case = {
+        "label": "pneumonia", "decision": "pneumonia", "score": 0.55, "threshold": 0.45, "positive_label": "pneumonia",
+        "probabilities": {"normal": 0.45, "pneumonia": 0.55}, "prediction_set": ["normal", "pneumonia"],
+        "set_coverage": 0.9, "refer": True, "referral_reasons": ["the prediction set is not exactly the decision"],
+        "input_check": {"status": "ok", "reasons": []}, "uncertainty": {"entropy": 0.99},
+    }
+    out = _bundle(case)
+    assert_valid_r4(out)
+    values = {c["code"]["text"]: c for c in out["entry"][1]["resource"]["component"]}
+    assert values["uncertainty: prediction_set"]["valueString"] == "{normal, pneumonia}"
+    assert values["uncertainty: refer_to_clinician"]["valueBoolean"] is True
+    assert "not exactly the decision" in values["uncertainty: referral_reasons"]["valueString"]
+    assert values["uncertainty: input_check"]["valueString"] == "ok"

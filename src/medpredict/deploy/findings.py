@@ -94,6 +94,16 @@ def finding_of(prediction: Any, positive_label: str | None = None, *, purpose: s
             numbers[str(name)] = float(value)
         else:
             others[str(name)] = value
+    # the per-case fields of the prediction contract (medpredict.inference.contract.CasePrediction)
+    if values.get("set_coverage") is not None:
+        others["prediction_set"] = list(values.get("prediction_set") or [])
+    if values.get("refer") is not None:
+        others["refer_to_clinician"] = bool(values["refer"])
+    if values.get("referral_reasons"):
+        others["referral_reasons"] = "; ".join(str(r) for r in values["referral_reasons"])
+    check = values.get("input_check")
+    if isinstance(check, dict) and check.get("status"):
+        others["input_check"] = str(check["status"])
     threshold = values.get("threshold")
     return Finding(
         probabilities=probabilities,

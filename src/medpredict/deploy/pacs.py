@@ -179,10 +179,12 @@ class InputPolicy:
         intended_use: the declaration checked against each image's tags (empty when the
             user passed ``--ignore-intended-use``).
         modalities: the ``--modality`` values (upper case); empty means no narrowing.
+        overridden: the user passed ``--ignore-intended-use`` (the predictor must not refuse either).
     """
 
     intended_use: IntendedUse = field(default_factory=IntendedUse)
     modalities: tuple[str, ...] = ()
+    overridden: bool = False
 
     @classmethod
     def for_predictor(
@@ -201,7 +203,7 @@ class InputPolicy:
                 "--ignore-intended-use: results will be written for images the model may not be built for%s",
                 f" (modalities {'/'.join(chosen)})" if chosen else " (any modality)",
             )
-            return cls(IntendedUse(), chosen)
+            return cls(IntendedUse(), chosen, overridden=True)
         if not declared.declared:
             raise ConfigError(
                 "The model declares no intended use (modalities, body parts, views), so the PACS node cannot tell "
@@ -460,12 +462,17 @@ def _process_image(
         path = Path(tmp) / "instance.dcm"
         source.save_as(path, enforce_file_format=False)
         image = read_dicom(path, channels=channels).pixels
-    prediction = predictor.predict(images=[image])[0]
+    prediction = predictor.predict(
+        images=[image], tags=[tags_of(source)], explain=outputs.overlay, ignore_intended_use=policy.overridden
+    )[0]
     identity, positive = predictor.identity, predictor.positive_label
     outputs_to_store = [dicom_out.structured_report(source, prediction, identity=identity, positive_label=positive)]
+    explanation = getattr(prediction, "explanation", None)
     if outputs.overlay:
         caption = dicom_out.caption_for(prediction, identity=identity, positive_label=positive)
-        heat = predictor.explain(image)
+        if explanation is not None:
+            caption += f" {explanation.caption()}."
+        heat = explanation.heatmap if explanation is not None else predictor.explain(image)
         outputs_to_store.append(dicom_out.overlay_capture(source, blend(image, heat), caption=caption))
     bundle = _fhir_bundle(prediction, predictor, source, outputs) if outputs.fhir else None
     client.store_instances(datasets=outputs_to_store, study_instance_uid=study_uid)
