@@ -192,7 +192,9 @@ def test_service_serves_an_external_model(keras_yaml, tmp_path):
     assert res.status_code == 200, res.text
     body = res.json()
     assert body["prediction"]["label"] == "pneumonia"
-    assert body["model"] == {"name": "keras-demo", "version": "7"}
+    assert {k: body["model"][k] for k in ("name", "version", "text")} == {
+        "name": "keras-demo", "version": "7", "text": "keras-demo v7 (onnx)"
+    }
     assert body["explanation"] == "Occlusion: evidence for 'pneumonia'"
     assert body["overlay_png"].startswith("data:image/png")
     assert card["positive_label"] == "pneumonia" and card["threshold"] == 0.4
