@@ -299,7 +299,8 @@ def test_stale_onnx_export_is_refused(exported_run, tmp_path):
 def test_int8_backend_runs_the_quantised_file(exported_run, tmp_path):
     import shutil
 
-    from medpredict.inference.onnx import OnnxBundlePredictor, load_predictor
+    from medpredict.inference.loader import load_predictor
+    from medpredict.inference.onnx import OnnxBundlePredictor
 
     fp32, int8 = load_predictor(exported_run, backend="onnx"), load_predictor(exported_run, backend="int8")
     assert isinstance(int8, OnnxBundlePredictor)
@@ -316,7 +317,7 @@ def test_int8_backend_runs_the_quantised_file(exported_run, tmp_path):
 def test_cli_predict_accepts_the_int8_backend(exported_run, tmp_path):
     from fixtures_images import write_png
     from medpredict.cli import main
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     image = write_png(tmp_path / "x.png", (_xrays(2)[1][0] * 255).astype(np.uint8))
     assert main(["-q", "predict", str(exported_run), str(image), "--out", str(tmp_path / "out"),

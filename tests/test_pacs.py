@@ -437,7 +437,7 @@ def test_a_failing_image_is_quarantined_retried_with_backoff_then_given_up(ortha
 def test_pacs_runs_the_int8_model(orthanc, chest_run, tmp_path, capsys):
     """``--backend int8``: the exported, quantised network makes the stored result."""
     from medpredict.deploy.export import export_run
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.readers import read_dicom
 
     run = tmp_path / "run"

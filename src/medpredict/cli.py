@@ -20,7 +20,7 @@ from medpredict.errors import ConfigError, MedpredictError
 log = logging.getLogger("medpredict")
 
 #: Where a run's network runs: PyTorch, or its exported ONNX model (fp32 or int8).
-BACKENDS = ("torch", "onnx", "int8")
+BACKENDS = ("torch", "onnx", "int8")  # medpredict.inference.loader.BACKENDS (not imported: it loads torch)
 
 Handler = Callable[[argparse.Namespace], int]
 
