@@ -45,8 +45,10 @@ class FakeClient:
         self.studies = studies
         self.calls = []
 
-    def search_for_studies(self, search_filters=None, fields=None, get_remaining=False):
+    def search_for_studies(self, search_filters=None, fields=None, offset=None):
         self.calls.append(search_filters)
+        if offset:  # a server that ignores offset repeats its page: the search must still end
+            return [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid, _ in self.studies]
         return [
             {"0020000D": {"vr": "UI", "Value": [uid]}, "00201208": {"vr": "IS", "Value": [n]}}
             for uid, n in self.studies
@@ -57,10 +59,8 @@ def test_find_studies_queries_each_modality_and_keeps_counts():
     client = FakeClient([("1.2.3", 2), ("1.2.4", 1)])
     found = pacs.find_studies(client, modalities=["CR", "DX"], since="20240101")
     assert [(s.uid, s.instances) for s in found] == [("1.2.3", 2), ("1.2.4", 1)]  # one entry per study
-    assert client.calls == [
-        {"StudyDate": "20240101-", "ModalitiesInStudy": "CR"},
-        {"StudyDate": "20240101-", "ModalitiesInStudy": "DX"},  # every --modality value is used
-    ]
+    cr, dx = ({"StudyDate": "20240101-", "ModalitiesInStudy": m} for m in ("CR", "DX"))
+    assert client.calls == [cr, cr, dx, dx]  # every --modality value is used; a second page ends each
 
 
 def test_connect_refuses_a_non_http_url():

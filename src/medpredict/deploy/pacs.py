@@ -40,6 +40,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +147,39 @@ def find_studies(
     queries = [{**base, "ModalitiesInStudy": m} for m in modalities] or [base]
     found: dict[str, StudyEntry] = {}
     for filters in queries:
-        items = client.search_for_studies(
-            search_filters=filters or None,
-            fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
-            get_remaining=True,
-        )
+        items = _all_pages(partial(_search_studies, client, filters), _STUDY_UID)
         for item in items:
             uid = _value(item, _STUDY_UID)
             if uid and uid not in found:
                 count = _value(item, _INSTANCES_IN_STUDY)
                 found[uid] = StudyEntry(uid, tuple(_values(item, _MODALITIES_IN_STUDY)), int(count) if count else None)
     return list(found.values())
+
+
+def _search_studies(client: Any, filters: dict[str, Any], offset: int) -> list[dict[str, Any]]:
+    return list(
+        client.search_for_studies(
+            search_filters=filters or None,
+            fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
+            offset=offset or None,
+        )
+    )
+
+
+def _all_pages(search: Callable[[int], list[dict[str, Any]]], key: str) -> list[dict[str, Any]]:
+    """Every result of a QIDO search, page after page, until a page brings nothing new.
+
+    dicomweb-client's ``get_remaining`` stops only on an empty page; a server that ignores
+    ``offset`` for some filters (Orthanc with ``ModalitiesInStudy``) would repeat the first
+    page for ever.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    while True:
+        page = search(len(found))
+        new = {_value(item, key): item for item in page if _value(item, key) not in found}
+        if not new:
+            return list(found.values())
+        found.update(new)
 
 
 def _value(item: Mapping[str, Any], tag: str) -> str:
@@ -327,8 +350,11 @@ def process_study(
         ledger.record_study(entry.uid, instances=entry.instances, status="skipped")
         return StudyResult(sid, "skipped", reason)
 
-    listed = client.search_for_instances(
-        study_instance_uid=entry.uid, fields=list(_INSTANCE_FIELDS), get_remaining=True
+    listed = _all_pages(
+        lambda offset: client.search_for_instances(
+            study_instance_uid=entry.uid, fields=list(_INSTANCE_FIELDS), offset=offset or None
+        ),
+        _SOP_UID,
     )
     result = StudyResult(sid, "skipped")
     candidates = []
