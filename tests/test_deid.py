@@ -91,7 +91,8 @@ def test_every_identifier_is_gone_including_private_and_nested(tmp_path: Path) -
     # Type 2 attributes stay, empty; the profile is recorded.
     assert "PatientName" in clean and not clean.PatientName
     assert clean.PatientIdentityRemoved == "YES"
-    assert "Annex E" in clean.DeidentificationMethod
+    assert "Annex E" in clean.DeidentificationMethod[0]
+    assert all(len(v) <= 64 for v in clean.DeidentificationMethod)  # LO, one step per value
     assert clean.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
     assert clean.LongitudinalTemporalInformationModified == "REMOVED"
     # The standard's own UIDs (classes, transfer syntax) are not touched; instance UIDs are.
@@ -181,3 +182,54 @@ def test_deidentify_file_refuses_non_dicom_and_writes_atomically(tmp_path: Path)
         deidentify_file(bad, tmp_path / "out.dcm")
     assert not (tmp_path / "out.dcm").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["notes.dcm"]  # no temporary left behind
+
+
+def test_data_deid_cli_cleans_a_pacs_export_folder(tmp_path: Path, capsys) -> None:
+    """``medpredict data deid IN OUT`` on the shipped DICOMs, in an export folder named after a patient."""
+    import json
+    import shutil
+
+    from medpredict.cli import main
+
+    shipped = sorted((SHARED_DATA / "dicom" / "pydicom_data").glob("*.dcm"))
+    if len(shipped) < 4:
+        pytest.skip("the shipped DICOM files are missing")
+    export = tmp_path / "export" / "DOE_JANE_MRN-123456"  # export folders often carry names
+    export.mkdir(parents=True)
+    for path in shipped:
+        shutil.copy(path, export / path.name)
+    burned = pydicom.dcmread(shipped[0])
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(export / "burned.dcm")
+    (export / "README.txt").write_text("not DICOM")
+    originals = {p.name: pydicom.dcmread(p, stop_before_pixels=True) for p in export.glob("*.dcm")}
+
+    code = main(["-q", "data", "deid", str(tmp_path / "export"), str(tmp_path / "clean")])
+
+    out = capsys.readouterr().out
+    assert code == 1  # one file refused
+    assert f"De-identified {len(shipped)} file(s)" in out and "REFUSED" in out and "burned.dcm" in out
+    written = sorted((tmp_path / "clean").rglob("*.dcm"))
+    assert len(written) == len(shipped)
+    old_uids = {str(ds.StudyInstanceUID) for ds in originals.values()} | {str(ds.SOPInstanceUID)
+                                                                          for ds in originals.values()}
+    for path in written:
+        ds = pydicom.dcmread(path)
+        assert ds.PatientIdentityRemoved == "YES" and not ds.PatientName and not ds.PatientID
+        assert path.stem == ds.SOPInstanceUID and path.parent.parent.name == ds.StudyInstanceUID  # named by new UIDs
+        assert str(ds.SOPInstanceUID) not in old_uids
+    tree = "\n".join(str(p) for p in (tmp_path / "clean").rglob("*"))
+    assert "DOE" not in tree and "MRN" not in tree  # no name from the export's folders
+    report = json.loads((tmp_path / "clean" / "deid_report.json").read_text())
+    assert report["written"] == len(shipped) and report["refused_by_reason"] == {"burned-in annotation": 1}
+    assert report["not_dicom"] == 1 and "DOE" not in json.dumps(report)
+    flagged = " ".join(report["flagged_for_pixel_review"].values())
+    assert "modality US" in flagged  # ultrasound without Burned In Annotation: look at the pixels
+
+
+def test_data_deid_refuses_an_output_inside_the_input(tmp_path: Path, capsys) -> None:
+    from medpredict.cli import main
+
+    (tmp_path / "in").mkdir()
+    assert main(["data", "deid", str(tmp_path / "in"), str(tmp_path / "in" / "out")]) == 2
+    assert "lies inside the input" in capsys.readouterr().err

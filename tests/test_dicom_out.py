@@ -1,8 +1,10 @@
-"""DICOM output: SR and secondary capture land in the source study and read back."""
+"""DICOM output: SR and secondary capture land in the source study, read back, and pass dciodvfy."""
 
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,10 +15,12 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
+from medpredict.bundle.identity import ModelIdentity  # noqa: E402
 from medpredict.deploy import dicom_out  # noqa: E402
 from medpredict.errors import DataError  # noqa: E402
 
-MODEL = {"model_name": "pneumonia-cnn", "model_version": "1.2.0"}
+IDENTITY = ModelIdentity("pneumonia-cnn", "3f2a9c1b7d0e", "tiny-resnet")
+MODEL = {"identity": IDENTITY}
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "MRN-0042"
 
@@ -81,7 +85,7 @@ def test_sr_is_in_the_source_study_and_holds_the_result(source, prediction):
     assert values["Probability of normal"] == pytest.approx(0.3)
     assert values["Decision threshold"] == pytest.approx(0.45)
     assert values["Uncertainty (entropy)"] == pytest.approx(0.88)
-    assert "pneumonia-cnn" in text and "1.2.0" in text
+    assert IDENTITY.text() in text
     # the evidence points at the source image
     refs = [
         r.ReferencedSOPInstanceUID
@@ -100,8 +104,8 @@ def test_sr_finding_is_the_label_at_the_threshold(source, prediction):
     assert len(groups) == 1
     group = groups[0]
     evaluations = group.get_qualitative_evaluations()
-    assert [e.value.meaning for e in evaluations] == ["normal"]
-    assert group.finding_type.meaning == "pneumonia"
+    assert [(e.value.value, e.value.scheme_designator) for e in evaluations] == [("17621005", "SCT")]  # Normal
+    assert (group.finding_type.value, group.finding_type.scheme_designator) == ("233604007", "SCT")  # Pneumonia
 
 
 def test_secondary_capture_is_in_the_study_with_caption(source):
@@ -110,6 +114,7 @@ def test_secondary_capture_is_in_the_study_with_caption(source):
     caption = dicom_out.caption_for(
         {"probabilities": {"a": 0.1, "b": 0.9}, "label": "b", "score": 0.9, "threshold": 0.5}, **MODEL
     )
+    assert caption.startswith(f"AI ({IDENTITY.text()}): b, p(b)=0.90")
     sc = _roundtrip(dicom_out.overlay_capture(source, heat, caption=caption))
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
@@ -119,7 +124,82 @@ def test_secondary_capture_is_in_the_study_with_caption(source):
     assert pixels.shape[1] == 64 and pixels.shape[0] > 64  # caption band below the picture
     assert tuple(pixels[5, 5]) == (255, 0, 0)
     assert pixels[64:].max() > 200  # white caption text in the band
-    assert "p=0.90" in caption and "threshold 0.50" in caption
+    assert "threshold 0.50" in caption
+
+
+def test_model_identity_is_plain_text_and_the_private_scheme_is_declared(source, prediction):
+    long_name = ModelIdentity(
+        "a-very-long-run-name-for-pneumonia-on-portable-chest-films-v2", "3f2a9c1b7d0e", "densenet121"
+    )
+    sr = _roundtrip(dicom_out.structured_report(source, prediction, identity=long_name))
+    assert sr.SeriesDescription == dicom_out.sr_series_description(long_name)
+    assert len(sr.SeriesDescription) <= 64 and sr.SeriesDescription.endswith("v3f2a9c1b7d0e (densenet121)")
+    texts = [str(e.value) for e in sr.iterall() if e.VR in ("LO", "SH", "UT", "ST") and isinstance(e.value, str)]
+    assert not [t for t in texts if "{" in t or "'name'" in t]  # no Python dict anywhere
+    assert dicom_out.identity_text(long_name) in texts  # the device observer's model name
+    assert all(t.isascii() for t in texts)  # the default repertoire: no "…"
+    schemes = {item.CodingSchemeDesignator: item for item in sr.CodingSchemeIdentificationSequence}
+    assert schemes["99MEDPRED"].CodingSchemeName
+    used = {e.value for e in sr.iterall() if e.keyword == "CodingSchemeDesignator"}
+    assert "99MEDPRED" in used and "SCT" in used
+
+
+@pytest.mark.parametrize(
+    ("orientation", "laterality", "body_part", "expected_orientation"),
+    [
+        (["L", "F"], None, "CHEST", ["L", "F"]),  # a usable orientation is copied
+        (None, None, "CHEST", None),  # absent (optional for CR): left empty, no failure
+        (["PL", "F"], None, "CHEST", None),  # oblique values highdicom cannot take: left empty
+        (["R", "F"], "R", "EXTREMITY", ["R", "F"]),  # a paired part keeps its laterality
+    ],
+)
+def test_overlay_copies_orientation_laterality_and_body_part(source, orientation, laterality, body_part,
+                                                             expected_orientation):
+    if orientation is None:
+        del source.PatientOrientation
+    else:
+        source.PatientOrientation = orientation
+    if laterality:
+        source.Laterality = laterality
+    source.BodyPartExamined = body_part
+    sc = _roundtrip(dicom_out.overlay_capture(source, np.zeros((32, 32, 3), np.uint8), caption="x"))
+    assert "PatientOrientation" in sc
+    assert (list(sc.PatientOrientation) if sc.PatientOrientation else None) == expected_orientation
+    assert sc.get("Laterality") == laterality  # absent for the chest (unpaired)
+    assert sc.BodyPartExamined == body_part
+
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def _dciodvfy(ds: Dataset, path) -> tuple[list[str], list[str]]:
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run([DCIODVFY or "dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (run.stdout + run.stderr).splitlines()
+    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
+
+
+@pytest.mark.dciodvfy
+@pytest.mark.parametrize(
+    ("name", "drop"),
+    [
+        ("RG1_J2KI.dcm", ()),  # chest CR, PA
+        ("RG1_J2KI.dcm", ("PatientOrientation",)),  # the same without PatientOrientation
+        ("RG3_J2KR.dcm", ()),  # tibia CR with Laterality R (a paired part)
+    ],
+)
+def test_dciodvfy_finds_no_error_in_the_sr_and_the_overlay(shared_data, tmp_path, prediction, name, drop):
+    real = pydicom.dcmread(shared_data / "dicom" / "pydicom_data" / name, stop_before_pixels=True)
+    for keyword in drop:
+        delattr(real, keyword)
+    sr = dicom_out.structured_report(real, prediction, positive_label="pneumonia", **MODEL)
+    sc = dicom_out.overlay_capture(real, np.zeros((64, 64, 3), np.uint8), caption="AI overlay")
+    for label, ds in (("sr", sr), ("sc", sc)):
+        errors, warnings = _dciodvfy(ds, tmp_path / f"{label}.dcm")
+        assert errors == [], (label, errors)
+        # what remains: the private 99MEDPRED codes are "unrecognised defined terms" (they are declared), and
+        # the source's retired-form Referring Physician's Name copied into the new objects
+        assert all("99MEDPRED" in w or "Referring Physician" in w for w in warnings), (label, warnings)
 
 
 def test_large_overlays_are_shrunk(source):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -189,7 +192,9 @@ def test_service_serves_an_external_model(keras_yaml, tmp_path):
     assert res.status_code == 200, res.text
     body = res.json()
     assert body["prediction"]["label"] == "pneumonia"
-    assert body["model"] == {"name": "keras-demo", "version": "7"}
+    assert {k: body["model"][k] for k in ("name", "version", "text")} == {
+        "name": "keras-demo", "version": "7", "text": "keras-demo v7 (onnx)"
+    }
     assert body["explanation"] == "Occlusion: evidence for 'pneumonia'"
     assert body["overlay_png"].startswith("data:image/png")
     assert card["positive_label"] == "pneumonia" and card["threshold"] == 0.4
@@ -241,7 +246,7 @@ def exported_run(tmp_path_factory):
 
     target = tmp_path_factory.mktemp("onnxrun") / "tiny"
     shutil.copytree(tiny_run(tmp_path_factory), target)
-    export_run(target, exporter="torchscript")
+    export_run(target, exporter="torchscript", quantize=True)  # model.onnx and model.int8.onnx
     return target
 
 
@@ -289,6 +294,38 @@ def test_stale_onnx_export_is_refused(exported_run, tmp_path):
     save_bundle(stale / "model", state_dict=retrained, meta=meta)  # the bundle changed, the ONNX did not
     with pytest.raises(BundleError, match="export again"):
         OnnxBundlePredictor.from_run(stale)
+
+
+def test_int8_backend_runs_the_quantised_file(exported_run, tmp_path):
+    import shutil
+
+    from medpredict.inference.loader import load_predictor
+    from medpredict.inference.onnx import OnnxBundlePredictor
+
+    fp32, int8 = load_predictor(exported_run, backend="onnx"), load_predictor(exported_run, backend="int8")
+    assert isinstance(int8, OnnxBundlePredictor)
+    assert Path(int8.model.path).name == "model.int8.onnx" and Path(fp32.model.path).name == "model.onnx"
+    a, b = fp32.predict(images=_xrays(8)), int8.predict(images=_xrays(8))
+    assert np.max(np.abs(np.array([p.score for p in a]) - [p.score for p in b])) < 0.1  # quantised, close
+    bare = tmp_path / "bare"
+    shutil.copytree(exported_run, bare)
+    (bare / "onnx" / "model.int8.onnx").unlink()
+    with pytest.raises(BundleError, match="--int8"):
+        load_predictor(bare, backend="int8")
+
+
+def test_cli_predict_accepts_the_int8_backend(exported_run, tmp_path):
+    from fixtures_images import write_png
+    from medpredict.cli import main
+    from medpredict.inference.loader import load_predictor
+
+    image = write_png(tmp_path / "x.png", (_xrays(2)[1][0] * 255).astype(np.uint8))
+    assert main(["-q", "predict", str(exported_run), str(image), "--out", str(tmp_path / "out"),
+                 "--backend", "int8", "--no-overlays"]) == 0
+    written = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    expected = load_predictor(exported_run, backend="int8").predict(images=[image])[0]
+    (row,) = written["predictions"]
+    assert row["score"] == pytest.approx(expected.score, abs=1e-6)  # the int8 model made it
 
 
 def test_unknown_backend_gets_a_suggestion(exported_run):

@@ -79,11 +79,12 @@ def test_pacs_stores_an_sr_for_a_jpeg_lossless_chest_cr(
         ) as response:
             assert response.read().decode() == JPEG_LOSSLESS_SV1  # Orthanc keeps the encoding as sent
 
+        # the session model (squares) declares no intended use: the CR is chosen explicitly
         code = main(["pacs", str(tiny_run), "--url", orthanc.dicomweb_url, "--modality", "CR",
-                     "--ledger", str(tmp_path / "ledger.json")])  # fmt: skip
+                     "--ignore-intended-use", "--ledger", str(tmp_path / "ledger.json")])  # fmt: skip
 
         assert code == 0
-        assert capsys.readouterr().out.strip().endswith("1 processed, 0 skipped, 0 failed")
+        assert "1 processed, 0 skipped, 0 quarantined, 0 failed" in capsys.readouterr().out
         client = pacs.connect(orthanc.dicomweb_url)
         series = client.search_for_series(source.StudyInstanceUID, fields=["Modality"])
         assert sorted(item["00080060"]["Value"][0] for item in series) == ["CR", "OT", "SR"]  # + overlay
@@ -97,7 +98,7 @@ def test_pacs_stores_an_sr_for_a_jpeg_lossless_chest_cr(
         )
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert _probability(sr, pacs.positive_label(predictor)) == pytest.approx(expected.score, abs=1e-6)
+    assert _probability(sr, predictor.positive_label) == pytest.approx(expected.score, abs=1e-6)
 
 
 def _probability(sr: object, label: str | None) -> float:

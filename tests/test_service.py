@@ -248,9 +248,29 @@ def test_audit_log_has_every_request_and_no_patient_identifiers(client, tmp_path
     assert b"x.dcm" not in blob  # nor the uploaded file name
 
 
-def test_openapi_lists_the_routes(client):
-    paths = client.get("/openapi.json").json()["paths"]
+def test_openapi_lists_the_routes_the_key_and_the_errors(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
     assert {"/health", "/api/v1/model", "/api/v1/predict", "/api/v1/predict/batch"} <= set(paths)
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert paths["/health"]["get"]["security"] == []  # liveness needs no key
+    predict = paths["/api/v1/predict"]["post"]
+    assert {"ApiKey": []} in predict["security"]
+    assert {"200", "401", "413", "415", "422"} <= set(predict["responses"])
+    assert "401" in paths["/api/v1/model"]["get"]["responses"]
+
+
+def test_api_docs_work_offline(client):
+    """/docs loads Swagger UI from this service, not from a CDN; /redoc (CDN-only) is gone."""
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources  # nothing from another host
+    for source in sources:
+        assert client.get(source).status_code == 200, source  # every asset is served here, without a key
+    assert client.get("/redoc").status_code in (401, 404)
 
 
 def test_page_is_served(client):

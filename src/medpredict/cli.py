@@ -19,6 +19,9 @@ from medpredict.errors import ConfigError, MedpredictError
 
 log = logging.getLogger("medpredict")
 
+#: Where a run's network runs: PyTorch, or its exported ONNX model (fp32 or int8).
+BACKENDS = ("torch", "onnx", "int8")  # medpredict.inference.loader.BACKENDS (not imported: it loads torch)
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -141,7 +144,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lang", default="en", help="report language: en or zh")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report by")
-    p.add_argument("--backend", default="torch", help="torch (default) or onnx (after 'medpredict export')")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
     p.set_defaults(handler=_evaluate)
 
 
@@ -166,7 +170,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders, DICOM files or a manifest CSV")
     p.add_argument("--out", required=True, help="output folder for predictions.csv/json and overlays")
     p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlay PNGs")
-    p.add_argument("--backend", default="torch", help="torch (default) or onnx (after 'medpredict export')")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="predict even for DICOM inputs whose tags contradict the model's intended use")
     p.set_defaults(handler=_predict)
@@ -200,6 +205,24 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--url", help="download from this URL (a mirror) instead of the catalogue's")
     fetch.add_argument("--md5", help="expected MD5 (required with --url for names not in the catalogue)")
     fetch.set_defaults(handler=_data_fetch)
+    deid = data_sub.add_parser(
+        "deid",
+        help="de-identify a folder of DICOM files (PS3.15 basic profile) before it becomes training data",
+        description="Writes a de-identified copy of every DICOM file under IN to the same relative path under "
+        "OUT, and deid_report.json there. Files whose Burned In Annotation is YES are refused (listed in the "
+        "report) unless --allow-burned-in. Exit status 1 when any file was refused or unreadable.",
+    )
+    deid.add_argument("source", metavar="IN", help="folder (searched recursively) or one DICOM file")
+    deid.add_argument("dest", metavar="OUT", help="output folder (must not be inside IN)")
+    deid.add_argument("--salt-file",
+                      help="file holding a secret salt: the same salt gives the same new UIDs across runs "
+                           "(default: a random salt per run)")
+    deid.add_argument("--keep-uids", action="store_true", help="keep the original UIDs (Retain UIDs option)")
+    deid.add_argument("--keep", action="append", default=[], metavar="KEYWORD",
+                      help="retain this attribute although the profile removes it (repeatable), e.g. PatientAge")
+    deid.add_argument("--allow-burned-in", action="store_true",
+                      help="de-identify the header of images marked Burned In Annotation = YES (the pixel text stays)")
+    deid.set_defaults(handler=_data_deid)
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -236,6 +259,22 @@ def _data_fetch(args: argparse.Namespace) -> int:
     path = fetch(args.name, args.dest, url=args.url, md5=args.md5)
     print(f"Downloaded and verified: {path}")
     return 0
+
+
+def _data_deid(args: argparse.Namespace) -> int:
+    from medpredict.deploy.deid import deidentify_folder
+
+    salt = Path(args.salt_file).read_text(encoding="utf-8").strip() if args.salt_file else None
+    report = deidentify_folder(
+        args.source, args.dest, salt=salt, keep_uids=args.keep_uids, keep=tuple(args.keep),
+        allow_burned_in=args.allow_burned_in,
+    )
+    print(f"De-identified {report.written} file(s) into {args.dest}; refused {len(report.refused)}, "
+          f"not DICOM {len(report.not_dicom)}")
+    for path, reason in report.refused.items():
+        print(f"REFUSED {path}: {reason}")
+    print(f"Report: {report.report_path}")
+    return 1 if report.refused else 0
 
 
 # --- demo --------------------------------------------------------------------------------
@@ -406,8 +445,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit (default 20 MB)")
     p.add_argument("--audit", help="SQLite audit log (default: audit.sqlite beside the model)")
     p.add_argument("--modality", action="append", default=[], help="accepted DICOM modality (repeatable)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="onnx: run RUN/onnx/model.onnx in ONNX Runtime")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="onnx: run RUN/onnx/model.onnx in ONNX Runtime; int8: RUN/onnx/model.int8.onnx")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="answer DICOM uploads whose tags contradict the model's intended use (default: 422)")
     p.set_defaults(handler=_serve)
@@ -423,15 +462,37 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_pacs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pacs", help="DICOMweb: find new studies, predict, store SR + overlay back")
+    p = sub.add_parser(
+        "pacs",
+        help="DICOMweb: find new images the model is meant for, predict, store SR + overlay (+ FHIR) back",
+        description="Exit status: 0 when the pass completed (results stored, images outside the intended use "
+        "skipped, failing images quarantined in the ledger and retried with backoff); 1 when a study could not "
+        "be examined (tried again next pass); 2 for bad flags and for connection, TLS or authentication "
+        "failures.",
+    )
     p.add_argument("run", help="run folder or bring-your-own ONNX descriptor .yaml")
     p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
-    p.add_argument("--modality", help="only studies and images of this modality, e.g. CR")
-    p.add_argument("--ledger", help="JSON of processed studies (default: pacs_ledger.json beside the model)")
-    p.add_argument("--limit", type=int, default=50, help="studies looked at per pass")
-    p.add_argument("--max-images", type=int, default=4, help="images per study")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch, onnx (RUN/onnx/model.onnx) or int8 (RUN/onnx/model.int8.onnx)")
+    p.add_argument("--modality", action="append", default=[],
+                   help="only images of this modality (repeatable; within the model's intended use)")
+    p.add_argument("--ignore-intended-use", action="store_true",
+                   help="write results for images outside the model's declared intended use (modality, body part, "
+                        "view); needed for models that declare none")
+    p.add_argument("--since", help="only studies from this date on (YYYYMMDD)")
+    p.add_argument("--ledger", help="JSON of what was done (default: pacs_ledger.json beside the model)")
+    p.add_argument("--limit", type=int, default=50, help="studies examined per pass")
+    p.add_argument("--max-images", type=int, default=4, help="images per study per pass")
     p.add_argument("--no-overlay", action="store_true", help="store the SR only, no overlay image")
-    p.add_argument("--fhir-dir", help="also write a FHIR R4 Bundle per image into this folder")
+    p.add_argument("--fhir-dir", help="also write a FHIR R4 transaction Bundle per image into this folder")
+    p.add_argument("--fhir-url", help="also POST each FHIR Bundle to this FHIR server base URL")
+    p.add_argument("--fhir-patient-system",
+                   help="identifier system of DICOM Patient IDs in the FHIR server (e.g. urn:oid:1.2.3.4)")
+    p.add_argument("--fhir-patient-map", help="JSON file of Patient ID -> 'Patient/<id>' FHIR references")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries of a failing image before it is given up")
+    p.add_argument("--retry-after", type=float, default=600.0,
+                   help="seconds before a failed image is retried (doubles each time; default 600)")
+    p.add_argument("--retry-quarantined", action="store_true", help="retry every quarantined image now")
     p.add_argument("--watch", type=float, default=30.0, help="seconds between passes when --rounds > 1")
     p.add_argument("--rounds", type=int, default=1, help="number of passes (default 1)")
     p.add_argument("--user", help="DICOMweb user (password from MEDPREDICT_PACS_PASSWORD)")
@@ -442,19 +503,23 @@ def _pacs(args: argparse.Namespace) -> int:
     import os
 
     from medpredict.deploy.pacs import run_pacs
+    from medpredict.deploy.pacs_ledger import RetryPolicy
 
     results = run_pacs(
-        args.run, args.url, ledger_path=args.ledger, modality=args.modality, limit=args.limit,
-        max_images=args.max_images, overlay=not args.no_overlay, fhir_dir=args.fhir_dir,
-        interval_s=args.watch, max_rounds=args.rounds, username=args.user,
-        password=os.environ.get("MEDPREDICT_PACS_PASSWORD") if args.user else None,
+        args.run, args.url, backend=args.backend, ledger_path=args.ledger, modalities=args.modality,
+        ignore_intended_use=args.ignore_intended_use, since=args.since, limit=args.limit,
+        max_images=args.max_images, overlay=not args.no_overlay, fhir_dir=args.fhir_dir, fhir_url=args.fhir_url,
+        fhir_patient_system=args.fhir_patient_system, fhir_patient_map=args.fhir_patient_map,
+        retry=RetryPolicy(max_attempts=args.max_attempts, backoff_s=args.retry_after),
+        retry_quarantined=args.retry_quarantined, interval_s=args.watch, max_rounds=args.rounds,
+        username=args.user, password=os.environ.get("MEDPREDICT_PACS_PASSWORD") if args.user else None,
     )
     for result in results:
         print(f"study {result.study_short_id}: {result.status} {result.reason}".rstrip()
               + "".join(f"\n  image {i.sop_short_id}: {i.label} (score {i.score})" for i in result.images))
     statuses = [r.status for r in results]
-    counts = {status: statuses.count(status) for status in ("processed", "skipped", "failed")}
-    print(", ".join(f"{n} {status}" for status, n in counts.items()))
+    counts = {status: statuses.count(status) for status in ("processed", "skipped", "quarantined", "failed")}
+    print(", ".join(f"{n} {status}" for status, n in counts.items()) + " (unchanged studies are not listed)")
     return 1 if counts["failed"] else 0
 
 

@@ -35,6 +35,10 @@ class DependencyError(MedpredictError, ImportError):
     """An optional dependency (an extra) is not installed."""
 
 
+class ServerError(MedpredictError, ConnectionError):
+    """A server (PACS, FHIR) cannot be reached, fails TLS, or refuses the credentials."""
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""`` if none is close."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)

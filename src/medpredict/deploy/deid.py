@@ -21,6 +21,11 @@ removed, in the main data set and in every sequence item:
 
 Pixel data is not changed. A file whose Burned In Annotation is ``YES`` is refused
 (text in the pixels would survive), unless ``allow_burned_in=True``, which logs a warning.
+
+:func:`deidentify_folder` (``medpredict data deid IN OUT``) applies this to a PACS export
+before it becomes training data: outputs are named by their new UIDs (export folder names
+often hold patient names), and images of text-prone modalities that do not declare Burned
+In Annotation are flagged for a look at their pixels.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medpredict.errors import DataError
 
@@ -211,7 +217,8 @@ REMOVE = (
 
 #: Root of the UIDs the standard itself defines (SOP classes, transfer syntaxes): never replaced.
 DICOM_ROOT = "1.2.840.10008."
-METHOD = "medpredict basic profile (DICOM PS3.15 Annex E); dates removed; private tags removed"
+#: De-identification Method values (LO: 64 characters each, so one step per value).
+METHOD = ("medpredict basic profile (DICOM PS3.15 Annex E)", "dates removed", "private tags removed")
 _DATE_VRS = ("DA", "DT", "TM")
 _PROCESS_SALT: list[str] = []
 
@@ -277,9 +284,13 @@ def deidentify_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], **
     Raises:
         DataError: ``src`` is not a readable DICOM file, or :func:`deidentify` refuses it.
     """
-    import pydicom
+    clean = _deidentified(src, **options)
+    _write(clean, Path(dst))
+    return Path(dst)
 
-    from medpredict.atomic import atomic_open
+
+def _deidentified(src: str | os.PathLike[str], **options: object) -> Dataset:
+    import pydicom
 
     source = os.fspath(src)
     try:
@@ -290,15 +301,121 @@ def deidentify_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], **
     if "SOPClassUID" not in ds and not (meta is not None and "MediaStorageSOPClassUID" in meta):
         raise DataError(f"'{source}' has no SOP Class UID; it is not a DICOM object that can be de-identified.")
     try:
-        clean = deidentify(ds, **options)  # type: ignore[arg-type]
+        return deidentify(ds, **options)  # type: ignore[arg-type]
     except DataError:
         raise
     except Exception as exc:  # malformed elements surface only while they are parsed
         raise DataError(f"'{source}' has malformed data elements ({type(exc).__name__}: {exc}).") from exc
+
+
+def _write(clean: Dataset, dst: Path) -> None:
+    from medpredict.atomic import atomic_open
+
     has_meta = "TransferSyntaxUID" in getattr(clean, "file_meta", {})
     with atomic_open(dst, "wb") as handle:
         clean.save_as(handle, enforce_file_format=has_meta)
-    return Path(dst)
+
+
+#: Modalities and SOP classes whose pixels often carry burned-in text when the header does not say.
+_TEXT_PRONE_MODALITIES = ("US", "SC", "OT", "XC", "ES", "DOC", "SM")
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@dataclass
+class FolderReport:
+    """What :func:`deidentify_folder` did.
+
+    Attributes:
+        written: de-identified files written.
+        refused: source path -> reason, for the operator's console only (a path may hold a
+            name); never written into the output folder.
+        not_dicom: source files skipped because they are not DICOM (DICOMDIR included).
+        flagged: output path -> why its pixels may carry text although the header does not say so.
+        report_path: the JSON report in the output folder (counts and reasons, no source paths).
+    """
+
+    written: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    not_dicom: list[str] = field(default_factory=list)
+    flagged: dict[str, str] = field(default_factory=dict)
+    report_path: Path | None = None
+
+
+def deidentify_folder(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    **options: Any,
+) -> FolderReport:
+    """De-identify every DICOM file under ``src`` into ``dst`` (e.g. a PACS export before training).
+
+    Outputs are named by their new UIDs, ``DST/<study>/<series>/<instance>.dcm``, because
+    the folder and file names of an export often carry patient names. Options are those of
+    :func:`deidentify` (``salt``, ``keep_uids``, ``keep``, ``allow_burned_in``); one salt
+    serves the whole folder, so a study keeps one new Study Instance UID. Files with
+    Burned In Annotation ``YES`` are refused (unless ``allow_burned_in``); files of
+    text-prone modalities (ultrasound, secondary capture...) that do not declare Burned In
+    Annotation are written but flagged for a look at their pixels.
+
+    Raises:
+        DataError: ``src`` does not exist, or ``dst`` lies inside ``src``.
+    """
+    from pydicom.misc import is_dicom
+
+    from medpredict.atomic import write_json
+
+    source, out = Path(src).resolve(), Path(dst).resolve()
+    if not source.exists():
+        raise DataError(f"'{src}' does not exist; give a folder of DICOM files (or one file).")
+    if source.is_dir() and (out == source or source in out.parents):
+        raise DataError(f"The output folder '{dst}' lies inside the input '{src}'; choose a folder outside it.")
+    if options.get("salt") is None and not options.get("keep_uids"):
+        options = {**options, "salt": secrets.token_hex(16)}  # one salt for the folder: studies stay whole
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    report = FolderReport()
+    reasons: dict[str, int] = {}
+    for path in files:
+        if path.name.upper() == "DICOMDIR" or not is_dicom(path):
+            report.not_dicom.append(str(path))
+            continue
+        try:
+            clean = _deidentified(path, **options)
+        except DataError as exc:
+            report.refused[str(path)] = str(exc)
+            key = "burned-in annotation" if "Burned In Annotation" in str(exc) else "unreadable or malformed"
+            reasons[key] = reasons.get(key, 0) + 1
+            continue
+        name = Path(*(str(clean.get(k) or "unknown") for k in ("StudyInstanceUID", "SeriesInstanceUID")))
+        target = out / name / f"{clean.get('SOPInstanceUID') or f'file{report.written}'}.dcm"
+        _write(clean, target)
+        report.written += 1
+        flag = _text_prone(clean)
+        if flag:
+            report.flagged[str(target.relative_to(out))] = flag
+    report.report_path = out / "deid_report.json"
+    write_json(
+        report.report_path,
+        {
+            "method": "; ".join(METHOD),
+            "written": report.written,
+            "refused": len(report.refused),
+            "refused_by_reason": reasons,
+            "not_dicom": len(report.not_dicom),
+            "flagged_for_pixel_review": report.flagged,
+        },
+    )
+    logger.info("De-identified %d file(s); %d refused, %d not DICOM, %d flagged for pixel review",
+                report.written, len(report.refused), len(report.not_dicom), len(report.flagged))
+    return report
+
+
+def _text_prone(ds: Dataset) -> str:
+    """Why ``ds``'s pixels may carry burned-in text the header does not declare; empty if no reason."""
+    if str(ds.get("BurnedInAnnotation", "") or "").strip():
+        return ""  # declared (NO, or YES with allow_burned_in): the header says
+    modality = str(ds.get("Modality") or "").upper()
+    if modality in _TEXT_PRONE_MODALITIES or str(ds.get("SOPClassUID") or "").startswith(_SECONDARY_CAPTURE_PREFIX):
+        return f"modality {modality or 'SC'} often has burned-in text and Burned In Annotation is not declared"
+    return ""
 
 
 def _process_salt() -> str:
@@ -357,7 +474,7 @@ def _mark(ds: Dataset, keep_uids: bool) -> None:
     from pydicom.sequence import Sequence
 
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD + ("; UIDs retained" if keep_uids else "; UIDs replaced")
+    ds.DeidentificationMethod = [*METHOD, "UIDs retained" if keep_uids else "UIDs replaced"]
     codes = [("113100", "Basic Application Confidentiality Profile")]
     if keep_uids:
         codes.append(("113110", "Retain UIDs Option"))

@@ -8,7 +8,13 @@
   caption burned in (the picture says what it is and that it is machine-made).
 
 Both copy patient and study attributes from the source dataset (highdicom does this), so
-the PACS files them in the same study. Nothing here logs those attributes.
+the PACS files them in the same study; the overlay also copies the source's Body Part
+Examined and Laterality, and its Patient Orientation when the source has a usable one.
+Findings are coded as in FHIR (:mod:`medpredict.deploy.findings`): SNOMED CT where known,
+else the private scheme ``99MEDPRED``, which the SR declares in its Coding Scheme
+Identification Sequence. The model is named by its
+:class:`~medpredict.bundle.identity.ModelIdentity` (``name vVERSION (architecture)``).
+Nothing here logs patient attributes.
 """
 
 from __future__ import annotations
@@ -19,19 +25,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medpredict.deploy.findings import LABEL_SCHEME, finding_of, label_codes
 from medpredict.errors import DataError, require_extra
-from medpredict.inference.predictor import prediction_dict
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from medpredict.bundle.identity import ModelIdentity
+
 logger = logging.getLogger(__name__)
 
 MANUFACTURER = "medpredict"
-#: Coding scheme designator for model labels (private, as DICOM allows with a "99" prefix).
-LABEL_SCHEME = "99MEDPRED"
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+#: SeriesDescription of every SR this module writes starts with this, then the model identity.
+SR_DESCRIPTION_PREFIX = "AI result "
+
+
+def identity_text(identity: ModelIdentity, limit: int = 64) -> str:
+    """``identity.text(limit)`` in the DICOM default repertoire: a shortened name ends in "..." (not "…")."""
+    text = identity.text(limit)
+    return identity.text(limit - 2).replace("…", "...") if "…" in text else text
+
+
+def sr_series_description(identity: ModelIdentity) -> str:
+    """The SR's SeriesDescription (DICOM LO, 64 characters): how a PACS node recognises its own results."""
+    return SR_DESCRIPTION_PREFIX + identity_text(identity, 64 - len(SR_DESCRIPTION_PREFIX))
 
 
 def _check_source(source: Dataset) -> None:
@@ -44,21 +63,39 @@ def _check_source(source: Dataset) -> None:
         raise DataError(f"The source DICOM dataset lacks {missing}; results cannot be linked to its study.")
 
 
-def _label_code(label: str) -> Any:
+def _code(label: str) -> Any:
+    """The DICOM code of a label: SNOMED CT where known, else the model's own (``99MEDPRED``)."""
     require_extra("highdicom", "pacs")
     import highdicom as hd
 
-    # CodeValue is at most 16 characters; longer labels keep their text as the meaning.
-    value = label if len(label) <= 16 else label[:16]
-    return hd.sr.CodedConcept(value=value, scheme_designator=LABEL_SCHEME, meaning=label)
+    first = label_codes(label)[0]
+    return hd.sr.CodedConcept(value=first.value, scheme_designator=first.scheme, meaning=first.meaning)
+
+
+def _own(value: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=value[:16], scheme_designator=LABEL_SCHEME, meaning=meaning[:64])
+
+
+def _coding_schemes() -> list[Any]:
+    """The Coding Scheme Identification item that declares the private scheme (PS3.3 C.12.1.1.5)."""
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return [
+        CodingSchemeIdentificationItem(
+            designator=LABEL_SCHEME,
+            name="medpredict model outputs",
+            responsible_organization=MANUFACTURER,
+        )
+    ]
 
 
 def structured_report(
     source: Dataset,
     prediction: Any,
     *,
-    model_name: str,
-    model_version: str,
+    identity: ModelIdentity,
     positive_label: str | None = None,
     series_number: int = SR_SERIES_NUMBER,
 ) -> Dataset:
@@ -67,14 +104,15 @@ def structured_report(
     Args:
         source: the image the prediction was made on (a pydicom ``Dataset``; pixel data
             not needed).
-        prediction: a ``Prediction`` or its ``to_dict()``: ``probabilities``, ``label``,
-            optionally ``score``, ``threshold``, ``uncertainty``.
-        model_name / model_version: recorded as device observer and algorithm.
+        prediction: a ``Prediction`` or its ``to_dict()`` (see
+            :func:`medpredict.deploy.findings.finding_of`).
+        identity: the model, recorded as device observer and algorithm.
         positive_label: the finding the report is about; defaults to the predicted label.
         series_number: series number of the new SR series.
 
     Returns:
-        The SR as a ``pydicom`` ``Dataset`` (a highdicom ``ComprehensiveSR``).
+        The SR as a ``pydicom`` ``Dataset`` (a highdicom ``ComprehensiveSR``), marked
+        complete and unverified (PRELIMINARY): machine output not reviewed by a clinician.
 
     Raises:
         DataError: the source lacks UIDs or the prediction lacks probabilities.
@@ -84,71 +122,40 @@ def structured_report(
     from pydicom.sr.codedict import codes
 
     _check_source(source)
-    p = prediction_dict(prediction, "DICOM output")
-    probs = {str(k): float(v) for k, v in p["probabilities"].items()}
-    finding = positive_label or str(p["label"])
-    if finding not in probs:
-        raise DataError(f"positive_label '{finding}' is not one of the predicted labels {list(probs)}.")
-
+    finding = finding_of(prediction, positive_label, purpose="DICOM output")
+    text = identity_text(identity)
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(),
-            name=model_name,
+            name=identity.name[:64],
             manufacturer_name=MANUFACTURER,
-            model_name=f"{model_name} {model_version}",
+            model_name=text,
         ),
     )
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=str(model_version)[:64])
+    algorithm = hd.sr.AlgorithmIdentification(name=identity.name[:64], version=identity.version[:64])
     no_units = hd.sr.CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
+
+    def measurement(value: str, meaning: str, number: float) -> Any:
+        return hd.sr.Measurement(
+            name=_own(value, meaning), value=round(float(number), 6), unit=no_units, algorithm_id=algorithm
+        )
+
     measurements = [
-        hd.sr.Measurement(
-            name=hd.sr.CodedConcept(
-                value=f"p-{label}"[:16], scheme_designator=LABEL_SCHEME, meaning=f"Probability of {label}"
-            ),
-            value=round(prob, 6),
-            unit=no_units,
-            algorithm_id=algorithm,
-        )
-        for label, prob in probs.items()
+        measurement(f"p-{label}", f"Probability of {label}", prob) for label, prob in finding.probabilities.items()
     ]
-    for name, value in (p.get("uncertainty") or {}).items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue  # sets and flags (conformal set, referral) stay out of the numeric report
-        measurements.append(
-            hd.sr.Measurement(
-                name=hd.sr.CodedConcept(
-                    value=f"u-{name}"[:16], scheme_designator=LABEL_SCHEME, meaning=f"Uncertainty ({name})"
-                ),
-                value=round(float(value), 6),
-                unit=no_units,
-                algorithm_id=algorithm,
-            )
-        )
-    if p.get("threshold") is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=hd.sr.CodedConcept(
-                    value="threshold", scheme_designator=LABEL_SCHEME, meaning="Decision threshold"
-                ),
-                value=float(p["threshold"]),
-                unit=no_units,
-                algorithm_id=algorithm,
-            )
-        )
+    measurements += [measurement(f"u-{name}", f"Uncertainty ({name})", v) for name, v in finding.numbers.items()]
+    if finding.threshold is not None:
+        measurements.append(measurement("threshold", "Decision threshold", finding.threshold))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{model_name} prediction"),
-        finding_type=_label_code(finding),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{identity.name[:40]} prediction"),
+        finding_type=_code(finding.target),
         algorithm_id=algorithm,
         measurements=measurements,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
-                name=hd.sr.CodedConcept(
-                    value="decision",
-                    scheme_designator=LABEL_SCHEME,
-                    meaning="Model decision at locked threshold",
-                ),
-                value=_label_code(str(p["label"])),
+                name=_own("decision", "Model decision at locked threshold"),
+                value=_code(finding.decision),
             )
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
@@ -158,19 +165,22 @@ def structured_report(
         procedure_reported=hd.sr.CodedConcept(value="363679005", scheme_designator="SCT", meaning="Imaging"),
         imaging_measurements=[group],
     )
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[source],
-        content=report,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,  # machine output, not verified by a clinician
-        series_description=f"AI result {model_name} {model_version}"[:64],
-    )
-    logger.info("Built SR for one image: finding '%s', label '%s'", finding, p["label"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # person-name warnings quote the source's names
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[source],
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,  # machine output, not verified by a clinician
+            series_description=sr_series_description(identity),
+            coding_schemes=_coding_schemes(),
+        )
+    logger.debug("Built SR for one image: finding '%s', decision '%s'", finding.target, finding.decision)
     return sr
 
 
@@ -183,6 +193,12 @@ def overlay_capture(
     max_side: int = 1024,
 ) -> Dataset:
     """A Secondary Capture image of ``overlay_rgb`` with ``caption`` burned in, in the source's study.
+
+    The picture keeps the source's row and column directions (it is shrunk, and a caption
+    band is added below), so a usable Patient Orientation of the source is copied; without
+    one (it is optional for CR) Patient Orientation is left empty, as Type 2 allows.
+    Body Part Examined and Laterality are copied from the source when it has them (Laterality
+    stays absent otherwise: an unpaired part such as the chest must not have it).
 
     Args:
         source: the image the overlay was made from.
@@ -202,7 +218,8 @@ def overlay_capture(
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise DataError(f"The overlay must be an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}.")
     pixels = captioned(rgb, caption, max_side=max_side)
-    orientation = tuple(source.get("PatientOrientation") or ()) or ("", "")
+    orientation = _orientation(source)
+    laterality = str(source.get("Laterality") or "").strip().upper()
     with warnings.catch_warnings():
         # highdicom warns about odd person names copied from the source, quoting the name;
         # that would put a (referring physician's) name into logs.
@@ -218,8 +235,15 @@ def overlay_capture(
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer=MANUFACTURER,
-            patient_orientation=orientation if len(orientation) == 2 else ("", ""),
+            # highdicom needs an orientation for PATIENT; an unknown one is emptied below
+            patient_orientation=orientation or ("L", "F"),
+            laterality=laterality if laterality in ("L", "R") else None,
         )
+    if orientation is None:
+        sc["PatientOrientation"].value = None  # Type 2: present and empty when the direction is unknown
+    body_part = str(source.get("BodyPartExamined") or "").strip()
+    if body_part:
+        sc.BodyPartExamined = body_part
     sc.SeriesDescription = "AI heat map overlay"
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
@@ -227,6 +251,17 @@ def overlay_capture(
     ref = _referenced_image(source)
     sc.SourceImageSequence = [ref]
     return sc
+
+
+def _orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation if it is two single-direction values highdicom accepts."""
+    import highdicom as hd
+
+    values = [str(v).strip().upper() for v in (source.get("PatientOrientation") or ())]
+    allowed = {v.value for v in hd.PatientOrientationValuesBiped}
+    if len(values) == 2 and all(v in allowed for v in values):
+        return values[0], values[1]
+    return None
 
 
 def _referenced_image(source: Dataset) -> Dataset:
@@ -267,13 +302,13 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width=width) or [""]
 
 
-def caption_for(prediction: Any, *, model_name: str, model_version: str) -> str:
-    """The standard burned-in caption: model, decision, probability, threshold, and a caveat."""
-    p = prediction_dict(prediction, "DICOM output")
-    score = p.get("score")
-    parts = [f"AI ({model_name} {model_version}): {p['label']}"]
-    if score is not None:
-        parts.append(f"p={float(score):.2f}")
-    if p.get("threshold") is not None:
-        parts.append(f"threshold {float(p['threshold']):.2f}")
+def caption_for(prediction: Any, *, identity: ModelIdentity, positive_label: str | None = None) -> str:
+    """The standard burned-in caption: model, decision, probability of the finding, threshold, a caveat.
+
+    ``positive_label`` is the finding whose probability is shown (default: the decided label).
+    """
+    finding = finding_of(prediction, positive_label, purpose="DICOM output")
+    parts = [f"AI ({identity_text(identity)}): {finding.decision}", f"p({finding.target})={finding.score:.2f}"]
+    if finding.threshold is not None:
+        parts.append(f"threshold {finding.threshold:.2f}")
     return ", ".join(parts) + ". Heat map: regions that drove the prediction. Decision support only."

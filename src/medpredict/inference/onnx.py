@@ -648,6 +648,10 @@ class OnnxBundlePredictor(Predictor):
         bundle = read_bundle(Path(path))
         default = bundle.path.parent / "onnx" / ("model.int8.onnx" if int8 else "model.onnx")
         onnx_file = Path(onnx_path) if onnx_path is not None else default
+        if int8 and not onnx_file.is_file():
+            raise BundleError(
+                f"int8 model not found: {onnx_file}. Write it with 'medpredict export RUN --int8'."
+            )
         backend = OnnxBackend(onnx_file, threads=threads)
         exported_from = backend.metadata.get("medpredict.weights_sha256", "")
         sums = bundle.read_json("checksums.json") or {}

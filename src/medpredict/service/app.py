@@ -1,7 +1,9 @@
 """The FastAPI app: health, model card, predictions for images and records, and the web page.
 
 Routes (all under the API key except ``/health``, the page and its static files, and the
-OpenAPI docs, which hold no data):
+OpenAPI docs, which hold no data; ``/docs`` serves Swagger UI from the ``swagger-ui-bundle``
+package, so it works without internet, and the OpenAPI description declares the API key
+and the 401/413/415/422 answers):
 
 * ``GET  /health``                 liveness and model version.
 * ``GET  /api/v1/model``           the model card, labels, threshold, input kind.
@@ -57,7 +59,8 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "MEDPREDICT_API_KEY"
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
-_PUBLIC_PATHS = ("/health", "/", "/favicon.ico", "/docs", "/redoc", "/openapi.json")
+_PUBLIC_PATHS = ("/health", "/", "/favicon.ico", "/docs", "/openapi.json")
+_DOCS_ASSETS = "/docs-assets"
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,8 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
             :class:`~medpredict.inference.onnx.OnnxPredictor` (the same surface).
         settings: see :class:`ServiceSettings`.
     """
-    from medpredict.deploy.pacs import model_identity
-
-    name, version = model_identity(predictor)
+    identity = predictor.identity
+    name, version = identity.name, identity.version
     audit = AuditLog(settings.audit_path or ":memory:")
     lock = threading.Lock()  # Grad-CAM hooks the model: one prediction at a time
     channels = _channels(predictor)
@@ -117,7 +119,9 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
     app = FastAPI(
         title="medpredict",
         version=version,
-        description=f"Predictions from model **{name}** version {version}. Decision support only.",
+        description=f"Predictions from model **{identity.text()}**. Decision support only.",
+        docs_url=None,  # served below from local assets
+        redoc_url=None,  # ReDoc would load its script from a CDN: not offered
     )
     app.state.audit = audit
     app.state.predictor = predictor
@@ -126,7 +130,7 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
     @app.middleware("http")
     async def require_key(request: Request, call_next: Any) -> Any:
         path = request.url.path
-        if request.method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith("/static/"):
+        if request.method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith(("/static/", _DOCS_ASSETS)):
             return await call_next(request)
         if not _key_ok(request.headers, settings.api_key):
             return JSONResponse(
@@ -169,7 +173,7 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
                 explain=explain,
                 fhir=fhir,
                 batch=batch,
-                model=(name, version),
+                identity=identity,
                 request_id=request_id,
             )
         except MedpredictError as exc:
@@ -201,7 +205,7 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         )
         return {
             "request_id": request_id,
-            "model": {"name": name, "version": version},
+            "model": identity.to_dict(),
             "latency_ms": round(latency, 1),
             **body,
         }
@@ -221,7 +225,7 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
             "task": getattr(predictor, "task", None),
             "input_kind": input_kind,
             "threshold": getattr(predictor, "threshold", None),
-            "positive_label": _positive(predictor),
+            "positive_label": predictor.positive_label,
             "accepts": {
                 "image_formats": ["png", "jpeg", "dicom"],
                 "modalities": list(settings.modalities),
@@ -285,7 +289,77 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _offline_docs(app)
     return app
+
+
+def _offline_docs(app: Any) -> None:
+    """``/docs`` with Swagger UI's own files served from here, and the key and errors in the description."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        logger.warning("swagger-ui-bundle is not installed: /docs is off (pip install 'medpredict[serve]')")
+    else:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        assets = Path(swagger_ui_bundle.swagger_ui_path)
+        app.mount(_DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs() -> Any:
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="medpredict API",
+                swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
+                swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
+                swagger_favicon_url=f"{_DOCS_ASSETS}/favicon-32x32.png",
+            )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = describe_security(schema)
+        return dict(app.openapi_schema)
+
+    app.openapi = openapi
+
+
+_ERRORS = {
+    "401": "Missing or wrong API key (send it as the X-API-Key header, or Authorization: Bearer).",
+    "413": "The request body is larger than the service's upload limit.",
+    "415": "The upload is not a PNG, JPEG or DICOM image (recognised by its bytes, not its name).",
+    "422": "The input cannot be used: unreadable, wrong size or modality, or not what this model takes.",
+}
+
+
+def describe_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare the API key (header ``X-API-Key`` or a bearer token) and the error answers in ``schema``."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(
+        {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+        }
+    )
+    components.setdefault("schemas", {})["Error"] = {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+    }
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if not path.startswith("/api/"):
+                operation["security"] = []  # public: liveness
+                continue
+            operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            codes = ["401", "422"] + (["413", "415"] if method == "post" else [])
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses.setdefault(code, {"description": _ERRORS[code], "content": error})
+    return schema
 
 
 def _predict(
@@ -300,7 +374,7 @@ def _predict(
     explain: bool,
     fhir: bool,
     batch: bool,
-    model: tuple[str, str],
+    identity: Any,
     request_id: str,
 ) -> dict[str, Any]:
     if not images and record is None:
@@ -341,11 +415,10 @@ def _predict(
 
             item["fhir"] = fhir_out.prediction_resources(
                 row,
-                model_name=model[0],
-                model_version=model[1],
+                identity=identity,
                 input_kind=input_kind,
-                positive_label=_positive(predictor),
-                request_id=request_id,
+                positive_label=predictor.positive_label,
+                request_id=f"{request_id}-{i}",
             )
         if decoded:
             item["input"] = {
@@ -425,12 +498,6 @@ def _channels(predictor: Any) -> int:
     return 1
 
 
-def _positive(predictor: Any) -> str | None:
-    from medpredict.deploy.pacs import positive_label
-
-    return positive_label(predictor)
-
-
 def serve(
     model: str | os.PathLike[str],
     *,
@@ -476,12 +543,5 @@ def serve(
         ignore_intended_use=ignore_intended_use,
     )
     app = create_app(predictor, settings)
-    logger.info("Serving %s on http://%s:%d (audit log %s)", model_identity_text(predictor), host, port, audit)
+    logger.info("Serving %s on http://%s:%d (audit log %s)", predictor.identity.text(), host, port, audit)
     uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=False)
-
-
-def model_identity_text(predictor: Any) -> str:
-    from medpredict.deploy.pacs import model_identity
-
-    name, version = model_identity(predictor)
-    return f"{name} {version}"
