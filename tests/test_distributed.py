@@ -25,6 +25,7 @@ SETTINGS = {"train.epochs": EPOCHS, "train.lr": 0.003}
 RUN_FILES = {
     "config.yaml", "train.log", "metrics.jsonl", "curves.png", "checkpoint.safetensors", "splits.csv",
     "val_predictions.csv", "model/weights.safetensors", "model/bundle.json", "model/checksums.json",
+    "model/input_guard.json",
 }
 
 

@@ -40,7 +40,7 @@ class ModelIdentity:
         tail = f" v{self.version}" + (f" ({self.architecture})" if self.architecture else "")
         name = self.name
         if limit is not None and len(name) + len(tail) > limit:
-            name = name[: max(1, limit - len(tail) - 1)] + "…"
+            name = name[: max(1, limit - len(tail) - 3)] + "..."  # ASCII: DICOM's default character set
         return f"{name}{tail}"
 
     def to_dict(self) -> dict[str, str]:
