@@ -29,7 +29,9 @@ def run_and_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list
 
     root = tmp_path_factory.mktemp("agreement")
     npz = make_square_npz(root / "squares.npz", n=(160, 80, N_TEST), seed=3)
-    run = train(tiny_config(npz, root / "runs", name="agree"), progress=False).run_dir
+    # a chest-radiograph model, so the PACS node accepts the DICOM copies of the test images
+    declared = {"intended_use.modalities": ["CR"], "intended_use.body_parts": ["CHEST"]}
+    run = train(tiny_config(npz, root / "runs", name="agree", **declared), progress=False).run_dir
     with np.load(npz) as data:
         images = data["test_images"]
     pngs = []
@@ -161,3 +163,54 @@ def test_overlay_of_a_served_case_names_the_class_it_explains(run_and_images: tu
     png = base64.b64decode(body["overlay_png"].split(",", 1)[1])
     assert Image.open(io.BytesIO(png)).size[0] > 0
     json.dumps(body)  # the whole answer is JSON
+
+
+@pytest.mark.orthanc
+def test_the_pacs_node_agrees_with_evaluate(
+    run_and_images: tuple[Path, list[Path]], evaluated: pd.DataFrame, tmp_path: Path
+) -> None:
+    import orthanc_server
+    from medpredict.deploy.pacs import run_pacs
+
+    if not orthanc_server.available():
+        pytest.skip("Orthanc with the DICOMweb plugin is not installed")
+    run, pngs = run_and_images
+    with orthanc_server.OrthancServer(tmp_path / "orthanc") as orthanc:
+        for i, png in enumerate(pngs):
+            orthanc.upload(_chest_dicom(np.asarray(Image.open(png)), tmp_path / f"case_{i:02d}.dcm", i).read_bytes())
+        fhir = tmp_path / "fhir"
+        results = run_pacs(
+            run, orthanc.dicomweb_url, ledger_path=tmp_path / "ledger.json", overlay=False, fhir_dir=fhir,
+            fhir_patient_system="urn:example:mrn", limit=N_TEST + 5,
+        )
+    assert sum(len(r.images) for r in results) == N_TEST
+    files = sorted(fhir.glob("*.fhir.json"))
+    assert len(files) == N_TEST
+    # FHIR carries no file name: match each Observation to its case by the probabilities it states
+    rows = [_observation(f) for f in files]
+    reference = evaluated.copy()
+    labels = [c[2:] for c in reference.columns if c.startswith("p_")]
+    matched = []
+    for i in range(N_TEST):
+        ref = reference.iloc[i]
+        best = min(rows, key=lambda r: max(abs(r["probabilities"][k] - float(ref[f"p_{k}"])) for k in labels))
+        matched.append(best)
+    _compare(reference, matched, "pacs (FHIR, 6 decimals)")
+    assert len({id(r) for r in matched}) == N_TEST  # each case found its own Observation
+
+
+def _observation(path: Path) -> dict:
+    bundle = json.loads(path.read_text())
+    observation = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
+    values: dict = {"probabilities": {}, "prediction_set": [], "refer": None}
+    for component in observation["component"]:
+        coding = component["code"]["coding"][0]
+        if coding["system"] == "urn:medpredict:probability":
+            values["probabilities"][coding["code"]] = float(component["valueQuantity"]["value"])
+        elif coding["code"] == "decision":
+            values["decision"] = component["valueCodeableConcept"]["text"]
+        elif coding["code"] == "prediction_set":
+            values["prediction_set"] = [v.strip() for v in component["valueString"].strip("{}").split(",") if v.strip()]
+        elif coding["code"] == "refer_to_clinician":
+            values["refer"] = component["valueBoolean"]
+    return values

@@ -96,6 +96,17 @@ def test_sr_is_in_the_source_study_and_holds_the_result(source, prediction):
     assert refs == [source.SOPInstanceUID]
 
 
+def test_a_source_without_its_empty_type2_attributes_still_gets_results(source, prediction):
+    # Archives hold images whose type 2 patient/study attributes are absent, not empty.
+    for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+        if keyword in source:
+            delattr(source, keyword)
+    sr = _roundtrip(dicom_out.structured_report(source, prediction, positive_label="pneumonia", **MODEL))
+    sc = dicom_out.overlay_capture(source, np.zeros((32, 32, 3), np.uint8), caption="x")
+    assert sr.PatientBirthDate == "" and sc.StudyInstanceUID == source.StudyInstanceUID
+    assert "PatientBirthDate" not in source  # the caller's dataset is left as it was
+
+
 def test_sr_finding_is_the_label_at_the_threshold(source, prediction):
     prediction["label"] = "normal"
     sr = dicom_out.structured_report(source, prediction, positive_label="pneumonia", **MODEL)

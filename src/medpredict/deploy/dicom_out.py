@@ -53,7 +53,20 @@ def sr_series_description(identity: ModelIdentity) -> str:
     return SR_DESCRIPTION_PREFIX + identity_text(identity, 64 - len(SR_DESCRIPTION_PREFIX))
 
 
-def _check_source(source: Dataset) -> None:
+#: Type 2 attributes of the Patient and General Study modules: required to be present, allowed to
+#: be empty. Archives do hold images without them; highdicom copies them into every result.
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+def _check_source(source: Dataset) -> Dataset:
+    """The source, refused without its UIDs, with absent type 2 attributes added empty (a copy).
+
+    Raises:
+        DataError: a UID the results are linked by is missing.
+    """
     missing = [
         k
         for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -61,6 +74,19 @@ def _check_source(source: Dataset) -> None:
     ]
     if missing:
         raise DataError(f"The source DICOM dataset lacks {missing}; results cannot be linked to its study.")
+    absent = [k for k in _TYPE2_COPIED if k not in source]
+    if not absent:
+        return source
+    from pydicom.dataset import Dataset as _Dataset
+
+    completed = _Dataset()  # the same elements in a new dataset: the caller's stays as it was
+    for element in source:
+        completed.add(element)
+    if hasattr(source, "file_meta"):
+        completed.file_meta = source.file_meta
+    for keyword in absent:
+        setattr(completed, keyword, "")
+    return completed
 
 
 def _code(label: str) -> Any:
@@ -121,7 +147,7 @@ def structured_report(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    _check_source(source)
+    source = _check_source(source)
     finding = finding_of(prediction, positive_label, purpose="DICOM output")
     text = identity_text(identity)
     device = hd.sr.ObserverContext(
@@ -213,7 +239,7 @@ def overlay_capture(
     require_extra("highdicom", "pacs")
     import highdicom as hd
 
-    _check_source(source)
+    source = _check_source(source)
     rgb = np.asarray(overlay_rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise DataError(f"The overlay must be an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}.")
