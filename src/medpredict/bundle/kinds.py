@@ -178,6 +178,8 @@ class ImageInput:
         spatial_dims: 2 or 3.
         channels: 1 (grey) or 3 (colour).
         mean / std: the training images' normalisation (also inside the weights).
+        quantised: the resized training images were stored in 8-bit steps, so an image to
+            predict is rounded the same way (bundles from before this field: not rounded).
     """
 
     image_size: int
@@ -185,6 +187,7 @@ class ImageInput:
     channels: int = 1
     mean: float = 0.0
     std: float = 1.0
+    quantised: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -197,6 +200,7 @@ class ImageInput:
             "spatial_dims": self.spatial_dims,
             "channels": self.channels,
             "normalisation": {"mean": self.mean, "std": self.std},
+            "quantised": self.quantised,
         }
 
     @classmethod
@@ -208,6 +212,7 @@ class ImageInput:
             channels=int(values.get("channels", 1)),
             mean=float(norm.get("mean", 0.0)),
             std=float(norm.get("std", 1.0)),
+            quantised=bool(values.get("quantised", False)),  # absent: written before inputs were rounded
         )
 
 

@@ -217,7 +217,8 @@ class Predictor:
 
         After resizing, values are rounded to 8-bit steps, exactly as the training and
         evaluation images are stored (:func:`medpredict.data.datasets.load_images`), so an
-        image predicted alone gets the very numbers it gets inside an evaluated split.
+        image predicted alone gets the very numbers it gets inside an evaluated split
+        (``preprocess.quantised`` in the bundle; older bundles are read as they were).
         """
         array = self.read(image)[0] if isinstance(image, str | os.PathLike) else np.asarray(image, np.float32)
         if array.ndim == self.spatial_dims:
@@ -229,7 +230,10 @@ class Predictor:
         if not np.isfinite(array).all():
             raise DataError("The image holds NaN or infinite values.")
         config = PreprocessConfig(image_size=self.image_size, spatial_dims=self.spatial_dims)
-        return quantise(preprocess(np.clip(array, 0.0, 1.0), config, self.channels)).float().div_(255.0)
+        tensor = preprocess(np.clip(array, 0.0, 1.0), config, self.channels)
+        if not self.meta["preprocess"].get("quantised", False):  # a bundle from before inputs were rounded
+            return tensor
+        return quantise(tensor).float().div_(255.0)
 
     def refuse_contradicting(self, tags: Mapping[str, Any], source: Any = None) -> None:
         """Raise :class:`InputRefused` when DICOM ``tags`` contradict the intended use.
