@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medpredict.errors import unknown_choice
+from medpredict.errors import ConfigError, unknown_choice
 from medpredict.inference.contract import PredictorLike
-from medpredict.inference.onnx import DESCRIPTOR_SUFFIXES, OnnxBundlePredictor, OnnxPredictor
+from medpredict.inference.onnx import DESCRIPTOR_SUFFIXES, OnnxBundlePredictor, OnnxPredictor, bare_onnx_message
 from medpredict.inference.predictor import Predictor
 
 BACKENDS = ("torch", "onnx", "int8")
@@ -42,7 +42,7 @@ def load_predictor(
         kwargs: passed to :meth:`Predictor.from_bundle` (e.g. ``device``).
 
     Raises:
-        ConfigError: an unknown backend.
+        ConfigError: an unknown backend, or a bare ``.onnx`` file (the message shows the descriptor it needs).
         BundleError: no valid bundle, or no (valid) export for an ONNX backend.
     """
     path = Path(path)
@@ -50,6 +50,8 @@ def load_predictor(
         raise unknown_choice("backend", backend, BACKENDS)
     if path.is_file() and path.suffix.lower() in DESCRIPTOR_SUFFIXES:
         return OnnxPredictor.from_path(path, threads=threads)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        raise ConfigError(bare_onnx_message(path))  # names the descriptor YAML it needs, with an example
     if backend != "torch":
         return OnnxBundlePredictor.from_run(path, threads=threads, int8=backend == "int8")
     return Predictor.from_bundle(path, **kwargs)

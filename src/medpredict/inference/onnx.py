@@ -8,7 +8,8 @@ Two pieces:
   :meth:`OnnxBackend.predict_proba` for plain NumPy use.
 * :class:`OnnxPredictor` serves a model trained elsewhere (for example a Keras model
   converted to ONNX) through the Predictor surface (``labels``, ``threshold``,
-  ``predict``, ``explain``), described by a small YAML file (:func:`load_descriptor`)::
+  ``predict``, ``explain``), described by a small YAML file (:func:`load_descriptor`;
+  every field is explained in ``docs/BRING_YOUR_OWN_MODEL.md``)::
 
       model: pneumonia_keras.onnx      # relative to this YAML file
       name: keras-pneumonia
@@ -19,8 +20,12 @@ Two pieces:
       positive_label: pneumonia
       threshold: 0.5
 
-  ONNX graphs give no gradients, so :meth:`OnnxPredictor.explain` returns an occlusion
-  map where a PyTorch model would give Grad-CAM.
+  The descriptor is checked against the graph when it loads (input shape and layout, and
+  whether ``output.activation`` contradicts outputs that already are probabilities:
+  :mod:`medpredict.inference.graph_io`). ``medpredict adopt`` turns a descriptor into a
+  full bundle (:mod:`medpredict.inference.adopted`). ONNX graphs give no gradients, so
+  :meth:`OnnxPredictor.explain` returns an occlusion map where a PyTorch model would give
+  Grad-CAM.
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ from medpredict.bundle.identity import ModelIdentity
 from medpredict.data.intended_use import IntendedUse
 from medpredict.errors import BundleError, ConfigError, DataError, did_you_mean, require_extra, unknown_choice
 from medpredict.inference.contract import CasePrediction, DecisionRule, Explanation, decide
+from medpredict.inference.graph_io import (
+    ActivationCheck,
+    check_input_shape,
+    graph_input,
+    graph_probabilities,
+    probe_images,
+)
+from medpredict.inference.graph_io import activate as _activate
+from medpredict.inference.graph_io import resize as _resize
 from medpredict.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -59,13 +73,23 @@ class OnnxBackend:
             ``softmax`` (single-label tasks), ``sigmoid`` (multi-label), or ``none`` when the
             graph already returns probabilities.
         threads: intra-op threads for ONNX Runtime; ``None`` leaves its default.
+        input_name: the graph input to feed (a descriptor's ``input.name``); default: all inputs in order.
+        features_output: a tensor of the graph to return as features beside the output (added
+            as a graph output in memory when the file does not export it; the file is unchanged).
 
     Raises:
         BundleError: the file is missing or not a valid ONNX model.
+        ConfigError: ``input_name`` is not an input of the graph.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, activation: str = "softmax", threads: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        activation: str = "softmax",
+        threads: int | None = None,
+        input_name: str | None = None,
+        features_output: str | None = None,
     ) -> None:
         require_extra("onnxruntime", "onnx")
         import onnxruntime as ort
@@ -80,18 +104,27 @@ class OnnxBackend:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        source: str | bytes = str(self.path)
+        if features_output is not None:
+            source = _with_output(self.path, features_output)
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own non-Python-standard exception types
             raise BundleError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_shapes = [list(i.shape) for i in self.session.get_inputs()]
+        if input_name is not None:
+            if input_name not in self.input_names:
+                raise ConfigError(
+                    f"input.name '{input_name}' is not an input of {self.path.name}."
+                    f"{did_you_mean(input_name, self.input_names)} Its inputs: {self.input_names}."
+                )
+            self.input_shapes = [self.input_shapes[self.input_names.index(input_name)]]
+            self.input_names = [input_name]
         self.output_name = self.session.get_outputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
         #: the pooled-features output medpredict's exports add for the input check, if present
-        self.features_name = FEATURES_OUTPUT if FEATURES_OUTPUT in names[1:] else None
+        self.features_name = features_output or (FEATURES_OUTPUT if FEATURES_OUTPUT in names[1:] else None)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def logits(self, *inputs: np.ndarray) -> np.ndarray:
@@ -146,14 +179,14 @@ class OnnxBackend:
         return self
 
 
-def _activate(values: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "softmax":
-        shifted = values - values.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    if activation == "sigmoid":
-        return (1.0 / (1.0 + np.exp(-values))).astype(np.float32)
-    return values.astype(np.float32)
+def _with_output(path: Path, tensor: str) -> bytes:
+    """The graph at ``path`` with ``tensor`` also returned as an output (serialised, in memory)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if tensor not in {o.name for o in model.graph.output}:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    return bytes(model.SerializeToString())
 
 
 # --------------------------------------------------------------------------- descriptor
@@ -175,6 +208,9 @@ class OnnxDescriptor:
         threshold: the locked decision threshold for ``positive_label``.
         task: ``binary``, ``multiclass`` or ``multilabel``.
         card: free-form model card fields (intended use, training data, ...).
+        input_name: the graph input to feed (default: its only input).
+        path: the descriptor file (named in messages).
+        threshold_given: True when the YAML states ``threshold`` (else 0.5 is a default).
     """
 
     model: str
@@ -194,6 +230,8 @@ class OnnxDescriptor:
     version: str = "unversioned"
     input_name: str | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+    threshold_given: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -248,6 +286,8 @@ def load_descriptor(path: str | os.PathLike[str]) -> OnnxDescriptor:
     from medpredict.config import read_yaml_mapping
 
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        raise ConfigError(bare_onnx_message(path))
     raw = read_yaml_mapping(path, "Model descriptor")
     _check_keys(raw, _TOP_KEYS, "")
     inp = raw.get("input") or {}
@@ -291,6 +331,8 @@ def load_descriptor(path: str | os.PathLike[str]) -> OnnxDescriptor:
             version=str(raw.get("version", "unversioned")),
             input_name=None if inp.get("name") is None else str(inp["name"]),
             card=dict(raw.get("card") or {}),
+            path=str(path),
+            threshold_given="threshold" in raw,
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
@@ -315,6 +357,47 @@ def _floats(values: Any) -> tuple[float, ...] | None:
     return tuple(float(v) for v in values)
 
 
+def bare_onnx_message(path: str | os.PathLike[str]) -> str:
+    """What to do when given an ``.onnx`` file where a descriptor YAML is needed, with an example."""
+    path = Path(path)
+    size, layout, channels = "28, width: 28", "NCHW", 1
+    try:
+        import onnx
+
+        dims = [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+        if len(dims) == 4 and dims[-1] in (1, 3) and dims[1] not in (1, 3):
+            size, layout, channels = f"{dims[1]}, width: {dims[2]}", "NHWC", dims[3]
+        elif len(dims) == 4:
+            size, channels = f"{dims[2]}, width: {dims[3]}", dims[1]
+    except Exception:  # noqa: BLE001 - the example falls back to generic values for any unreadable file
+        pass
+    return (
+        f"{path} is an ONNX graph on its own; medpredict also needs to know how to feed it and how to read its "
+        f"outputs. Write a descriptor YAML beside it and give that instead, for example {path.with_suffix('.yaml')}:\n"
+        f"  model: {path.name}\n"
+        f"  input: {{height: {size}, channels: {channels}, layout: {layout}, scale: [0, 1]}}\n"
+        "  output: {activation: none}   # none: the graph ends in softmax/sigmoid; softmax: it returns logits\n"
+        "  labels: [normal, pneumonia]  # class names in the graph's output order\n"
+        "  positive_label: pneumonia\n"
+        "Every field: docs/BRING_YOUR_OWN_MODEL.md. To fit calibration, a threshold, prediction sets and an "
+        "input check on your validation data: medpredict adopt DESCRIPTOR.yaml --data DATA --out runs/NAME."
+    )
+
+
+def descriptor_intended_use(d: OnnxDescriptor) -> IntendedUse:
+    """The intended use a descriptor's ``card.intended_use`` declares (a sentence or a mapping).
+
+    Raises:
+        ConfigError: a mapping with unknown keys (names them).
+    """
+    stated = d.card.get("intended_use")
+    if isinstance(stated, dict):
+        return IntendedUse.from_dict({**stated, "source": stated.get("source", "descriptor")})
+    if stated:
+        return IntendedUse(description=str(stated), channels=d.channels, source="descriptor")
+    return IntendedUse(channels=d.channels)
+
+
 def is_descriptor(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` names a bring-your-own-model YAML (or a bare ``.onnx`` file)."""
     suffix = Path(path).suffix.lower()
@@ -336,8 +419,18 @@ class OnnxPredictor:
 
     def __init__(self, descriptor: OnnxDescriptor, *, threads: int | None = None) -> None:
         self.descriptor = descriptor
+        source = descriptor.path or descriptor.model
         # A single-column output of a two-label model is P(positive), the Keras habit.
-        self.backend = OnnxBackend(descriptor.model, activation="none", threads=threads)
+        self.backend = OnnxBackend(
+            descriptor.model, activation="none", threads=threads, input_name=descriptor.input_name
+        )
+        if len(self.backend.input_names) != 1:
+            raise ConfigError(
+                f"The graph {Path(descriptor.model).name} takes {len(self.backend.input_names)} inputs "
+                f"{self.backend.input_names}; name the image input with input.name in {source}."
+            )
+        check_input_shape(self.backend.input_shapes[0], self.backend.input_names[0], descriptor, source)
+        self.activation_check = ActivationCheck(descriptor.activation, descriptor.task, source)
         self.labels = list(descriptor.labels)
         self.task = descriptor.task
         self.threshold = float(descriptor.threshold)
@@ -354,7 +447,7 @@ class OnnxPredictor:
         )
         self.version = self.identity.version
         self.positive_label = self.labels[self.positive_index] if self.task == "binary" else None
-        self.intended_use = IntendedUse()  # an outside model declares none until adopted
+        self.intended_use = descriptor_intended_use(descriptor)
         self.card = {
             "name": descriptor.name,
             "version": descriptor.version,
@@ -369,11 +462,35 @@ class OnnxPredictor:
                 "layout": descriptor.layout,
             },
             "explanation": "occlusion sensitivity (no gradients through ONNX)",
+            "trained_by": "elsewhere",
+            "provenance": self.provenance,
             **descriptor.card,
         }
         self.input_shapes = [(descriptor.channels, descriptor.height, descriptor.width)]
         self.channels = descriptor.channels
+        # probe: a graph that ends in softmax shows it on any input, before any patient's image
+        self.activation_check.observe(self._run(graph_input(probe_images(descriptor), descriptor)),
+                                      where="synthetic probe images")
 
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Where each setting comes from, in words (the report and model card show these)."""
+        name = Path(self.descriptor.path).name or "the descriptor"
+        threshold = (
+            f"given in the descriptor {name}; not fitted by medpredict"
+            if self.descriptor.threshold_given
+            else f"default 0.5 (the descriptor {name} states none); not fitted by medpredict"
+        )
+        stated = self.intended_use
+        return {
+            "training": "trained elsewhere: medpredict cannot know which data the model saw during training",
+            "threshold": threshold,
+            "calibration": "none: the graph's own probabilities (run 'medpredict adopt' to calibrate)",
+            "conformal": "none (run 'medpredict adopt' to fit prediction sets on validation data)",
+            "input_guard": "none (run 'medpredict adopt' to fit an out-of-distribution check)",
+            "intended_use": f"the descriptor's card: {stated.summary()}" if stated.description or stated.declared
+            else "not declared",
+        }
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], **kwargs: Any) -> OnnxPredictor:
         """Load from a descriptor YAML."""
@@ -387,17 +504,7 @@ class OnnxPredictor:
         Raises:
             DataError: an image is not 2-D/3-D or cannot be read.
         """
-        d = self.descriptor
-        batch = np.stack([self._to_chw(img) for img in images]).astype(np.float32)
-        low, high = d.scale
-        batch = low + batch * (high - low)
-        if d.mean is not None:
-            batch = batch - np.asarray(d.mean, np.float32).reshape(1, -1, 1, 1)
-        if d.std is not None:
-            batch = batch / np.asarray(d.std, np.float32).reshape(1, -1, 1, 1)
-        if d.layout == "NHWC":
-            batch = batch.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(batch, dtype=np.float32)
+        return graph_input(np.stack([self._to_chw(img) for img in images]), self.descriptor)
 
     def _to_chw(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
         d = self.descriptor
@@ -418,23 +525,21 @@ class OnnxPredictor:
 
     # -- prediction
 
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.backend.logits(batch)
+        except DataError as exc:
+            raise DataError(f"{exc} Check input.height/width/channels and input.layout (NHWC for Keras).") from None
+
     def predict_proba_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities ``(N, K)`` for an already-preprocessed graph input batch."""
-        out = self.backend.logits(batch)
-        k = len(self.labels)
-        if out.shape[1] == 1 and k == 2:
-            p = _activate(out, "sigmoid") if self.descriptor.activation == "sigmoid" else out
-            p = np.clip(p[:, 0], 0.0, 1.0)
-            pos = self.positive_index
-            probs = np.zeros((len(p), 2), np.float32)
-            probs[:, pos], probs[:, 1 - pos] = p, 1.0 - p
-            return probs
-        if out.shape[1] != k:
-            raise BundleError(
-                f"The ONNX model returns {out.shape[1]} values per sample, but the descriptor lists {k} "
-                f"labels {self.labels}; fix 'labels' in the YAML."
-            )
-        return _activate(out, self.descriptor.activation)
+        """Probabilities ``(N, K)`` for an already-preprocessed graph input batch.
+
+        Raises:
+            ConfigError: the outputs contradict ``output.activation`` (:class:`ActivationCheck`).
+        """
+        out = self._run(batch)
+        self.activation_check.observe(out)
+        return graph_probabilities(out, self.descriptor, self.positive_index)
 
     # -- the Predictor's lower-level surface, so evaluation code can treat both alike
 
@@ -457,8 +562,13 @@ class OnnxPredictor:
             "task": self.task,
             "labels": self.labels,
             "preprocess": {"image_size": self.image_size, "spatial_dims": 2, "channels": d.channels},
-            "threshold": {"threshold": self.threshold},
+            # a number, not a fitted picker: evaluation reports it as given, not chosen on validation
+            "threshold": self.threshold,
+            "positive_label": self.positive_label,
+            "intended_use": self.intended_use.to_dict(),
             "source": "external ONNX model",
+            "trained_by": "elsewhere",
+            "provenance": self.provenance,
         }
 
     def logits(self, batch: Any) -> np.ndarray:
@@ -597,17 +707,6 @@ def _uncertainty(row: np.ndarray, score: float, threshold: float) -> dict[str, f
     p = np.clip(row.astype(np.float64), 1e-12, 1.0)
     entropy = float(-(p * np.log(p)).sum() / np.log(len(p)))
     return {"entropy": entropy, "margin_to_threshold": float(abs(score - threshold))}
-
-
-def _resize(chw: np.ndarray, height: int, width: int) -> np.ndarray:
-    if chw.shape[-2:] == (height, width):
-        return chw.astype(np.float32)
-    import torch
-    import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-
-    tensor = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None]
-    out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return out[0].numpy()
 
 
 class OnnxBundlePredictor(Predictor):
