@@ -161,6 +161,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- adopt -------------------------------------------------------------------------------
+
+
+def _add_adopt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adopt", help="a model trained elsewhere (ONNX + descriptor YAML): fit calibration, threshold, "
+        "prediction sets, input check on validation data; write a bundle")
+    p.add_argument("descriptor", help="bring-your-own-model descriptor .yaml (docs/BRING_YOUR_OWN_MODEL.md)")
+    p.add_argument("--data", required=True, help="manifest CSV, MedMNIST .npz or image folder with a split column")
+    p.add_argument("--out", required=True, help="run folder to write (the bundle goes to OUT/model)")
+    p.add_argument("--split", default="val", help="the split to fit on (default val); not the one you test on")
+    p.add_argument("--target", help="label column of a manifest (default: label)")
+    p.add_argument("--threshold-from", choices=("validation", "descriptor"), default="validation",
+                   help="fit the threshold on the split (default) or keep the descriptor's")
+    p.add_argument("--intended-use", help="what the model is for, in words (overrides the descriptor's card)")
+    p.add_argument("--modality", action="append", default=[], help="intended DICOM Modality, e.g. CR (repeatable)")
+    p.add_argument("--body-part", action="append", default=[], help="intended BodyPartExamined (repeatable)")
+    p.add_argument("--view", action="append", default=[], help="intended ViewPosition, e.g. PA (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_adopt)
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from medpredict.workflows.adopt import adopt
+
+    intended = {"description": args.intended_use, "modalities": args.modality, "body_parts": args.body_part,
+                "views": args.view}
+    result = adopt(
+        args.descriptor, args.data, args.out, split=args.split, target=args.target, intended_use=intended,
+        threshold_from=args.threshold_from, seed=args.seed,
+    )
+    print(result.summary())
+    return 0
+
+
 # --- predict -----------------------------------------------------------------------------
 
 
@@ -567,7 +602,7 @@ def _fusion(args: argparse.Namespace) -> int:
 # --- entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train, _add_tune, _add_evaluate, _add_predict, _add_data, _add_demo, _add_tabular,
+    _add_train, _add_tune, _add_evaluate, _add_adopt, _add_predict, _add_data, _add_demo, _add_tabular,
     _add_export, _add_serve, _add_pacs, _add_fusion,
 )
 

@@ -2,7 +2,9 @@
 
 Layout of ``runs/<name>/model/``::
 
-    weights.safetensors   network weights (safetensors: loading never runs code)
+    weights.safetensors   network weights (safetensors: loading never runs code), or
+    model.onnx            the ONNX graph of a model trained elsewhere (``medpredict adopt``),
+                          byte for byte as the user gave it
     bundle.json           format version, resolved config, labels, task, input kind,
                           preprocessing, threshold, calibration, conformal, metrics
     cleaner.json          fitted table cleaner (record and fused models only)
@@ -36,6 +38,8 @@ from medpredict.errors import BundleError
 FORMAT = "medpredict-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
+#: The network of an adopted model trained elsewhere (``medpredict adopt``), instead of WEIGHTS.
+ONNX_MODEL = "model.onnx"
 META = "bundle.json"
 CHECKSUMS = "checksums.json"
 #: The fitted out-of-distribution detector (``medpredict.calibration.ood``), when the model has one.
@@ -83,24 +87,36 @@ def write_checksums(folder: Path) -> None:
 def save_bundle(
     folder: str | Path,
     *,
-    state_dict: dict[str, torch.Tensor],
+    state_dict: dict[str, torch.Tensor] | None,
     meta: dict[str, Any],
     json_files: dict[str, Any] | None = None,
     text_files: dict[str, str] | None = None,
+    onnx_model: str | Path | None = None,
 ) -> Path:
     """Write a complete bundle atomically: a crash leaves the previous bundle intact.
 
     Args:
         folder: the bundle folder, usually ``runs/<name>/model``.
-        state_dict: network weights.
+        state_dict: network weights (None for a bundle that wraps ``onnx_model`` instead).
         meta: the content of ``bundle.json`` (format fields are added here).
         json_files / text_files: extra files such as ``cleaner.json`` or ``model_card.md``.
+        onnx_model: an ONNX file copied byte for byte into the bundle as ``model.onnx``.
+
+    Raises:
+        BundleError: neither weights nor an ONNX model were given.
     """
     folder = Path(folder)
+    if state_dict is None and onnx_model is None:
+        raise BundleError(f"A bundle needs a network: give weights or an ONNX model for {folder}.")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "medpredict_version": __version__, **meta}
     with atomic_dir(folder) as tmp:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if state_dict is not None:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if onnx_model is not None:
+            import shutil
+
+            shutil.copyfile(onnx_model, tmp / ONNX_MODEL)
         write_json(tmp / META, meta)
         for name, obj in (json_files or {}).items():
             write_json(tmp / name, obj)
@@ -154,9 +170,12 @@ def verify(folder: Path) -> dict[str, Any]:
         files: dict[str, str] = sums["files"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{sums_path} is unreadable ({exc}); the bundle is damaged.") from exc
-    for required in (WEIGHTS, META):
-        if required not in files:
-            raise BundleError(f"{sums_path} does not list {required}; the bundle is damaged or was altered.")
+    if META not in files:
+        raise BundleError(f"{sums_path} does not list {META}; the bundle is damaged or was altered.")
+    if WEIGHTS not in files and ONNX_MODEL not in files:
+        raise BundleError(
+            f"{sums_path} lists neither {WEIGHTS} nor {ONNX_MODEL}; the bundle is damaged or was altered."
+        )
     unlisted = sorted(
         p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS and p.name not in files
     )
@@ -203,6 +222,8 @@ def load_bundle(path: str | Path) -> Bundle:
         )
     from safetensors import SafetensorError
 
+    if not (folder / WEIGHTS).is_file():  # verified above: the bundle wraps model.onnx instead
+        return Bundle(path=folder, meta=meta, state_dict={})
     try:
         state_dict = load_file(str(folder / WEIGHTS))
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:

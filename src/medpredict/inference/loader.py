@@ -12,7 +12,9 @@ run or bundle folder   ``onnx``    :class:`~medpredict.inference.onnx.OnnxBundle
                                    ``RUN/onnx/model.onnx`` (after ``medpredict export``)
 run or bundle folder   ``int8``    the same on ``RUN/onnx/model.int8.onnx`` (``export --int8``)
 descriptor ``.yaml``   (any)       :class:`~medpredict.inference.onnx.OnnxPredictor`, a model
-                                   trained elsewhere (docs: bring your own model)
+                                   trained elsewhere (docs/BRING_YOUR_OWN_MODEL.md)
+run of ``adopt``       (any)       :class:`~medpredict.inference.adopted.AdoptedPredictor`: that
+                                   model's ONNX graph with what ``medpredict adopt`` fitted
 =====================  ==========  ==============================================================
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medpredict.errors import ConfigError, unknown_choice
+from medpredict.inference.adopted import AdoptedPredictor, is_adopted
 from medpredict.inference.contract import PredictorLike
 from medpredict.inference.onnx import DESCRIPTOR_SUFFIXES, OnnxBundlePredictor, OnnxPredictor, bare_onnx_message
 from medpredict.inference.predictor import Predictor
@@ -52,6 +55,8 @@ def load_predictor(
         return OnnxPredictor.from_path(path, threads=threads)
     if path.is_file() and path.suffix.lower() == ".onnx":
         raise ConfigError(bare_onnx_message(path))  # names the descriptor YAML it needs, with an example
+    if is_adopted(path):  # a graph trained elsewhere, wrapped by 'medpredict adopt': ONNX whatever the backend
+        return AdoptedPredictor.from_bundle(path, threads=threads)
     if backend != "torch":
         return OnnxBundlePredictor.from_run(path, threads=threads, int8=backend == "int8")
     return Predictor.from_bundle(path, **kwargs)

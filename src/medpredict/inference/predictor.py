@@ -96,6 +96,13 @@ class Predictor:
         Raises:
             BundleError: the bundle is missing, tampered with, or of an unknown kind.
         """
+        from medpredict.inference.adopted import is_adopted  # here: adopted builds on this module
+
+        if is_adopted(path):
+            raise BundleError(
+                f"{path} wraps an ONNX graph trained elsewhere (written by 'medpredict adopt'): load it with "
+                "medpredict.inference.loader.load_predictor. It is ONNX already; there is nothing to export."
+            )
         bundle = read_bundle(Path(path))
         model = bundle.info.build_network()
         cleaner = bundle.cleaner()

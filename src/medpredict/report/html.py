@@ -116,8 +116,10 @@ def _summary(ev: dict[str, Any], t: Callable[..., str]) -> str:
              [t("intended_use"), run.get("intended_use") or t("intended_use_default")]]
     if ev.get("threshold"):
         facts.append([t("threshold_value"), f"{ev['threshold']['value']:.4f}"])
+    facts += [[f"{t('provenance')}: {t('prov_' + key)}", text] for key, text in (run.get("provenance") or {}).items()]
     warnings = "".join(f"<li>{_e(w)}</li>" for w in ev.get("warnings") or [])
-    return (f'<p class="lead">{_e(t("summary_lead"))}</p><div class="cards">{"".join(cards)}</div>'
+    lead = t("summary_lead_elsewhere") if run.get("trained_by") == "elsewhere" else t("summary_lead")
+    return (f'<p class="lead">{_e(lead)}</p><div class="cards">{"".join(cards)}</div>'
             + _table([t("metric"), t("value")], facts)
             + (f'<ul class="flags note">{warnings}</ul>' if warnings else ""))
 
@@ -196,7 +198,8 @@ def _threshold(ev: dict[str, Any], t: Callable[..., str]) -> str:
             [t("threshold_source"), info["chosen_on"]],
             [t("val_sens"), _fmt(info.get("val_sensitivity"), pct=True)],
             [t("val_spec"), _fmt(info.get("val_specificity"), pct=True)]]
-    text = t("threshold_default") if info["chosen_on"] == "default" else t("threshold_never_test")
+    text = {"default": t("threshold_default"), "given": t("threshold_given")}.get(
+        info["chosen_on"], t("threshold_never_test"))
     fig = ""
     if ev.get("curves"):
         fig = _img(plots.threshold_plot(ev["curves"]["threshold_sweep"], info["value"]), t("cap_threshold"),

@@ -18,7 +18,7 @@ import numpy as np
 from medpredict.report.i18n import translator
 
 # (item, topic, section of the report/card that covers it, "covered" | "partial",
-#  the evaluation key that must be present for the item to count)
+#  the evaluation key that must be present for the item to count, or "key=value" it must equal)
 TRIPOD_AI_ITEMS: tuple[tuple[str, str, str, str, str], ...] = (
     ("3b", "Target population, place in the care pathway, intended users", "sec_summary", "partial", ""),
     ("5a", "Sources of data", "sec_data", "partial", ""),
@@ -36,7 +36,7 @@ TRIPOD_AI_ITEMS: tuple[tuple[str, str, str, str, str], ...] = (
     ("13", "Class imbalance: prevalence reported per split", "sec_data", "partial", ""),
     ("14", "Fairness: performance per sociodemographic subgroup", "sec_subgroups", "partial", "subgroups"),
     ("15", "Model output and how the classification threshold was chosen", "sec_threshold", "covered",
-     "threshold"),
+     "threshold.chosen_on=validation"),
     ("16", "Differences between development and evaluation data", "sec_shift", "partial", "shift"),
     ("20a", "Participants with and without the outcome in each split", "sec_data", "covered", ""),
     ("20c", "Development vs evaluation data: predictors and outcome", "sec_shift", "partial", "shift"),
@@ -50,22 +50,32 @@ TRIPOD_AI_ITEMS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 
 
+#: Items about how the model was developed: medpredict cannot document them for a model trained elsewhere.
+DEVELOPMENT_ITEMS = frozenset({"5a", "10", "12a", "12c", "13", "20a"})
+
+
 def _has(evaluation: dict[str, Any], dotted: str) -> bool:
+    dotted, _, wanted = dotted.partition("=")
     value: Any = evaluation
     for part in dotted.split("."):
         if not isinstance(value, dict) or value.get(part) in (None, [], {}):
             return False
         value = value[part]
-    return True
+    return not wanted or str(value) == wanted
 
 
 def tripod_items(evaluation: dict[str, Any], lang: str = "en") -> list[dict[str, str]]:
-    """TRIPOD+AI items this evaluation documents: ``[{item, topic, status, section}]``."""
+    """TRIPOD+AI items this evaluation documents: ``[{item, topic, status, section}]``.
+
+    For a model trained elsewhere (``run.trained_by == "elsewhere"``) the development items
+    (:data:`DEVELOPMENT_ITEMS`) are not claimed.
+    """
     t = translator(lang)
+    elsewhere = (evaluation.get("run") or {}).get("trained_by") == "elsewhere"
     return [
         {"item": item, "topic": topic, "status": status, "section": t(section)}
         for item, topic, section, status, needs in TRIPOD_AI_ITEMS
-        if not needs or _has(evaluation, needs)
+        if (not needs or _has(evaluation, needs)) and not (elsewhere and item in DEVELOPMENT_ITEMS)
     ]
 
 
@@ -122,6 +132,12 @@ def headline_rows(evaluation: dict[str, Any]) -> list[tuple[str, Any, Any, bool]
     return [(k, m.get(k), m.get(f"{k}_ci"), pct) for k, pct in keys if k in m]
 
 
+def _threshold_text(threshold: dict[str, Any], t: Callable[..., str]) -> str:
+    """Where the threshold came from: validation (never tuned on test), given with the model, or the default."""
+    return {"given": t("threshold_given"), "default": t("threshold_default")}.get(
+        str(threshold.get("chosen_on")), t("threshold_never_test"))
+
+
 def build_model_card(evaluation: dict[str, Any], *, lang: str = "en") -> tuple[str, dict[str, Any]]:
     """Render the model card as Markdown and as a JSON-safe dict.
 
@@ -141,6 +157,8 @@ def build_model_card(evaluation: dict[str, Any], *, lang: str = "en") -> tuple[s
     card: dict[str, Any] = {
         "model": {k: run.get(k) for k in ("model_name", "model_version", "created", "seed")},
         "intended_use": run.get("intended_use") or t("intended_use_default"),
+        "trained_by": run.get("trained_by"),
+        "provenance": run.get("provenance"),
         "task": evaluation["task"],
         "labels": evaluation["labels"],
         "data": {"dataset": run.get("dataset"), "source": run.get("data_source"),
@@ -170,6 +188,9 @@ def build_model_card(evaluation: dict[str, Any], *, lang: str = "en") -> tuple[s
 
     lines = [f"# {t('title')}: {run.get('model_name') or 'model'}", ""]
     lines += [f"## {t('intended_use')}", "", card["intended_use"], ""]
+    if card["provenance"]:
+        lines += [f"## {t('provenance')}", ""]
+        lines += [f"- {t('prov_' + key)}: {text}" for key, text in card["provenance"].items()] + [""]
     lines += [f"## {t('sec_data')}", ""]
     if run.get("dataset"):
         lines += [f"{t('dataset')}: {run['dataset']}", ""]
@@ -190,7 +211,7 @@ def build_model_card(evaluation: dict[str, Any], *, lang: str = "en") -> tuple[s
     if threshold:
         lines += [f"## {t('sec_threshold')}", "",
                   f"{t('threshold_value')}: {threshold['value']:.4f} ({threshold['method']}, "
-                  f"{threshold['chosen_on']}). {t('threshold_never_test')}", ""]
+                  f"{threshold['chosen_on']}). {_threshold_text(threshold, t)}", ""]
     test_cal = calibration.get("test") or {}
     lines += [f"## {t('sec_calibration')}", "",
               f"{t('calibrator')}: {calibration.get('method') or t('none')}; "

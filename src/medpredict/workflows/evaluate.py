@@ -66,6 +66,8 @@ class EvaluationResult:
     out_dir: Path
     report_path: Path
     metrics_path: Path
+    #: where the threshold came from, in words (e.g. "locked on validation", "given with the model")
+    threshold_source: str = "locked on validation"
 
     def summary(self) -> str:
         m = self.metrics
@@ -76,7 +78,7 @@ class EvaluationResult:
                 parts.append(f"{name} {value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
         head = f"n={m.get('n')} ({m.get('n_patients')} patients)"
         if m.get("threshold") is not None:
-            head += f", threshold {m['threshold']:.3f} locked on validation"
+            head += f", threshold {m['threshold']:.3f} {self.threshold_source}"
         return "\n".join(
             [head, "  " + "\n  ".join(parts), f"Report: {self.report_path}", f"Metrics: {self.metrics_path}"]
         )
@@ -93,12 +95,28 @@ def _rows(
     if data is None:
         raise DataError("Give --data: this model has no training data of its own to evaluate on.")
     manifest = load_manifest(data, target=target or (config.data.target if config else "label"))
-    frame = manifest.frame
+    frame = full = manifest.frame
     if "split" in frame.columns and split in set(frame["split"].dropna()):
         frame = frame[frame["split"] == split]
     else:
         log.info("%s has no '%s' split; evaluating all %d rows.", data, split, len(frame))
-    return _align_labels(frame, manifest.source, predictor), None, True
+    val_frame = _adoption_rows(predictor, data, full, split)
+    val = None if val_frame is None else _align_labels(val_frame, manifest.source, predictor)
+    return _align_labels(frame, manifest.source, predictor), val, True
+
+
+def _adoption_rows(predictor: Scorer, data: str, frame: pd.DataFrame, split: str) -> pd.DataFrame | None:
+    """An adopted model's fitting split, when evaluating on other rows of the data it was adopted on.
+
+    The report then compares validation with test as it does for a model medpredict trained.
+    """
+    adoption = predictor.meta.get("adoption") or {}
+    fitted_on = adoption.get("split")
+    if not adoption.get("data") or Path(adoption["data"]).resolve() != Path(data).resolve():
+        return None
+    if "split" not in frame.columns or fitted_on == split or fitted_on not in set(frame["split"].dropna()):
+        return None
+    return frame[frame["split"] == fitted_on]
 
 
 def _align_labels(frame: pd.DataFrame, source: str, predictor: Scorer) -> pd.DataFrame:
@@ -470,6 +488,8 @@ def evaluate(
     if not callable(getattr(type(loaded), "cases", None)):  # the class, not the instance: no property runs
         raise DataError(f"{run} loads as a {type(loaded).__name__}, which cannot be evaluated in batches.")
     predictor = cast(Scorer, loaded)
+    if data is None and (predictor.meta.get("adoption") or {}).get("data"):
+        data = str(predictor.meta["adoption"]["data"])  # an adopted model: the data it was adopted on
     if data is None and "config" not in predictor.meta:
         raise DataError("This model brings no training data of its own: give --data (a manifest, npz or image folder).")
     if predictor.task not in ("binary", "multiclass"):
@@ -506,7 +526,8 @@ def evaluate(
         )
     metrics = evaluation_to_json(evaluation)["metrics"]
     return EvaluationResult(
-        metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json"
+        metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json",
+        threshold_source=_threshold_words(evaluation.get("threshold"), evaluation["run"]["provenance"]),
     )
 
 
@@ -533,7 +554,7 @@ def _assemble(
         got.probs,
         labels=labels,
         groups=got.groups,
-        threshold=meta.get("threshold"),
+        threshold=_stored_threshold(meta.get("threshold")),
         calibration=meta.get("calibration"),
         probs_uncalibrated=got.raw,
         conformal=meta.get("conformal"),
@@ -548,14 +569,75 @@ def _assemble(
             "dataset": got.dataset,
             "evaluated_split": split,
             "external": got.external,
-            "intended_use": (
-                "Research and decision support only: flags cases for a clinician's review; not a diagnosis."
-            ),
+            "intended_use": _intended_use_text(predictor),
+            "trained_by": "medpredict" if "config" in meta else "elsewhere",
+            "provenance": _provenance(predictor),
             "splits": {k: _split_info(meta.get("data", {}), k) for k in meta.get("data", {}).get("rows", {})},
         },
         n_boot=n_boot,
         **got.val,
     )
+
+
+#: What evaluation says a model is for when it declares nothing.
+DEFAULT_USE = "Research and decision support only: flags cases for a clinician's review; not a diagnosis."
+
+
+def _intended_use_text(predictor: Scorer) -> str:
+    """The model's declared intended use (bundle or descriptor card), followed by the default caveat."""
+    declared = getattr(predictor, "intended_use", None)
+    if declared is not None and (declared.description or declared.declared):
+        return f"{declared.summary()}. {DEFAULT_USE}"
+    stated = (getattr(predictor, "card", None) or {}).get("intended_use")
+    if isinstance(stated, str) and stated.strip() and stated != "not declared":
+        return f"{stated.strip().rstrip('.')}. {DEFAULT_USE}"
+    return DEFAULT_USE
+
+
+def _stored_threshold(stored: Any) -> Any:
+    """A bundle's threshold for the report: a fitted picker as is, a fixed one (kept as given) as its number.
+
+    The report then says "given" for a threshold nobody chose on validation data.
+    """
+    if isinstance(stored, dict) and stored.get("method") == "fixed":
+        return float(stored["threshold"])
+    return stored
+
+
+def _provenance(predictor: Scorer) -> dict[str, str]:
+    """Where each setting came from, in words: stored by ``adopt``/the descriptor, or derived for a trained bundle."""
+    stored = predictor.meta.get("provenance")
+    if isinstance(stored, dict):
+        return {str(k): str(v) for k, v in stored.items()}
+    meta = predictor.meta
+    data = Path(str((meta.get("data") or {}).get("source") or "its data")).name
+    threshold = meta.get("threshold") or {}
+    calibration = meta.get("calibration") or {}
+    bundle = getattr(predictor, "bundle", None)
+    guard = bundle.read_json("input_guard.json") if bundle is not None else None
+    return {
+        "training": f"trained by medpredict on the train split of {data}",
+        "calibration": f"{calibration.get('method') or calibration.get('kind')} fitted on the validation split by "
+        "medpredict train" if calibration else "none",
+        "threshold": f"{threshold['threshold']:.4f} fitted on the validation split by medpredict train "
+        f"({threshold.get('method')})" if isinstance(threshold, dict) and threshold else "none (0.5 by default)",
+        "conformal": "class-conditional prediction sets fitted on the validation split by medpredict train"
+        if meta.get("conformal") else "none",
+        "input_guard": "Mahalanobis distance on the network's pooled features (training statistics, validation "
+        "threshold) fitted by medpredict train" if guard else "none",
+        "intended_use": predictor.intended_use.summary() if hasattr(predictor, "intended_use") else "not declared",
+    }
+
+
+def _threshold_words(threshold: dict[str, Any] | None, provenance: dict[str, str]) -> str:
+    """How the command line names the threshold's origin."""
+    chosen_on = (threshold or {}).get("chosen_on")
+    if chosen_on == "validation":
+        by = "medpredict adopt" if "medpredict adopt" in provenance.get("threshold", "") else None
+        return "locked on validation" + (f" (fitted by {by})" if by else "")
+    if chosen_on == "given":
+        return "given with the model, not fitted by medpredict"
+    return "by default (no threshold was locked on validation)"
 
 
 def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None:
