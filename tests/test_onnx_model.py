@@ -333,3 +333,90 @@ def test_unknown_backend_gets_a_suggestion(exported_run):
 
     with pytest.raises(ConfigError, match="Did you mean 'onnx'"):
         load_predictor(exported_run, backend="onxx")
+
+
+# --------------------------------------------------------------------------- a real Keras export
+
+KERAS = Path(__file__).parent / "fixtures" / "keras"
+
+
+def _keras_descriptor(tmp_path, **changes):
+    """The committed Keras fixture's descriptor, copied with ``changes`` (None removes a key)."""
+    import shutil
+
+    shutil.copy(KERAS / "pneumonia_keras.onnx", tmp_path / "pneumonia_keras.onnx")
+    spec = yaml.safe_load((KERAS / "model.yaml").read_text())
+    for key, value in changes.items():
+        section, _, name = key.rpartition(".")
+        target = spec[section] if section else spec
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_keras_export_agrees_with_keras():
+    """The graph Keras 3 exported (model.export(format="onnx")) gives Keras's own probabilities."""
+    from medpredict.inference.onnx import load_predictor
+
+    expected = np.load(KERAS / "expected.npz")
+    predictor = load_predictor(KERAS / "model.yaml")
+    images = [img[None].astype(np.float32) / 255.0 for img in expected["images"]]
+    got = np.array([[c.probabilities[k] for k in ("normal", "pneumonia")] for c in predictor.predict(images=images)])
+    assert got.shape == expected["probabilities"].shape
+    np.testing.assert_allclose(got, expected["probabilities"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # the default output.activation (softmax) on a graph that ends in softmax: softmax twice
+        ({"output.activation": None}, r"output.activation: softmax would apply softmax a second time"),
+        ({"output.activation": "sigmoid"}, r"output.activation: sigmoid"),  # sigmoid on two exclusive classes
+        ({"input.layout": "NCHW"}, r"Set input.layout: NHWC"),  # Keras graphs are channels-last
+        ({"input.name": "images"}, r"input.name 'images' is not an input.*Did you mean 'image'"),
+        ({"input.height": 32, "input.width": 32}, r"input.height 32, input.width 32"),
+    ],
+)
+def test_wrong_keras_descriptors_are_refused_naming_the_key(tmp_path, changes, message):
+    from medpredict.inference.onnx import load_predictor
+
+    with pytest.raises(ConfigError, match=message):
+        load_predictor(_keras_descriptor(tmp_path, **changes))
+
+
+def test_a_bare_onnx_file_gets_the_descriptor_it_needs():
+    from medpredict.inference.onnx import load_predictor
+
+    with pytest.raises(ConfigError, match=r"descriptor YAML") as info:
+        load_predictor(KERAS / "pneumonia_keras.onnx")
+    text = str(info.value)
+    # the example is filled in from the graph: 28 x 28, one channel, channels last
+    assert "height: 28, width: 28, channels: 1, layout: NHWC" in text and "medpredict adopt" in text
+
+
+def test_evaluating_a_descriptor_reports_its_threshold_as_given(keras_yaml, square_npz, tmp_path):
+    """Not adopted: no "locked on validation", no "never saw during training", no TRIPOD+AI item 15."""
+    import json
+
+    from medpredict.workflows.evaluate import evaluate
+
+    spec = yaml.safe_load(keras_yaml.read_text())
+    spec["labels"] = ["0", "1"]  # the square data's classes
+    spec["positive_label"] = "1"
+    keras_yaml.write_text(yaml.safe_dump(spec))
+    result = evaluate(keras_yaml, data=str(square_npz), out=tmp_path / "eval", n_boot=20, progress=False)
+    metrics = json.loads(result.metrics_path.read_text())
+    assert metrics["threshold"]["chosen_on"] == "given" and metrics["threshold"]["value"] == 0.4
+    assert "locked on validation" not in result.summary() and "given with the model" in result.summary()
+    assert metrics["run"]["trained_by"] == "elsewhere"
+    assert metrics["run"]["intended_use"].startswith("test only")  # the descriptor's card.intended_use
+    assert "given in the descriptor" in metrics["run"]["provenance"]["threshold"]
+    card = json.loads((tmp_path / "eval" / "model_card.json").read_text())
+    claimed = {item["item"] for item in card["tripod_ai"]}
+    assert "15" not in claimed and "12a" not in claimed and "23a" in claimed
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert "never saw during training" not in html and "cannot know which data it saw" in html

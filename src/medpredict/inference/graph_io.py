@@ -288,8 +288,19 @@ def penultimate_tensor(path: str | os.PathLike[str]) -> str | None:
             return None
         data = [i for i in node.input if i and i not in constants]
         if node.op_type in ("Gemm", "MatMul"):
-            return data[0] if data and data[0] not in inputs else None
+            return data[0] if data and not _reshaped_input(data[0], producers, constants, inputs) else None
         if node.op_type not in _HEAD_OPS or len(data) != 1:
             return None
         name = data[0]
     return None
+
+
+def _reshaped_input(name: str, producers: dict[str, Any], constants: set[str], inputs: set[str]) -> bool:
+    """True when tensor ``name`` is a graph input, possibly flattened or reshaped (no learned layer)."""
+    while name not in inputs:
+        node = producers.get(name)
+        data = [] if node is None else [i for i in node.input if i and i not in constants]
+        if node is None or node.op_type not in ("Flatten", "Reshape", "Transpose", "Identity", "Cast") or not data:
+            return False
+        name = data[0]
+    return True
