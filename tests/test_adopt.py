@@ -246,3 +246,33 @@ def test_keras_export_adopted_and_evaluated_on_pneumoniamnist(shared_data, tmp_p
     metrics = json.loads(evaluation.metrics_path.read_text())
     assert metrics["calibration"]["test"]["ece"] < metrics["calibration"]["test_uncalibrated"]["ece"]
     assert "fitted on validation by medpredict adopt" in metrics["run"]["provenance"]["calibration"]
+
+
+def test_predict_files_and_the_service_answer_with_the_adopted_bundle(adopted, tmp_path):
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from medpredict.inference.files import predict_files
+    from medpredict.inference.onnx import load_predictor
+    from medpredict.service.app import ServiceSettings, create_app
+
+    image = np.full((16, 16), 60, np.uint8)
+    image[1:6, 1:6] = 200  # a bright corner: class "1"
+    Image.fromarray(image).save(tmp_path / "case.png")
+    result = predict_files(adopted[0], [tmp_path / "case.png"], tmp_path / "out", progress=False)
+    row = result.rows[0]
+    assert row["decision"] == "1" and row["prediction_set"] and row["input_check"]["status"] in ("ok", "unusual")
+    assert (tmp_path / "out" / row["overlay"]).is_file()  # an occlusion overlay
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    app = create_app(load_predictor(adopted[0]), ServiceSettings(api_key="adopt-key-1234"))
+    with TestClient(app) as client:
+        res = client.post("/api/v1/predict", files={"file": ("case.png", buffer.getvalue())},
+                          headers={"X-API-Key": "adopt-key-1234"})
+    assert res.status_code == 200, res.text
+    answer = res.json()["prediction"]
+    assert answer["decision"] == "1" and answer["prediction_set"] == row["prediction_set"]
+    assert answer["probabilities"] == pytest.approx(row["probabilities"], abs=1e-6)
