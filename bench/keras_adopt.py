@@ -46,7 +46,7 @@ def _train_in_keras(python: str, npz: Path, out: Path, epochs: int, dense: int, 
 
 def _double_softmax_refused(descriptor: Path) -> str:
     from medpredict.errors import ConfigError
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     spec = yaml.safe_load(descriptor.read_text())
     spec["output"].pop("activation")  # the default: softmax, on a graph that ends in softmax
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
     from medpredict.calibration.scalers import calibration_summary
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.workflows.adopt import adopt
     from medpredict.workflows.evaluate import evaluate
 

@@ -81,7 +81,7 @@ def _agreement(run: Path, rows: list[dict], npz: Path) -> dict:
     """Per-file results against the same images scored as one batch (evaluate's path)."""
     from medpredict.config import PreprocessConfig
     from medpredict.data.datasets import load_images
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     predictor = load_predictor(run)
     refs = [f"{npz}::test_images/{i}" for i in range(len(rows))]
@@ -103,7 +103,7 @@ def _agreement(run: Path, rows: list[dict], npz: Path) -> dict:
 def _other_inputs(run: Path, data: Path, folder: Path) -> dict:
     """Refusal (by DICOM tags) and out-of-distribution flags on images the model was not built for."""
     from medpredict.inference.contract import InputRefused
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.readers import read_image
 
     predictor = load_predictor(run)  # any bundle, adopted ones included

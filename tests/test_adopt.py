@@ -117,7 +117,7 @@ def test_adopt_writes_a_verified_bundle_that_wraps_the_onnx_file(adopted, square
 def test_the_adopted_bundle_gives_the_whole_contract(adopted, square_npz):
     from medpredict.inference.adopted import AdoptedPredictor
     from medpredict.inference.contract import InputRefused
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     predictor = load_predictor(adopted[0])
     assert isinstance(predictor, AdoptedPredictor)
@@ -139,7 +139,7 @@ def test_the_adopted_bundle_gives_the_whole_contract(adopted, square_npz):
 def test_a_changed_onnx_file_is_refused(adopted, tmp_path):
     import shutil
 
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     copy = tmp_path / "run"
     shutil.copytree(adopted[0], copy)
@@ -188,7 +188,7 @@ def test_the_descriptor_threshold_can_be_kept_and_is_reported_as_given(square_gr
 
 
 def test_a_graph_without_a_dense_layer_gets_generic_guard_features(tmp_path, square_npz):
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.workflows.adopt import adopt
 
     class Corner(torch.nn.Module):  # a probability straight from pixels: no layer to take features from
@@ -227,7 +227,7 @@ def test_keras_export_adopted_and_evaluated_on_pneumoniamnist(shared_data, tmp_p
 
     from sklearn.metrics import roc_auc_score
 
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.workflows.adopt import adopt
     from medpredict.workflows.evaluate import evaluate
 
@@ -256,7 +256,7 @@ def test_predict_files_and_the_service_answer_with_the_adopted_bundle(adopted, t
     from PIL import Image
 
     from medpredict.inference.files import predict_files
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
     from medpredict.service.app import ServiceSettings, create_app
 
     image = np.full((16, 16), 60, np.uint8)

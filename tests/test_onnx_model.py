@@ -360,7 +360,7 @@ def _keras_descriptor(tmp_path, **changes):
 
 def test_keras_export_agrees_with_keras():
     """The graph Keras 3 exported (model.export(format="onnx")) gives Keras's own probabilities."""
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     expected = np.load(KERAS / "expected.npz")
     predictor = load_predictor(KERAS / "model.yaml")
@@ -382,14 +382,14 @@ def test_keras_export_agrees_with_keras():
     ],
 )
 def test_wrong_keras_descriptors_are_refused_naming_the_key(tmp_path, changes, message):
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     with pytest.raises(ConfigError, match=message):
         load_predictor(_keras_descriptor(tmp_path, **changes))
 
 
 def test_a_bare_onnx_file_gets_the_descriptor_it_needs():
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     with pytest.raises(ConfigError, match=r"descriptor YAML") as info:
         load_predictor(KERAS / "pneumonia_keras.onnx")

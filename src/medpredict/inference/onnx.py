@@ -392,7 +392,7 @@ def descriptor_intended_use(d: OnnxDescriptor) -> IntendedUse:
     """
     stated = d.card.get("intended_use")
     if isinstance(stated, dict):
-        return IntendedUse.from_dict({**stated, "source": stated.get("source", "descriptor")})
+        return IntendedUse.from_dict({"channels": d.channels, **stated, "source": stated.get("source", "descriptor")})
     if stated:
         return IntendedUse(description=str(stated), channels=d.channels, source="descriptor")
     return IntendedUse(channels=d.channels)
@@ -491,6 +491,7 @@ class OnnxPredictor:
             "intended_use": f"the descriptor's card: {stated.summary()}" if stated.description or stated.declared
             else "not declared",
         }
+
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], **kwargs: Any) -> OnnxPredictor:
         """Load from a descriptor YAML."""
