@@ -103,6 +103,7 @@ def test_adopt_writes_a_verified_bundle_that_wraps_the_onnx_file(adopted, square
     assert "weights.safetensors" not in files and "input_guard.json" in files
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["model"]["kind"] == "onnx" and meta["trained_by"] == "elsewhere"
+    assert meta["preprocess"]["quantised"]  # inputs rounded to 8-bit steps, as the fitted images were
     assert meta["calibration"]["method"] in ("temperature", "platt", "isotonic")
     assert meta["threshold"]["method"] == "youden" and 0.0 < meta["threshold"]["threshold"] < 1.0
     assert meta["conformal"]["method"] == "mondrian" and meta["adoption"]["n"] == 48

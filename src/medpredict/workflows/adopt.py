@@ -213,7 +213,8 @@ def adopt(
         "task": d.task,
         "labels": list(labels),
         "model": descriptor_spec(d, features_spec),
-        "preprocess": {"image_size": size, "spatial_dims": 2, "channels": d.channels},
+        # images are fitted as load_images stores them (8-bit steps), so a case predicted alone matches
+        "preprocess": {"image_size": size, "spatial_dims": 2, "channels": d.channels, "quantised": True},
         **fields,
         "positive_label": labels[positive] if d.task == "binary" else None,
         "intended_use": declared.to_dict(),
