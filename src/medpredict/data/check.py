@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from medpredict.atomic import write_json, write_text
 from medpredict.data.fingerprints import average_hashes, content_hashes
 from medpredict.data.manifest import Manifest
 from medpredict.data.splits import check_leakage
 from medpredict.errors import DataError
+from medpredict.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _read_thumbnails(
     problems: list[dict[str, Any]] = []
     sizes: list[tuple[int, int]] = []
     for i, path in enumerate(
-        tqdm(paths, desc="reading images", unit="img", disable=not progress, leave=False)
+        progress_bar(paths, desc="reading images", unit="img", enabled=progress, leave=False)
     ):
         if i in skip:  # missing files are reported as missing, not also as unreadable
             sizes.append((0, 0))

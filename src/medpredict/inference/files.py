@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from medpredict.atomic import write_json, write_text
 from medpredict.data.manifest import IMAGE_COLUMN_ALIASES
 from medpredict.errors import DataError
 from medpredict.inference.contract import InputRefused
+from medpredict.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def predict_files(
     out = Path(out)
     rows: list[dict[str, Any]] = []
     for index, path in enumerate(
-        tqdm(paths, desc="predicting", unit="img", disable=not progress or len(paths) < 5)
+        progress_bar(paths, desc="predicting", unit="img", enabled=progress and len(paths) >= 5)
     ):
         row: dict[str, Any] = {"source": path}
         try:
