@@ -25,7 +25,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 log = logging.getLogger("medpredict.progress")
 
@@ -79,8 +79,22 @@ def _is_terminal() -> bool:
     return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
 
 
+@overload
 def progress_bar(
-    iterable: Iterable[T] | None = None,
+    iterable: Iterable[T], *, total: float | None = ..., desc: str = ..., unit: str = ..., enabled: bool = ...,
+    leave: bool = ..., unit_scale: bool = ...,
+) -> ProgressBar[T]: ...
+
+
+@overload
+def progress_bar(
+    iterable: None = None, *, total: float | None = ..., desc: str = ..., unit: str = ..., enabled: bool = ...,
+    leave: bool = ..., unit_scale: bool = ...,
+) -> ProgressBar[Any]: ...
+
+
+def progress_bar(
+    iterable: Iterable[Any] | None = None,
     *,
     total: float | None = None,
     desc: str = "",
@@ -88,7 +102,7 @@ def progress_bar(
     enabled: bool = True,
     leave: bool = True,
     unit_scale: bool = False,
-) -> ProgressBar[T]:
+) -> ProgressBar[Any]:
     """A progress wrapper for ``iterable`` (or a manual counter with ``total``); see the module docstring.
 
     Args:
