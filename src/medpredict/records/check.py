@@ -418,7 +418,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes], *, lang:
         {"key": "missing", "title": t("table.sec_missing"), "blocks": [pictures[0]]},
         {"key": "distributions", "title": t("table.sec_distributions"), "blocks": [pictures[1]]},
     ]
-    return render_page("data_check.html.j2", lang=lang, title=t("table.title", name=name), subtitle=name,
+    return render_page("data_check.html.j2", lang=lang, title=t("table.title"), subtitle=name,
                        sections=[{**s, "blocks": [b for b in s["blocks"] if b]} for s in sections])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from medpredict.report.card_info import CardInfo
 from medpredict.report.i18n import Translator
 from medpredict.report.model_card import headline_rows
-from medpredict.report.render import bullets, data, estimate, num, p, pct, table
+from medpredict.report.render import bullets, data, estimate, num, p, pct, rich, table
 
 Block = dict[str, Any]
 
@@ -24,7 +24,7 @@ CARD_SECTIONS = ("details", "intended_use", "input", "factors", "metrics", "data
 def _given(value: Any, key: str, t: Translator) -> Any:
     """The owner's value as data, or the "to be supplied" marker naming the card key."""
     if value in (None, "", [], ()):
-        return {"text": t("to_supply", key=key), "cls": "missing"}
+        return {"text": rich(t, "to_supply", code_fields={"key": key}), "cls": "missing"}
     return data(value)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(pct=pct, num=num, ci=ci_text, est=estimate)
+    env.filters.update(pct=pct, num=num, ci=ci_text, est=estimate, md=markdown_text)
     return env
 
 
@@ -136,20 +137,24 @@ def data(value: Any) -> dict[str, Any]:
     return {"text": str(value), "data": True}
 
 
-def rich(t: Translator, key: str, *, data_fields: dict[str, Any] | None = None, **fields: Any) -> Markup:
+def rich(t: Translator, key: str, *, data_fields: dict[str, Any] | None = None,
+         code_fields: dict[str, Any] | None = None, **fields: Any) -> Markup:
     """``t(key, **fields)`` as safe HTML in which each of ``data_fields`` is wrapped in
-    ``<span translate="no">`` (a class label or column name inside a translated sentence)."""
+    ``<span translate="no">`` (a class label or column name inside a translated sentence) and
+    each of ``code_fields`` in ``<code translate="no">`` (a key of a file the user writes)."""
     wrapped = {k: Markup('<span translate="no">{}</span>').format(v) for k, v in (data_fields or {}).items()}
+    wrapped |= {k: Markup('<code translate="no">{}</code>').format(v) for k, v in (code_fields or {}).items()}
     return Markup(escape(t.raw(key))).format(**fields, **wrapped)
 
 
-def plain(text: Any) -> str:
-    """Text of a block for Markdown and JSON: Markup loses its tags, the rest is ``str``."""
-    if isinstance(text, Markup):
-        return text.striptags()
-    if isinstance(text, dict):
-        return str(text.get("text", ""))
-    return str(text)
+def markdown_text(value: Any) -> str:
+    """A block's text for Markdown: tags dropped (``<code>`` becomes backticks), entities decoded."""
+    if isinstance(value, dict):
+        value = value.get("text", "")
+    if isinstance(value, Markup):
+        code = re.sub(r"<code[^>]*>(.*?)</code>", r"`\1`", str(value))
+        return Markup(code).striptags()
+    return str(value)
 
 
 def p(text: Any, cls: str = "") -> dict[str, Any]:
