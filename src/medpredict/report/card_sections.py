@@ -13,7 +13,7 @@ from typing import Any
 from medpredict.report.card_info import CardInfo
 from medpredict.report.i18n import Translator
 from medpredict.report.model_card import headline_rows
-from medpredict.report.render import bullets, data, estimate, num, p, pct, rich, table
+from medpredict.report.render import bullets, data, date_text, estimate, num, p, pct, rich, table
 
 Block = dict[str, Any]
 
@@ -34,7 +34,7 @@ def _details(ev: dict[str, Any], card: dict[str, Any], t: Translator) -> list[Bl
     rows = [
         [t("card.name"), data(card.get("name") or "n/a")],
         [t("card.version"), data(card.get("version") or "n/a")],
-        [t("card.date"), data(card.get("date") or "n/a")],
+        [t("card.date"), data(date_text(card.get("date")) or "n/a")],
         [t("card.architecture"), data(d.get("architecture") or "n/a")],
         [t("card.owner"), _given(d.get("owner"), "owner", t)],
         [t("card.contact"), _given(d.get("contact"), "contact", t)],

@@ -39,6 +39,7 @@ from medpredict.report.render import (
     bullets,
     ci_text,
     data,
+    date_text,
     estimate,
     fig,
     figs,
@@ -631,25 +632,10 @@ def render_html(evaluation: dict[str, Any], *, lang: str = "en", card: CardInfo 
     ev = _with_card(evaluation, card)
     run = ev.get("run") or {}
     identity = run.get("identity") or {}
-    subtitle = [identity.get("text") or run.get("model_name"), run.get("dataset"), _date(run.get("created"))]
+    subtitle = [identity.get("text") or run.get("model_name"), run.get("dataset"), date_text(run.get("created"))]
     return render_page("report.html.j2", lang=lang, title=t("title"),
                        subtitle=" · ".join(str(s) for s in subtitle if s),
                        sections=report_sections(ev, t, look))
-
-
-def _date(created: Any) -> str | None:
-    """``2026-12-02T09:43:47+00:00`` as ``2026-12-02 09:43 UTC`` (as given when it does not parse)."""
-    import datetime as dt
-
-    if not created:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(str(created))
-    except ValueError:
-        return str(created)
-    if when.utcoffset() == dt.timedelta(0):
-        return when.strftime("%Y-%m-%d %H:%M UTC")
-    return when.isoformat(sep=" ", timespec="minutes")
 
 
 def _with_card(evaluation: dict[str, Any], card: CardInfo | None) -> dict[str, Any]:

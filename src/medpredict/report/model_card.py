@@ -372,5 +372,7 @@ def render_model_card_html(evaluation: dict[str, Any], *, lang: str = "en", info
 
 
 def _subtitle(card: dict[str, Any]) -> str:
-    parts = [card.get("name"), f"v{card['version']}" if card.get("version") else None, card.get("date")]
+    from medpredict.report.render import date_text
+
+    parts = [card.get("name"), f"v{card['version']}" if card.get("version") else None, date_text(card.get("date"))]
     return " · ".join(str(p) for p in parts if p)

@@ -84,6 +84,21 @@ def estimate(value: Any, interval: Any = None, percent: bool = False) -> str:
     return f"{text} ({bounds})" if bounds and text != "n/a" else text
 
 
+def date_text(created: Any) -> str | None:
+    """``2026-12-02T09:43:47+00:00`` as ``2026-12-02 09:43 UTC`` (as given when it does not parse)."""
+    import datetime as dt
+
+    if not created:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(str(created))
+    except ValueError:
+        return str(created)
+    if when.utcoffset() == dt.timedelta(0):
+        return when.strftime("%Y-%m-%d %H:%M UTC")
+    return when.isoformat(sep=" ", timespec="minutes")
+
+
 def stylesheet() -> str:
     """The one stylesheet every page inlines."""
     return (TEMPLATES / "style.css").read_text(encoding="utf-8")
