@@ -29,6 +29,7 @@ from medpredict.calibration.conformal import SplitConformal
 from medpredict.calibration.scalers import TemperatureScaler, softmax
 from medpredict.calibration.thresholds import ThresholdPicker
 from medpredict.evaluation.subgroups import reference_statistics, shift_diagnostics
+from medpredict.inference.contract import REASON_EMPTY, REASON_OOD, REASON_SET
 from medpredict.report import assemble_evaluation, build_report, fonts, plots
 from medpredict.report.i18n import Translator, _table, translator
 
@@ -148,8 +149,9 @@ def rich_evaluation(units: str = "patient") -> dict[str, Any]:
     heat = np.zeros((28, 28), np.float32)
     heat[8:18, 9:19] = 1.0
     examples = [{"image": rng.random((1, 28, 28)).astype(np.float32), "heatmap": heat, "title": title,
-                 "caption": f"predicted probability {p:.2f}", "explained_class": "pneumonia", "method": method}
-                for title, p, method in (("true positive", 0.91, "grad-cam"), ("false negative", 0.12, "occlusion"))]
+                 "caption": caption, "explained_class": "pneumonia", "method": method}
+                for title, caption, method in (("true positive", "decision pneumonia; p(pneumonia) = 0.91", "grad-cam"),
+                                               ("false negative", "predicted probability 0.12", "occlusion"))]
     checks = {"randomisation": {"similarity": 0.1, "max_similarity": 0.4, "passed": True},
               "faithfulness_mean": 0.4, "min_faithfulness": 0.05, "shortcut_flags": [], "passed": True}
     frame = pd.DataFrame({"sex": rng.choice(["F", "M"], y.size), "age": rng.uniform(2, 95, y.size)})
@@ -176,10 +178,12 @@ def rich_evaluation(units: str = "patient") -> dict[str, Any]:
     )
     ev.update(units=units, positive_label="pneumonia",
               input_guard={"ood_flagged_share": 0.04, "threshold": 12.5, "method": "mahalanobis"})
-    ev["referral"].update(share_referred=0.12, reasons={"set not exactly the decision": 50, "input unusual": 22})
+    ev["referral"].update(share_referred=0.12, accuracy_kept=0.93,
+                          reasons={REASON_SET: 50, REASON_EMPTY: 3, REASON_OOD: 22, "input unusual": 1})
     ev["explanations"]["shortcut"] = {
         "checked": 40, "flagged": 6, "share": 0.15, "limit": 0.1, "passed": False,
-        "flagged_cases": [{"index": i, "border_fraction": 0.6, "image": _png_data_url(rng)} for i in (3, 17)]}
+        "flagged_cases": [{"index": 3, "border_fraction": 0.6, "image": _png_data_url(rng)},
+                          {"index": 17, "border_fraction": 0.7, "image": rng.random((28, 28)), "heatmap": heat}]}
     ev["calibration"].update(method="temperature", prior_correction=True,
                              validation={"ece": 0.03, "intercept": 0.01, "slope": 0.97})
     return ev

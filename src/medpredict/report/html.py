@@ -420,8 +420,13 @@ def _uncertainty(ev: dict[str, Any], t: Translator, look: plots.Look) -> list[Bl
         blocks.append(figs(fig(plots.referral_plot(rows, look=look), alt, t("cap_referral"))))
     if referral.get("share_referred") is not None:
         reasons = referral.get("reasons") or {}
-        blocks.append(p(t("referral_in_use", share=pct(referral["share_referred"]))))
+        blocks.append(h3(t("referral_in_use_title")))
+        line = t("referral_in_use", share=pct(referral["share_referred"]))
+        if referral.get("accuracy_kept") is not None:
+            line += " " + t("referral_in_use_kept", acc=pct(referral["accuracy_kept"]))
+        blocks.append(p(line))
         if reasons:
+            blocks.append(p(t("referral_reasons_intro")))
             blocks.append(bullets([t("referral_reason", reason=t.term("referral_reason", k), n=v)
                                    for k, v in reasons.items()]))
     guard = field(ev, "input_guard")
@@ -516,7 +521,8 @@ def _explanations(ev: dict[str, Any], t: Translator, look: plots.Look) -> list[B
                          _badge(bool(shortcut.get("passed")), t)])
         blocks += [h3(t("checks")), table([t("check_col"), t("value"), t("result_col")], rows)]
     if shortcut and shortcut.get("flagged_cases"):
-        blocks.append(_flagged_cases(shortcut["flagged_cases"], t))
+        blocks.append(h3(t("flagged_title")))
+        blocks.append(_flagged_cases(shortcut["flagged_cases"], t, look))
     blocks += _examples(ex.get("examples") or [], ev, t, look)
     importance = ex.get("feature_importance")
     if importance:
@@ -536,17 +542,24 @@ def _badge(passed: bool, t: Translator) -> dict[str, Any]:
     return {"text": t("passed") if passed else t("failed"), "cls": "ok" if passed else "bad"}
 
 
-def _flagged_cases(cases: list[dict[str, Any]], t: Translator) -> Block:
+def _flagged_cases(cases: list[dict[str, Any]], t: Translator, look: plots.Look) -> Block:
+    """The cases whose heat maps put their weight on the border: the image with its map, or the image."""
     figures = []
-    for case in cases[:8]:
-        image = str(case.get("image") or "")
-        png = image.split("base64,", 1)[1] if "base64," in image else None
-        figures.append(fig(png, t("alt.flagged_case", index=case.get("index"),
-                                  border=pct(case.get("border_fraction"), 0)),
-                           t("flagged_case_caption", index=case.get("index"),
-                             border=pct(case.get("border_fraction"), 0))))
+    for case in cases[:6]:
+        image = case.get("image")
+        alt = t("alt.flagged_case", index=case.get("index"), border=pct(case.get("border_fraction"), 0))
+        caption = t("flagged_case_caption", index=case.get("index"), border=pct(case.get("border_fraction"), 0))
+        if isinstance(image, str):
+            png = image.split("base64,", 1)[1] if "base64," in image else None
+        elif image is not None and case.get("heatmap") is not None:
+            png = plots.overlay_pair(image, case["heatmap"], look.t("heat_map"), look=look)
+        elif image is not None:
+            png = plots.thumbnail_strip([image], look=look)
+        else:
+            png = None
+        figures.append(fig(png, alt, caption))
     block = figs(*figures)
-    return {**block, "cls": "thumbs"} if block else p(t("shortcut_cases_missing"), "note")
+    return block if block else p(t("shortcut_cases_missing"), "note")
 
 
 def _examples(examples: list[dict[str, Any]], ev: dict[str, Any], t: Translator,

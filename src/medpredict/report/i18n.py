@@ -58,6 +58,8 @@ MESSAGES: tuple[tuple[str, str], ...] = (
     (r"Research and decision support only: flags cases for a clinician's review; not a diagnosis\.",
      "msg.intended_use_evaluate"),
     (r"predicted probability (?P<p>[\d.]+)", "msg.predicted_probability"),
+    (r"decision (?P<decision>.+); p\((?P<positive>.+)\) = (?P<p>[\d.]+)", "msg.decision_score"),
+    (r"decision (?P<decision>.+); p = (?P<p>[\d.]+)", "msg.decision_probability"),
     (r"(?P<case>true positive|true negative|false positive|false negative)", "msg.case"),
 )
 _TERM_GROUPS = ("metric", "direction", "case", "label")
