@@ -386,3 +386,46 @@ def test_newer_fields_render_and_older_evaluations_still_do(tmp_path: Path) -> N
     assert card["shortcut"]["flagged"] == 6 and "flagged_cases" not in card["shortcut"]
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["explanations"]["shortcut"]["flagged_cases"] == [{"index": 7, "border_fraction": 0.6}]
+
+
+# ------------------------------------------------------------------ the owner's card fields
+
+
+def test_card_file_fills_the_owner_fields_and_the_rest_are_marked(binary_evaluation, tmp_path: Path) -> None:
+    card_file = tmp_path / "card.yaml"
+    card_file.write_text("owner: Paediatric Radiology AI group\ncontact: ai-governance@example.org\n"
+                         "licence: Apache-2.0\nout_of_scope: [Adults, Lateral views]\n"
+                         "monitoring: Monthly calibration check on 100 confirmed cases\n")
+    build_report(tmp_path / "out", binary_evaluation, card=card_file)
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text(encoding="utf-8"))
+    assert card["details"]["owner"] == "Paediatric Radiology AI group"
+    assert card["details"]["regulatory_status"] == "Research use only; not a medical device."  # the default
+    assert card["details"]["seed"] == 0 and card["name"] == "small_cnn"
+    assert "contact" not in card["to_be_supplied"] and {"setting", "intended_users"} <= set(card["to_be_supplied"])
+    markdown = (tmp_path / "out" / "model_card.md").read_text(encoding="utf-8")
+    assert "Paediatric Radiology AI group" in markdown and "- Adults" in markdown
+    assert "to be supplied by the model owner (card file key `setting`)" in markdown
+    assert "Monthly calibration check on 100 confirmed cases" in markdown
+    page = (tmp_path / "out" / "model_card.html").read_text(encoding="utf-8")
+    assert "<script" not in page and 'translate="no">ai-governance@example.org<' in page
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("license: MIT\n", "Unknown model-card key 'license'.*Did you mean 'licence'"),  # US spelling
+    ("owner: [a, b]\n", "'owner' .* must be a text"),  # a list where a text belongs
+    ("out_of_scope: {adults: true}\n", "'out_of_scope' .* must be a text or a list of texts"),
+    ("- just a list\n", "must be a mapping of card fields"),
+    ("owner: 'unclosed\n", "not valid YAML"),
+])
+def test_bad_card_files_are_refused_before_anything_is_written(binary_evaluation, tmp_path: Path, text: str,
+                                                               message: str) -> None:
+    card_file = tmp_path / "card.yaml"
+    card_file.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_report(tmp_path / "out", binary_evaluation, card=card_file)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_card_file_names_itself(binary_evaluation, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Model-card file not found: .*nope.yaml"):
+        build_report(tmp_path / "out", binary_evaluation, card=tmp_path / "nope.yaml")
