@@ -209,6 +209,7 @@ def test_the_synthetic_evaluation_reaches_every_translated_sentence(evaluation: 
     assert any("brightness" in f for f in evaluation["shift"]["flags"])
 
 
+@pytest.mark.cjk_font  # without the font the plots keep English texts, by design
 def test_chinese_report_and_model_card_leave_no_english(evaluation, tmp_path: Path, plot_texts) -> None:
     for units in ("patient", "image"):
         ev = evaluation if units == "patient" else rich_evaluation("image")
@@ -238,6 +239,7 @@ def test_the_check_finds_english_left_in_a_page(evaluation, tmp_path: Path, monk
     assert english_left(["模型 AUC 0.91（95% 置信区间 0.88–0.93）"]) == []
 
 
+@pytest.mark.cjk_font
 def test_chinese_data_checks_leave_no_english(tmp_path: Path, plot_texts) -> None:
     from medpredict.data.check import check_images
     from medpredict.data.manifest import load_manifest
@@ -278,7 +280,7 @@ def _embedded_font(page: str) -> Any:
     return TTFont(io.BytesIO(base64.b64decode(match.group(1))))
 
 
-@pytest.mark.skipif(fonts.find_cjk_font() is None, reason="fonts-noto-cjk is not installed")
+@pytest.mark.cjk_font
 def test_every_cjk_glyph_of_each_page_is_in_its_embedded_font(zh_report: Path, tmp_path: Path) -> None:
     from medpredict.records.check import check_table
 
@@ -369,7 +371,7 @@ _PAGE_CHECK = """async () => {
 
 
 @pytest.mark.chromium
-@pytest.mark.skipif(fonts.find_cjk_font() is None, reason="fonts-noto-cjk is not installed")
+@pytest.mark.cjk_font
 def test_chinese_pages_render_their_glyphs_and_fit_a_phone_in_chromium(zh_report: Path, tmp_path: Path) -> None:
     """In a browser that has no CJK font (fontconfig limited to DejaVu), the page's own font draws
     every Chinese character (boxes would all look alike), and nothing overflows at 390 px."""
