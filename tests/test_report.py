@@ -149,7 +149,10 @@ def test_model_card_marks_tripod_items(report_dir: Path) -> None:
     assert card["threshold"]["chosen_on"] == "validation"
 
 
-def test_chinese_report_and_unknown_language(binary_evaluation, tmp_path: Path) -> None:
+def test_chinese_report_and_unknown_language(binary_evaluation, tmp_path: Path, monkeypatch) -> None:
+    from medpredict.report import fonts
+
+    monkeypatch.setattr(fonts, "font_face_css", lambda text: "")  # the words only; test_report_zh checks the font
     page = build_report(tmp_path / "zh", binary_evaluation, lang="zh").read_text(encoding="utf-8")
     assert "模型评估报告" in page and '<html lang="zh">' in page
     assert "## 预期用途" in (tmp_path / "zh" / "model_card.md").read_text(encoding="utf-8")
@@ -290,8 +293,8 @@ def test_calibration_verdict_and_wilson_intervals_per_bin(report_dir: Path, bina
 
 
 def test_verdict_reads_the_numbers() -> None:
-    from medpredict.report.html import _verdict
     from medpredict.report.i18n import translator
+    from medpredict.report.sections import _verdict
 
     t = translator("en")
     good_bins = [{"n": 50, "mean_predicted": 0.3, "observed": 0.32, "observed_ci": [0.2, 0.46]}]

@@ -174,7 +174,7 @@ def rich_evaluation(units: str = "patient") -> dict[str, Any]:
                             "normalisation": {"mean": 0.58, "std": 0.17}},
                   "training": {"best_epoch": 3, "epochs_run": 3, "stopped": "completed", "seconds": 6.9},
                   "splits": {"train": {"n": 600, "n_patients": 600, "prevalence": 0.75}}},
-        n_boot=50,
+        n_boot=20,
     )
     ev.update(units=units, positive_label="pneumonia",
               input_guard={"ood_flagged_share": 0.04, "threshold": 12.5, "method": "mahalanobis"})
@@ -187,6 +187,12 @@ def rich_evaluation(units: str = "patient") -> dict[str, Any]:
     ev["calibration"].update(method="temperature", prior_correction=True,
                              validation={"ece": 0.03, "intercept": 0.01, "slope": 0.97})
     return ev
+
+
+@pytest.fixture
+def no_font_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip the font subset (seconds per page) where a test reads only the words; the glyph test embeds it."""
+    monkeypatch.setattr(fonts, "font_face_css", lambda text: "")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +216,8 @@ def test_the_synthetic_evaluation_reaches_every_translated_sentence(evaluation: 
 
 
 @pytest.mark.cjk_font  # without the font the plots keep English texts, by design
-def test_chinese_report_and_model_card_leave_no_english(evaluation, tmp_path: Path, plot_texts) -> None:
+def test_chinese_report_and_model_card_leave_no_english(evaluation, tmp_path: Path, plot_texts,
+                                                        no_font_embedding) -> None:
     for units in ("patient", "image"):
         ev = evaluation if units == "patient" else rich_evaluation("image")
         out = tmp_path / units
@@ -229,7 +236,8 @@ def test_chinese_report_and_model_card_leave_no_english(evaluation, tmp_path: Pa
     assert english_left(plot_texts, set(LABELS) | {"sex", "age"}) == []
 
 
-def test_the_check_finds_english_left_in_a_page(evaluation, tmp_path: Path, monkeypatch) -> None:
+def test_the_check_finds_english_left_in_a_page(evaluation, tmp_path: Path, monkeypatch,
+                                               no_font_embedding) -> None:
     """The detector is not blind: drop one Chinese entry and the page fails the check."""
     table = _table()
     monkeypatch.setitem(table, "verdict_poor", {"en": table["verdict_poor"]["en"]})
@@ -240,7 +248,7 @@ def test_the_check_finds_english_left_in_a_page(evaluation, tmp_path: Path, monk
 
 
 @pytest.mark.cjk_font
-def test_chinese_data_checks_leave_no_english(tmp_path: Path, plot_texts) -> None:
+def test_chinese_data_checks_leave_no_english(tmp_path: Path, plot_texts, no_font_embedding) -> None:
     from medpredict.data.check import check_images
     from medpredict.data.manifest import load_manifest
     from medpredict.records.check import check_table

@@ -234,7 +234,7 @@ def referral_plot(rows: list[dict[str, float]], look: Look | None = None,
         if hit is not None:
             ax.plot(hit["referral_rate"], hit["accuracy_kept"], "o", color=ORANGE, markersize=8)
             ax.annotate(f"{hit['accuracy_kept']:.1%}", (hit["referral_rate"], hit["accuracy_kept"]),
-                        textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8, color=ORANGE)
+                        textcoords="offset points", xytext=(-7, 6), ha="right", fontsize=8, color=ORANGE)
     ax.xaxis.set_major_formatter(_percent())
     ax.yaxis.set_major_formatter(_percent())
     return to_base64(fig, look)
