@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ STRINGS = Path(__file__).parent / "strings.yaml"
 LANGUAGES = ("en", "zh")
 
 #: English sentences written by other modules -> the table key that rewords them. Named
-#: groups become the key's fields; a group named ``metric``, ``direction``, ``case`` or
-#: ``label`` is itself translated as a term of that group.
+#: groups become the key's fields; a group named ``metric``, ``direction`` or ``case`` is
+#: itself translated as a term of that group.
 MESSAGES: tuple[tuple[str, str], ...] = (
     (r"No threshold was locked on validation data; 0\.5 was used\.", "msg.no_threshold"),
     (r"No patient ids: the bootstrap resamples images, so intervals may be too narrow\.", "msg.no_patient_ids"),
@@ -62,7 +61,7 @@ MESSAGES: tuple[tuple[str, str], ...] = (
     (r"decision (?P<decision>.+); p = (?P<p>[\d.]+)", "msg.decision_probability"),
     (r"(?P<case>true positive|true negative|false positive|false negative)", "msg.case"),
 )
-_TERM_GROUPS = ("metric", "direction", "case", "label")
+_TERM_GROUPS = ("metric", "direction", "case")
 
 
 @functools.cache
@@ -116,10 +115,6 @@ class Translator:
             _log_unknown(text[:60])
             return text
         return out
-
-    def table(self) -> Mapping[str, str]:
-        """Every key's text in this language (English where the translation lacks one)."""
-        return {k: v.get(self.lang) or v.get("en", k) for k, v in _table().items()}
 
 
 def _reword(text: str, t: Translator) -> str | None:

@@ -46,7 +46,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(pct=pct, num=num, ci=ci_text, est=estimate, md=markdown_text)
+    env.filters.update(md=markdown_text)
     return env
 
 
