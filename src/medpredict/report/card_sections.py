@@ -94,13 +94,12 @@ def _input(ev: dict[str, Any], card: dict[str, Any], t: Translator, info: CardIn
 
 
 def _factors(ev: dict[str, Any], card: dict[str, Any], t: Translator) -> list[Block]:
-    blocks: list[Block] = [p(t("card.factors_lead"))]
     subgroups = ev.get("subgroups") or []
     columns = sorted({str(r["column"]) for r in subgroups})
     if columns:
-        blocks.append(p({"text": ", ".join(columns), "data": True}))
+        blocks: list[Block] = [p(t("card.factors_lead")), p({"text": ", ".join(columns), "data": True})]
     else:
-        blocks.append(p(t("card.factors_none"), "warn"))
+        blocks = [p(t("card.factors_none"), "warn")]
     if card.get("units") == "image":
         blocks.append(p(t("units_image_warning"), "warn"))
     return blocks
