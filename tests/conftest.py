@@ -1,6 +1,6 @@
 """Shared test configuration: where the real data is, and skipping for absent servers.
 
-Tests marked ``orthanc``, ``chromium`` or ``dciodvfy`` skip when the Debian package is missing, except
+Tests marked ``orthanc``, ``chromium``, ``dciodvfy`` or ``cjk_font`` skip when the Debian package is missing, except
 under CI (``MEDPREDICT_REQUIRE_SERVERS=1``), where a missing server is a failure.
 """
 
@@ -18,7 +18,14 @@ _SERVERS = {
     "orthanc": lambda: shutil.which("Orthanc") is not None,
     "chromium": lambda: Path("/usr/bin/chromium").exists(),
     "dciodvfy": lambda: shutil.which("dciodvfy") is not None,
+    "cjk_font": lambda: _cjk_font_installed(),
 }
+
+
+def _cjk_font_installed() -> bool:
+    from medpredict.report.fonts import find_cjk_font
+
+    return find_cjk_font() is not None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -36,7 +36,13 @@ def test_own_test_split_report_metrics_and_model_card_in_bundle(tiny_run: Path, 
     assert (run / "model" / "model_card.md").is_file()  # the card travels with the bundle
     from medpredict.inference.predictor import Predictor
 
-    assert Predictor.from_bundle(run).card["performance"]  # and the bundle still verifies
+    predictor = Predictor.from_bundle(run)
+    card = predictor.card
+    assert card["performance"]  # and the bundle still verifies
+    assert card["details"]["seed"] == 0  # the resolved config's seed, not null
+    assert card["version"] == predictor.version and card["date"]
+    assert card["input"]["image_size"] == 16 and card["input"]["channels"] == 1
+    assert (run / "model_card.html").is_file() and "# Model card:" in (run / "model_card.md").read_text()
 
 
 def test_external_dataset_gets_shift_diagnostics(tiny_run: Path, tmp_path: Path) -> None:
@@ -46,6 +52,18 @@ def test_external_dataset_gets_shift_diagnostics(tiny_run: Path, tmp_path: Path)
     assert report["run"]["external"] is True
     assert report["shift"] is not None
     assert result.metrics["n"] == 40
+
+
+def test_cli_card_file_with_an_unknown_key_is_refused_before_predicting(tiny_run: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    from medpredict.cli import main
+
+    card = tmp_path / "card.yaml"
+    card.write_text("owner: Radiology AI group\ncontakt: someone@example.org\n")
+    assert main(["evaluate", str(tiny_run), "--out", str(tmp_path / "out"), "--card", str(card)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown model-card key 'contakt'" in err and "Did you mean 'contact'" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_labels_that_the_model_does_not_know_are_refused(tiny_run: Path, tmp_path: Path) -> None:

@@ -174,12 +174,18 @@ def test_occlusion_finds_the_region_that_drives_the_output() -> None:
     assert _region_classifier.calls == 1 + int(np.ceil(13 * 13 / 64))  # reference + batches
 
 
-def test_occlusion_shows_a_progress_bar_for_many_batches(capsys) -> None:
+def test_occlusion_shows_a_progress_bar_for_many_batches(capsys, monkeypatch) -> None:
+    from medpredict import progress
+
     image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     _region_classifier.calls = 0
+    monkeypatch.setattr(progress, "_is_terminal", lambda: True)  # bars are drawn on a terminal only
     occlusion(_region_classifier, image, class_index=0, patch=7, stride=7, batch_size=4, progress=True)
     assert "occlusion" in capsys.readouterr().err
     assert _region_classifier.calls == 1 + 4  # 16 patches in batches of 4
+    monkeypatch.setattr(progress, "_is_terminal", lambda: False)  # a pipe or a log file: no bar
+    occlusion(_region_classifier, image, class_index=0, patch=7, stride=7, batch_size=4, progress=True)
+    assert "\r" not in capsys.readouterr().err
 
 
 def test_occlusion_on_a_volume() -> None:

@@ -87,3 +87,29 @@ def test_predict_files_writes_csv_json_and_overlays_and_keeps_going_past_bad_fil
     csv = (tmp_path / "out" / "predictions.csv").read_text()
     assert "p_1" in csv and "notes.png" in csv
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"][0]["label"] == "1"
+
+
+def test_predictions_carry_model_version_and_time_and_no_local_paths(tiny_run: Path, tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pandas as pd
+
+    from medpredict.inference.predictor import Predictor
+
+    folder = tmp_path / "PATIENT-Jane-Doe-0042" / "study"  # a folder name that identifies a patient
+    (folder / "series2").mkdir(parents=True)
+    _square_png(folder / "a.png", True)
+    _square_png(folder / "series2" / "b.png", False)
+    single = _square_png(tmp_path / "PATIENT-Jane-Doe-0042" / "c.png", True)
+    broken = folder / "series2" / "broken.png"
+    broken.write_text("not an image")  # its error message names the file too
+    predict_files(tiny_run, [folder, single], tmp_path / "out", progress=False, overlays=False)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert sorted(table["source"]) == ["a.png", "c.png", "series2/b.png", "series2/broken.png"]  # relative
+    assert "'series2/broken.png' is not a readable image" in table["error"].dropna().iloc[0]
+    assert set(table["model_version"]) == {Predictor.from_bundle(tiny_run).version}
+    stamps = [dt.datetime.fromisoformat(s) for s in table["predicted_at"]]
+    assert all(s.tzinfo is not None and abs((dt.datetime.now(dt.UTC) - s).total_seconds()) < 600 for s in stamps)
+    for name in ("predictions.csv", "predictions.json"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "Jane-Doe" not in text and str(tmp_path) not in text

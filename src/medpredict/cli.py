@@ -146,6 +146,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report by")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
+    p.add_argument(
+        "--card",
+        help="model-card fields the run cannot know, as YAML: owner, contact, licence, regulatory_status, "
+        "citation, intended_use, intended_users, population, setting, out_of_scope, modality, data_origin, "
+        "ethical_considerations, monitoring, caveats",
+    )
     p.set_defaults(handler=_evaluate)
 
 
@@ -155,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     subgroups = tuple(c.strip() for c in args.subgroups.split(",") if c.strip())
     result = evaluate(
         args.run, data=args.data, target=args.target, split=args.split, out=args.out,
-        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend,
+        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend, card=args.card,
     )
     print(result.summary())
     return 0
@@ -233,6 +239,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     check.add_argument("source", help="manifest CSV, MedMNIST .npz, image folder or clinical table")
     check.add_argument("--target", default="label", help="target column (default label)")
     check.add_argument("--out", help="report folder (default: data_check/ beside the current folder)")
+    check.add_argument("--lang", default="en", help="language of the HTML report: en or zh")
     check.set_defaults(handler=_data_check)
     fetch = data_sub.add_parser("fetch", help="download a public dataset and verify its MD5")
     fetch.add_argument("name", help="dataset name, e.g. pneumoniamnist")
@@ -269,7 +276,7 @@ def _data_check(args: argparse.Namespace) -> int:
         return _table_check(args)
     out = Path(args.out or "data_check")
     manifest = load_manifest(args.source, target=args.target)
-    result = check_images(manifest, out)
+    result = check_images(manifest, out, lang=args.lang)
     report = result.report
     print(
         f"{report['rows']} images, {report['patients']} patients, classes {report['labels']}, "
@@ -343,7 +350,7 @@ def _table_check(args: argparse.Namespace) -> int:
     # "label" is the image default; for a table, None lets the reader guess the target
     target = None if args.target == "label" else args.target
     out = Path(args.out or "data_check")
-    report = check_table(args.source, target=target, out=out)
+    report = check_table(args.source, target=target, out=out, lang=args.lang)
     print(f"{report['rows']} rows, {report['columns']} columns; target {report['target'].get('column')}")
     for line in report["findings"]:
         print(f"- {line}")

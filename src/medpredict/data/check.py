@@ -8,24 +8,23 @@ the report names files, never patient ids.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from medpredict.atomic import write_json, write_text
 from medpredict.data.fingerprints import average_hashes, content_hashes
 from medpredict.data.manifest import Manifest
 from medpredict.data.splits import check_leakage
 from medpredict.errors import DataError
+from medpredict.progress import progress_bar
+from medpredict.report.i18n import Translator, translator
+from medpredict.report.plots import Look, class_balance_plot, look_for
+from medpredict.report.render import bullets, data, fig, figs, h3, p, render_page, rich, table
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def _read_thumbnails(
     problems: list[dict[str, Any]] = []
     sizes: list[tuple[int, int]] = []
     for i, path in enumerate(
-        tqdm(paths, desc="reading images", unit="img", disable=not progress, leave=False)
+        progress_bar(paths, desc="reading images", unit="img", enabled=progress, leave=False)
     ):
         if i in skip:  # missing files are reported as missing, not also as unreadable
             sizes.append((0, 0))
@@ -71,8 +70,17 @@ def _read_thumbnails(
     return thumbs, problems, sizes
 
 
-def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = True) -> CheckResult:
-    """Run every image check on ``manifest`` and write the JSON and HTML reports into ``out_dir``."""
+def check_images(
+    manifest: Manifest, out_dir: str | Path, *, progress: bool = True, lang: str = "en"
+) -> CheckResult:
+    """Run every image check on ``manifest`` and write the JSON and HTML reports into ``out_dir``.
+
+    The JSON is always English; ``lang`` (``"en"`` or ``"zh"``) is the language of the HTML page.
+
+    Raises:
+        ConfigError: unknown ``lang`` (before anything is read or written).
+    """
+    translator(lang)
     frame = manifest.frame.reset_index(drop=True)
     out_dir = Path(out_dir)
     paths = frame["image_path"].astype(str).tolist()
@@ -124,77 +132,108 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
         },
         "intensity": {"mean": float(thumbs.mean()), "std": float(thumbs.std())},
     }
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} files are missing")
-    if unreadable:
-        problems.append(f"{len(unreadable)} files are unreadable")
-    if exact_report.patients_across_splits:
-        problems.append(f"{exact_report.patients_across_splits} patients appear in more than one split")
-    if exact_report.duplicate_groups_across_splits:
-        problems.append(
-            f"{exact_report.duplicate_groups_across_splits} groups of identical images cross splits"
-        )
-    warnings = []
-    if exact_report.duplicate_groups:
-        warnings.append(
-            f"{exact_report.duplicate_groups} groups of byte-identical images "
-            f"({exact_report.duplicate_redundant_files} redundant files)"
-        )
-    if near_report.duplicate_groups_across_splits:
-        warnings.append(
-            f"{near_report.duplicate_groups_across_splits} groups of near-identical images cross splits"
-        )
+    english = translator("en")
+    problems = [english(key, **fields) for key, fields in _problem_items(report)]
+    warnings = [english(key, **fields) for key, fields in _warning_items(report)]
     report["problems"], report["warnings"], report["ok"] = problems, warnings, not problems
     json_path = write_json(out_dir / "data_check.json", report)
-    html_path = write_text(out_dir / "data_check.html", _html(report, balance))
+    html_path = write_text(out_dir / "data_check.html", render_check_html(report, lang=lang))
     return CheckResult(report=report, json_path=json_path, html_path=html_path)
 
 
-def _balance_png(balance: pd.DataFrame) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    balance.plot.bar(ax=ax, rot=0)
-    ax.set(ylabel="images", title="Images per class and split")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+def _problem_items(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Problems that block training, as (translation key, fields)."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    if report["missing_files"]:
+        items.append(("check.problem_missing", {"n": len(report["missing_files"])}))
+    if report["unreadable_files"]:
+        items.append(("check.problem_unreadable", {"n": len(report["unreadable_files"])}))
+    if report["patients_across_splits"]:
+        items.append(("check.problem_patients", {"n": report["patients_across_splits"]}))
+    if report["exact_duplicates"]["groups_across_splits"]:
+        items.append(("check.problem_identical", {"n": report["exact_duplicates"]["groups_across_splits"]}))
+    return items
 
 
-def _html(report: dict[str, Any], balance: pd.DataFrame) -> str:
-    esc = html.escape
-    status = (
-        "No blocking problem found."
-        if report["ok"]
-        else "Problems found: " + "; ".join(report["problems"]) + "."
-    )
-    items = "".join(f"<li>{esc(w)}</li>" for w in report["warnings"]) or "<li>none</li>"
-    dup_rows = "".join(
-        f"<tr><td>{esc(', '.join(map(str, e['files'])))}</td><td>{esc(', '.join(e['splits']))}</td></tr>"
-        for e in report["exact_duplicates"]["examples"]
-    )
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Data check</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-.ok{{color:#176b2c}}.bad{{color:#a4161a}}</style></head><body>
-<h1>Data-quality report</h1><p>Source: {esc(report["source"])}</p>
-<p class="{"ok" if report["ok"] else "bad"}"><b>{esc(status)}</b></p>
-<h2>Counts</h2><p>{report["rows"]} images, {report["patients"]} patients, task {esc(report["task"])},
-classes {esc(", ".join(report["labels"]))}; splits {esc(str(report["splits"]))}.</p>
-<img alt="class balance" src="data:image/png;base64,{_balance_png(balance)}">
-<h2>Warnings</h2><ul>{items}</ul>
-<h2>Byte-identical images</h2><p>{report["exact_duplicates"]["groups"]} groups,
-{report["exact_duplicates"]["redundant_files"]} redundant files,
-{report["exact_duplicates"]["groups_across_splits"]} groups across splits.</p>
-<table><tr><th>files</th><th>splits</th></tr>{dup_rows}</table>
-<h2>Near-identical images</h2><p>{report["near_duplicates"]["groups"]} groups
-({esc(report["near_duplicates"]["method"])}), {report["near_duplicates"]["groups_across_splits"]} across splits.</p>
-<h2>Files</h2><p>Missing: {len(report["missing_files"])}; unreadable: {len(report["unreadable_files"])}.
-Image sizes: {esc(str(report["image_size"]))}.</p></body></html>"""
+def _warning_items(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Findings worth a look that do not block training, as (translation key, fields)."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    exact = report["exact_duplicates"]
+    if exact["groups"]:
+        items.append(("check.warning_identical", {"n": exact["groups"], "redundant": exact["redundant_files"]}))
+    if report["near_duplicates"]["groups_across_splits"]:
+        items.append(("check.warning_near", {"n": report["near_duplicates"]["groups_across_splits"]}))
+    return items
+
+
+def check_sections(report: dict[str, Any], t: Translator, look: Look) -> list[dict[str, Any]]:
+    """The image data check as page sections (see :mod:`medpredict.report.render`)."""
+    problems = [t(key, **fields) for key, fields in _problem_items(report)]
+    warnings = [t(key, **fields) for key, fields in _warning_items(report)]
+    status = p(t("check.status_ok"), "ok") if report["ok"] else p(
+        t("check.status_problems", problems=t("punct.semicolon").join(problems)), "bad")
+    splits = t("punct.comma").join(f"{t.term('split', k)} {v}" for k, v in _in_split_order(report["splits"]).items())
+    splits = splits or t("check.no_splits")
+    summary = [
+        status,
+        p(rich(t, "check.counts", data_fields={"labels": ", ".join(map(str, report["labels"]))},
+               rows=report["rows"], patients=report["patients"], task=t.term("task", report["task"]), splits=splits)),
+        h3(t("check.warnings_title")),
+        bullets(warnings or [t("none")], "flags"),
+    ]
+    balance = _in_split_order(report["class_balance"])
+    classes = sorted({c for row in balance.values() for c in row})
+    balance_rows = [[t.term("split", split)] + [row.get(c, 0) for c in classes] for split, row in balance.items()]
+    biggest = max((n for row in balance.values() for n in row.values()), default=0)
+    balance_blocks = [
+        table([t("split")] + [data(c) for c in classes], balance_rows),
+        figs(fig(class_balance_plot(balance, look=look),
+                 t("check.alt_balance", k=len(classes), splits=len(balance), biggest=biggest),
+                 t("check.cap_balance"))),
+    ]
+    exact, near = report["exact_duplicates"], report["near_duplicates"]
+    comma = t("punct.comma")
+    dup_rows = [[data(", ".join(map(str, e["files"]))), comma.join(t.term("split", s) for s in e["splits"])]
+                for e in exact["examples"]]
+    near_rows = [[data(", ".join(map(str, e["files"]))), comma.join(t.term("split", s) for s in e["splits"])]
+                 for e in near["examples"]]
+    duplicates = [
+        h3(t("check.exact_title")),
+        p(t("check.exact_line", groups=exact["groups"], redundant=exact["redundant_files"],
+            across=exact["groups_across_splits"])),
+        table([t("check.files"), t("check.splits")], dup_rows) if dup_rows else None,
+        h3(t("check.near_title")),
+        p(t("check.near_line", groups=near["groups"], across=near["groups_across_splits"], thumb=THUMB)),
+        table([t("check.files"), t("check.splits")], near_rows) if near_rows else None,
+        p(t("check.patients_line", n=report["patients_across_splits"])),
+    ]
+    size = report["image_size"]
+    files = [
+        p(t("check.files_line", missing=len(report["missing_files"]), unreadable=len(report["unreadable_files"]))),
+    ]
+    if report["missing_files"]:
+        files += [h3(t("check.missing_title")), bullets([data(f) for f in report["missing_files"][:50]])]
+    if report["unreadable_files"]:
+        files += [h3(t("check.unreadable_title")), bullets([data(u["file"]) for u in report["unreadable_files"][:50]])]
+    if size["height_min"] is not None:
+        files.append(p(t("check.size_line", hmin=size["height_min"], hmax=size["height_max"],
+                         wmin=size["width_min"], wmax=size["width_max"])))
+    files.append(p(t("check.intensity_line", mean=f"{report['intensity']['mean']:.3f}",
+                     std=f"{report['intensity']['std']:.3f}"), "note"))
+    sections: dict[str, list[Any]] = {"summary": summary, "balance": balance_blocks, "duplicates": duplicates,
+                                      "files": files}
+    return [{"key": k, "title": t(f"check.sec_{k}"), "blocks": [b for b in v if b]} for k, v in sections.items()]
+
+
+def _in_split_order(by_split: dict[str, Any]) -> dict[str, Any]:
+    """``by_split`` ordered train, val, test, then any other split."""
+    rank = {"train": 0, "val": 1, "test": 2}
+    return dict(sorted(by_split.items(), key=lambda kv: (rank.get(kv[0], 3), kv[0])))
+
+
+def render_check_html(report: dict[str, Any], *, lang: str = "en") -> str:
+    """The image data check as a self-contained HTML page (one template set with every report)."""
+    t = translator(lang)
+    return render_page("data_check.html.j2", lang=lang, title=t("check.title"),
+                       subtitle=Path(str(report["source"])).name,
+                       sections=check_sections(report, t, look_for(lang)))

@@ -14,11 +14,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from medpredict.config import PreprocessConfig
 from medpredict.data.transforms import preprocess
 from medpredict.errors import DataError
+from medpredict.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def load_images(
     if files:
         from medpredict.readers import read_image
 
-        for row, path in tqdm(files, desc="reading images", unit="img", disable=not progress, leave=False):
+        for row, path in progress_bar(files, desc="reading images", unit="img", enabled=progress, leave=False):
             image = read_image(path, channels=channels, spatial_dims=config.spatial_dims)
             out[row] = quantise(preprocess(image, config, channels))
     return out

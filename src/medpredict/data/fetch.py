@@ -16,9 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from medpredict.errors import DataError, unknown_choice
+from medpredict.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +81,12 @@ def fetch(
         digest = hashlib.md5(usedforsecurity=False)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=timeout) as response:  # noqa: S310
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(
+            with progress_bar(
                 total=total,
                 unit="B",
                 unit_scale=True,
                 desc=f"downloading {remote.filename}",
-                disable=not progress,
+                enabled=progress,
             ) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)

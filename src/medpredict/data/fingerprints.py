@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from medpredict.progress import progress_bar
 
 
 def content_hashes(paths: Sequence[str], *, progress: bool = True) -> pd.Series:
@@ -21,8 +22,8 @@ def content_hashes(paths: Sequence[str], *, progress: bool = True) -> pd.Series:
     from medpredict.readers.medmnist_refs import is_npz_ref, read_npz_ref
 
     out: list[object] = []
-    for path in tqdm(
-        paths, desc="hashing", unit="file", disable=not progress or len(paths) < 500, leave=False
+    for path in progress_bar(
+        paths, desc="hashing", unit="file", enabled=progress and len(paths) >= 500, leave=False
     ):
         try:
             if is_npz_ref(path):

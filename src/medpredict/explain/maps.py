@@ -116,7 +116,7 @@ def occlusion(
         ConfigError: ``class_index``, ``patch``, ``stride`` or ``batch_size`` out of range.
         DataError: the image's shape, or ``predict_fn``'s output shape, is wrong.
     """
-    from tqdm.auto import tqdm
+    from medpredict.progress import progress_bar
 
     x = _batch_of_one(torch.as_tensor(np.asarray(image, dtype=np.float32)), spatial_dims)[0].numpy()
     spatial = x.shape[1:]
@@ -137,8 +137,8 @@ def occlusion(
     corners = list(itertools.product(*starts))
     drop_sum = np.zeros(spatial, dtype=np.float64)
     covered = np.zeros(spatial, dtype=np.float64)
-    with tqdm(
-        total=len(corners), desc="occlusion", unit="patch", disable=not progress or len(corners) <= batch_size
+    with progress_bar(
+        total=len(corners), desc="occlusion", unit="patch", enabled=progress and len(corners) > batch_size
     ) as bar:
         for first in range(0, len(corners), batch_size):
             chunk = corners[first : first + batch_size]

@@ -1,9 +1,12 @@
 """``medpredict predict``: predictions for files, folders, DICOM files or a manifest.
 
 Writes ``predictions.csv`` and ``predictions.json`` (one row per input, with calibrated
-probabilities, the label at the locked threshold, uncertainty and the overlay file), and
+probabilities, the label at the locked threshold, uncertainty, the overlay file, the model
+version and the time of prediction), and
 a Grad-CAM overlay PNG per image under ``overlays/``. An unreadable input gets a row with
-its error instead of stopping the whole batch.
+its error instead of stopping the whole batch. Each row names its input relative to the
+folder (or manifest) it was found in, never by its absolute local path: folder names on a
+workstation can carry patient identifiers.
 """
 
 from __future__ import annotations
@@ -12,16 +15,17 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from medpredict.atomic import write_json, write_text
 from medpredict.data.manifest import IMAGE_COLUMN_ALIASES
 from medpredict.errors import DataError
 from medpredict.inference.contract import InputRefused
+from medpredict.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +153,14 @@ def predict_files(
     out = Path(out)
     rows: list[dict[str, Any]] = []
     for index, path in enumerate(
-        tqdm(paths, desc="predicting", unit="img", disable=not progress or len(paths) < 5)
+        progress_bar(paths, desc="predicting", unit="img", enabled=progress and len(paths) >= 5)
     ):
-        row: dict[str, Any] = {"source": path}
+        row: dict[str, Any] = {"source": source_name(path, inputs)}
         try:
             explain = overlays and getattr(predictor, "spatial_dims", 2) == 2
             prediction = predictor.predict([path], explain=explain, ignore_intended_use=ignore_intended_use)[0]
             row.update(prediction.to_dict())
-            row["source"] = path
+            row["source"] = source_name(path, inputs)
             if prediction.explanation is not None:
                 name = f"{index:05d}_{Path(path.split('::')[0]).stem[:40]}.png"
                 title = f"{prediction.decision}" + (
@@ -169,16 +173,33 @@ def predict_files(
                 row["overlay"] = f"overlays/{name}"
         except InputRefused as exc:
             log.warning("Refused %s: %s", Path(path).name, exc)
-            row["refused"] = str(exc)
+            row["refused"] = str(exc).replace(path, row["source"])  # messages name the file; keep it relative
         except DataError as exc:
             log.warning("Could not predict for %s: %s", Path(path).name, exc)
-            row["error"] = str(exc)
+            row["error"] = str(exc).replace(path, row["source"])
+        row["model_version"] = getattr(predictor, "version", None)  # also on rows that failed or were refused
+        row["predicted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         rows.append(row)
     csv_path = write_text(out / "predictions.csv", _flat_table(rows).to_csv(index=False, float_format="%.6f"))
     json_path = write_json(
         out / "predictions.json", {"model": getattr(predictor, "version", None), "predictions": rows}
     )
     return PredictResult(rows=rows, csv_path=csv_path, json_path=json_path)
+
+
+def source_name(path: str, inputs: Sequence[str | os.PathLike[str]]) -> str:
+    """How a row names its input: relative to the folder or manifest it came from, else its file name.
+
+    ``FILE.npz::KEY/INDEX`` keeps its reference after the file name.
+    """
+    file, sep, ref = str(path).partition("::")
+    found = Path(file)
+    for item in inputs:
+        base = Path(item)
+        folder = base if base.is_dir() else base.parent if base.suffix.lower() in (".csv", ".tsv") else None
+        if folder is not None and found.is_relative_to(folder) and found != folder:
+            return f"{found.relative_to(folder).as_posix()}{sep}{ref}"
+    return f"{found.name}{sep}{ref}"
 
 
 def _flat_table(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -16,8 +16,6 @@ missing, implausible or an outlier. Values of ``id`` columns are never shown.
 from __future__ import annotations
 
 import base64
-import html
-import io
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,9 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup, escape
 
 from medpredict.records.cleaning import CleaningConfig, TableCleaner
 from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table, normalise_name
+from medpredict.report.i18n import Translator, translator
+from medpredict.report.plots import Look, look_for, to_base64
+from medpredict.report.render import bullets, data, fig, figs, h3, p, render_page, rich, table
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ def check_table(
     schema: str | Path | Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     cleaning: CleaningConfig | None = None,
+    lang: str = "en",
 ) -> dict[str, Any]:
     """Check one table and, with ``out``, write the HTML + JSON report there.
 
@@ -49,6 +52,7 @@ def check_table(
         target: target column or rule (``"num>0"``); ``None`` guesses.
         schema: YAML schema file or mapping overriding the inferred schema.
         out: report folder; ``None`` only returns the result.
+        lang: the language of the HTML page (``"en"`` or ``"zh"``); the JSON is English.
 
     Returns:
         The JSON-safe report: ``source, rows, columns, target, duplicates, columns_detail,
@@ -56,11 +60,13 @@ def check_table(
 
     Raises:
         DataError: the table cannot be read or has no such target.
+        ConfigError: unknown ``lang``.
     """
+    translator(lang)
     frame, table_schema = load_table(path, target=target, schema=schema)
     report = build_report(frame, table_schema, source=str(path), cleaning=cleaning)
     if out is not None:
-        write_report(report, frame, table_schema, out)
+        write_report(report, frame, table_schema, out, lang=lang)
     return report
 
 
@@ -196,103 +202,121 @@ def _duplicates(frame: pd.DataFrame, schema: TableSchema, tokens: pd.DataFrame) 
     return result
 
 
+Finding = tuple[str, dict[str, Any], dict[str, Any]]  # (translation key, fields, fields from the data)
+
+
 def _findings(report: Mapping[str, Any]) -> list[str]:
-    """Plain-language findings, the most consequential first."""
-    lines: list[str] = []
+    """Plain-language findings in English (the JSON's wording), the most consequential first."""
+    english = translator("en")
+    return [_say(english, item, html=False) for item in _finding_items(report)]
+
+
+def _finding_items(report: Mapping[str, Any]) -> list[Finding]:
+    """The findings as (translation key, fields, data fields), the most consequential first.
+
+    Data fields (column names, the tokens that meant "missing") are shown as they are in
+    every language.
+    """
+    items: list[Finding] = []
     target = report["target"]
     if not target.get("present", True):
-        lines.append(f"The target column '{target['column']}' is not in the table.")
+        items.append(("table.no_target", {}, {"column": target["column"]}))
     elif target.get("kind") == "classes":
         if target.get("missing"):
-            lines.append(
-                f"{target['missing']} row(s) have no target value; they cannot be used for training."
-            )
+            items.append(("table.target_missing", {"n": target["missing"]}, {}))
         if target.get("minority_percent") is not None and target["minority_percent"] < 20:
-            lines.append(
-                f"The target is imbalanced: the smallest class is {target['minority_percent']}% of rows "
-                f"({target['counts']}). Report sensitivity and specificity, not only accuracy."
-            )
+            items.append(("table.imbalanced", {"percent": target["minority_percent"]},
+                          {"counts": str(target["counts"])}))
     dup = report["duplicates"]
     if dup["exact_rows"]:
-        lines.append(
-            f"{dup['exact_rows']} row(s) are exact duplicates of an earlier row; training removes them."
-        )
+        items.append(("table.exact_rows", {"n": dup["exact_rows"]}, {}))
     if dup.get("ids_repeated"):
-        lines.append(
-            f"{dup['ids_repeated']} id(s) in '{dup['id_column']}' appear more than once "
-            f"({dup['rows_with_repeated_id']} rows; {dup['repeated_ids_with_different_rows']} of these ids "
-            "carry differing values). Rows sharing an id are kept on one side of every split."
-        )
+        items.append(("table.ids_repeated", {"n": dup["ids_repeated"], "rows": dup["rows_with_repeated_id"],
+                                             "differing": dup["repeated_ids_with_different_rows"]},
+                      {"column": dup["id_column"]}))
     if dup.get("feature_rows_with_conflicting_target"):
-        lines.append(
-            f"{dup['feature_rows_with_conflicting_target']} combination(s) of feature values occur with "
-            "different outcomes."
-        )
+        items.append(("table.conflicting", {"n": dup["feature_rows_with_conflicting_target"]}, {}))
     for col in report["columns_detail"]:
-        name, parts = col["column"], []
+        name = col["column"]
         if col.get("dropped"):
-            lines.append(f"{name}: no values at all; the column cannot be used.")
+            items.append(("table.column_empty", {}, {"column": name}))
             continue
+        parts: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         if col["missing"]:
             tokens = ", ".join(f"'{k}' x{v}" for k, v in col["missing_tokens"].items())
-            parts.append(f"{col['missing']} missing ({col['missing_percent']}%; written as {tokens})")
+            parts.append(("table.part_missing", {"n": col["missing"], "percent": col["missing_percent"]},
+                          {"tokens": tokens}))
         if col.get("whitespace"):
-            examples = ", ".join(col.get("whitespace_examples", []))
-            parts.append(f"{col['whitespace']} value(s) with stray spaces or tabs (e.g. {examples})")
+            parts.append(("table.part_whitespace", {"n": col["whitespace"]},
+                          {"examples": ", ".join(col.get("whitespace_examples", []))}))
         if col.get("unparseable"):
-            parts.append(f"{col['unparseable']} value(s) that are not numbers")
+            parts.append(("table.part_unparseable", {"n": col["unparseable"]}, {}))
         if col.get("implausible"):
             low, high = col.get("plausible_range") or (None, None)
-            parts.append(f"{col['implausible']} value(s) outside the plausible range [{low:g}, {high:g}]")
+            parts.append(("table.part_implausible", {"n": col["implausible"], "low": f"{low:g}", "high": f"{high:g}"},
+                          {}))
         if col.get("outliers"):
-            parts.append(f"{col['outliers']} outlier(s) beyond the IQR fences")
+            parts.append(("table.part_outliers", {"n": col["outliers"]}, {}))
         if col.get("unseen"):
-            parts.append(f"{col['unseen']} value(s) outside the declared categories")
+            parts.append(("table.part_unseen", {"n": col["unseen"]}, {}))
         if col["distinct"] == 1:
-            parts.append("a single value (constant, carries no information)")
+            parts.append(("table.part_constant", {}, {}))
         if parts:
-            lines.append(f"{name}: " + "; ".join(parts) + ".")
-    if not lines:
-        lines.append("No problems found.")
-    return lines
+            items.append(("table.column_line", {"parts": parts}, {"column": name}))
+    if not items:
+        items.append(("table.no_problems", {}, {}))
+    return items
+
+
+def _say(t: Translator, item: Finding, *, html: bool) -> Any:
+    """One finding in ``t``'s language: plain text, or Markup with the data fields marked ``translate="no"``."""
+    key, fields, data_fields = item
+    if key == "table.column_line":
+        joiner = t("punct.semicolon")
+        parts = [_say(t, part, html=html) for part in fields["parts"]]
+        if html:
+            body = Markup(escape(joiner)).join(parts)
+            return rich(t, key, data_fields=data_fields, parts=body)
+        return t(key, parts=joiner.join(parts), **data_fields)
+    if html:
+        return rich(t, key, data_fields=data_fields, **fields)
+    return t(key, **fields, **data_fields)
 
 
 # --------------------------------------------------------------------------- output
 
 
-def _figure_png(fig: Any) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
+def _figure_png(fig: Any, look: Look) -> bytes:
+    return base64.b64decode(to_base64(fig, look))
 
 
-def missingness_png(report: Mapping[str, Any]) -> bytes:
+def missingness_png(report: Mapping[str, Any], look: Look | None = None) -> bytes:
     """Horizontal bar chart: percentage missing per column."""
     from matplotlib.figure import Figure
 
+    look = look or Look()
     cols = report["columns_detail"]
-    fig = Figure(figsize=(7, 0.28 * len(cols) + 1.2))
+    fig = Figure(figsize=(7, 0.28 * len(cols) + 1.2), layout="constrained")
     ax = fig.add_subplot()
     names = [c["column"] for c in cols][::-1]
     values = [c["missing_percent"] for c in cols][::-1]
     ax.barh(names, values, color=["#c0392b" if v > 20 else "#2e86c1" for v in values])
-    ax.set_xlabel("% of rows missing")
+    ax.set_xlabel(look.t("table.plot_missing_axis"))
+    ax.set_ylabel(look.t("table.plot_column_axis"))
     ax.set_xlim(0, max(5.0, max(values, default=0) * 1.1))
-    ax.set_title("Missing values per column")
-    return _figure_png(fig)
+    ax.set_title(look.t("table.plot_missing_title"))
+    return _figure_png(fig, look)
 
 
-def distributions_png(frame: pd.DataFrame, schema: TableSchema) -> bytes:
+def distributions_png(frame: pd.DataFrame, schema: TableSchema, look: Look | None = None) -> bytes:
     """Small multiples: histograms of number columns, bar charts of category columns."""
     from matplotlib.figure import Figure
 
+    look = look or Look()
     columns = [c for c in frame.columns if schema.kinds.get(c) != "id"][:_MAX_PLOTTED]
     n_cols = 5
     n_rows = max(1, int(np.ceil(len(columns) / n_cols)))
-    fig = Figure(figsize=(3.0 * n_cols, 2.2 * n_rows))
+    fig = Figure(figsize=(3.0 * n_cols, 2.3 * n_rows), layout="constrained")
     for i, name in enumerate(columns):
         ax = fig.add_subplot(n_rows, n_cols, i + 1)
         tokens = frame[name].map(clean_token).dropna()
@@ -303,86 +327,99 @@ def distributions_png(frame: pd.DataFrame, schema: TableSchema) -> bytes:
             top = tokens.astype(str).value_counts().head(8)
             ax.bar(range(len(top)), top.to_numpy(), color="#7d3c98")
             ax.set_xticks(range(len(top)), [t[:8] for t in top.index], rotation=45, fontsize=7)
-        ax.set_title(name + (" (target)" if name == schema.target else ""), fontsize=9)
+        title = look.t("table.plot_target_title", column=name) if name == schema.target else str(name)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(look.t("table.plot_rows_axis"), fontsize=7)
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    return _figure_png(fig)
+    return _figure_png(fig, look)
 
 
 def write_report(
-    report: Mapping[str, Any], frame: pd.DataFrame, schema: TableSchema, out: str | Path
+    report: Mapping[str, Any], frame: pd.DataFrame, schema: TableSchema, out: str | Path, *, lang: str = "en"
 ) -> Path:
-    """Write ``table_check.json``, ``table_check.html`` and the two PNGs into ``out``."""
+    """Write ``table_check.json``, ``table_check.html`` (in ``lang``) and the two PNGs into ``out``."""
     from medpredict.atomic import write_bytes, write_json, write_text
 
+    translator(lang)  # an unknown language is refused before anything is written
     out = Path(out)
+    look = look_for(lang)
     images = {
-        "missingness.png": missingness_png(report),
-        "distributions.png": distributions_png(frame, schema),
+        "missingness.png": missingness_png(report, look),
+        "distributions.png": distributions_png(frame, schema, look),
     }
-    for name, data in images.items():
-        write_bytes(out / name, data)
+    for name, png in images.items():
+        write_bytes(out / name, png)
     write_json(out / "table_check.json", dict(report))
-    write_text(out / "table_check.html", render_html(report, images))
+    write_text(out / "table_check.html", render_html(report, images, lang=lang))
     logger.info("Table check written to %s (%d findings).", out, len(report["findings"]))
     return out
 
 
-def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
-    """A self-contained HTML page (images embedded) a clinician can read."""
-    esc = html.escape
-    findings = "".join(f"<li>{esc(line)}</li>" for line in report["findings"])
+def _token(value: str, t: Translator) -> str:
+    return {"(empty)": t("table.token_empty"), "(blank)": t("table.token_blank")}.get(value, value)
+
+
+def _target_counts(target: Mapping[str, Any], t: Translator) -> str:
+    """The target's class counts, with the rule's "not ..." class worded in ``t``'s language."""
+    rule = f"{target.get('column')}{target.get('rule')}" if target.get("rule") else None
+    parts = []
+    for key, count in (target.get("counts") or {}).items():
+        name = t("table.not_rule", rule=rule) if rule and key == f"not {rule}" else key
+        parts.append(f"{name}: {count}")
+    return ", ".join(parts)
+
+
+def render_html(report: Mapping[str, Any], images: Mapping[str, bytes], *, lang: str = "en") -> str:
+    """A self-contained HTML page (images embedded) a clinician can read, in ``lang``."""
+    t = translator(lang)
     rows = []
     for col in report["columns_detail"]:
         summary = col.get("summary")
         if summary:
-            detail = (
-                f"median {summary['median']:g} (IQR {summary['q1']:g}-{summary['q3']:g}), "
-                f"range {summary['min']:g}-{summary['max']:g}"
-            )
+            detail: Any = t("table.detail_numeric", median=f"{summary['median']:g}", q1=f"{summary['q1']:g}",
+                            q3=f"{summary['q3']:g}", low=f"{summary['min']:g}", high=f"{summary['max']:g}")
         else:
-            detail = ", ".join(f"{k}: {v}" for k, v in col.get("top_values", {}).items())
+            detail = data(", ".join(f"{_token(k, t)}: {v}" for k, v in col.get("top_values", {}).items()))
         problems = sum(col.get(k, 0) for k in ("whitespace", "unparseable", "implausible", "outliers"))
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{esc(str(v))}</td>"
-                for v in (
-                    col["column"],
-                    col["kind"],
-                    f"{col['missing']} ({col['missing_percent']}%)",
-                    col["distinct"],
-                    problems,
-                    detail,
-                )
-            )
-            + "</tr>"
-        )
+        rows.append([data(col["column"]), t.term("kind", col["kind"]),
+                     f"{col['missing']} ({col['missing_percent']}%)", col["distinct"], problems, detail])
     target = report["target"]
-    target_text = ", ".join(f"{k}: {v}" for k, v in target.get("counts", {}).items()) or esc(str(target))
     dup = report["duplicates"]
-    pictures = "".join(
-        f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,'
-        f'{base64.b64encode(images[name]).decode()}">'
-        for name, title in (("missingness.png", "Missing values"), ("distributions.png", "Distributions"))
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Data check: {esc(Path(report["source"]).name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;width:100%;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 6px}}
-th{{background:#f0f3f6;text-align:left}}li{{margin:.3em 0}}img{{max-width:100%}}</style></head><body>
-<h1>Data check: {esc(Path(report["source"]).name)}</h1>
-<p>{report["rows"]} rows, {report["columns"]} columns. Target: <b>{esc(str(target.get("column")))}</b>
-{esc(" (" + str(target.get("rule")) + ")") if target.get("rule") else ""} &mdash; {esc(target_text)}.
-Exact duplicate rows: {dup["exact_rows"]}.</p>
-<h2>What to look at</h2><ul>{findings}</ul>
-<h2>Columns</h2><table><tr><th>column</th><th>kind</th><th>missing</th><th>distinct</th>
-<th>problem values</th><th>distribution</th></tr>{"".join(rows)}</table>
-{pictures}
-<p><small>Missing tokens, stray whitespace, implausible values and outliers are counted exactly as the
-model's cleaner treats them. Id values are never shown.</small></p>
-</body></html>
-"""
+    name = Path(str(report["source"])).name
+    if target.get("present", True) and target.get("kind") == "classes":
+        target_line = rich(t, "table.target_line", data_fields={"column": target.get("column"),
+                                                                "counts": _target_counts(target, t)})
+    elif target.get("present", True):
+        target_line = rich(t, "table.target_continuous", data_fields={"column": target.get("column")},
+                           mean=f"{target.get('mean', float('nan')):.3g}",
+                           median=f"{target.get('median', float('nan')):.3g}")
+    else:
+        target_line = rich(t, "table.no_target", data_fields={"column": target.get("column")})
+    pictures = []
+    for key, title_key in (("missingness.png", "table.plot_missing_title"),
+                           ("distributions.png", "table.sec_distributions")):
+        png = base64.b64encode(images[key]).decode()
+        worst = max(report["columns_detail"], key=lambda c: c["missing_percent"], default=None)
+        alt = (t("table.alt_missing", column=worst["column"], percent=worst["missing_percent"])
+               if key == "missingness.png" and worst else t("table.alt_distributions", k=len(report["columns_detail"])))
+        pictures.append(figs(fig(png, alt, t(title_key))))
+    sections: list[dict[str, Any]] = [
+        {"key": "summary", "title": t("table.sec_summary"), "blocks": [
+            p(t("table.counts", rows=report["rows"], columns=report["columns"], exact=dup["exact_rows"])),
+            p(target_line),
+            h3(t("table.findings_title")),
+            bullets([_say(t, item, html=True) for item in _finding_items(report)]),
+        ]},
+        {"key": "columns", "title": t("table.sec_columns"), "blocks": [
+            table([t("table.col_column"), t("table.col_kind"), t("table.col_missing"), t("table.col_distinct"),
+                   t("table.col_problems"), t("table.col_distribution")], rows, cls="wide"),
+            p(t("table.note"), "note"),
+        ]},
+        {"key": "missing", "title": t("table.sec_missing"), "blocks": [pictures[0]]},
+        {"key": "distributions", "title": t("table.sec_distributions"), "blocks": [pictures[1]]},
+    ]
+    return render_page("data_check.html.j2", lang=lang, title=t("table.title"), subtitle=name,
+                       sections=[{**s, "blocks": [b for b in s["blocks"] if b]} for s in sections])
 
 
 def looks_like_table(path: str | Path) -> bool:

@@ -21,7 +21,8 @@ Evaluation dict (``schema_version`` 1). Every value is JSON-safe except the arra
     calibration     {method, calibrator: dict|None, test: summary (as deployed),
                      test_uncalibrated: summary|None, val: summary|None,
                      ece_reduction: float|None}
-                    summary = calibration_summary(); multiclass = top-label
+                    summary = calibration_summary() with each bin's 95% Wilson
+                    interval (observed_ci); multiclass = top-label
     threshold       {value, method, target, chosen_on: "validation"|"given"|"default",
                      val_sensitivity, val_specificity}            binary only
     decision_curve  decision_curve()                               binary only
@@ -86,6 +87,27 @@ def _top_label(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (probs.argmax(axis=1) == y).astype(int), probs.max(axis=1)
 
 
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> list[float] | None:
+    """The Wilson score interval of a proportion (scipy's ``binomtest``); None for ``n == 0``."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return None
+    interval = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def with_bin_intervals(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with each reliability bin's observed frequency given its 95% Wilson interval
+    (``bins[i]["observed_ci"]``), so a gap in a bin of 10 cases is read as the chance it may be."""
+    bins = []
+    for row in summary.get("bins") or []:
+        observed, n = row.get("observed"), int(row.get("n") or 0)
+        ci = wilson_interval(round(observed * n), n) if observed is not None and n else None
+        bins.append({**row, "observed_ci": ci})
+    return {**summary, "bins": bins}
+
+
 def _calibration_section(
     y: np.ndarray, probs: np.ndarray, probs_uncal: Any, calibration: dict[str, Any] | None,
     y_val: Any, probs_val: Any,
@@ -95,9 +117,8 @@ def _calibration_section(
     binary = probs.shape[1] == 2
 
     def summary(labels: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-        if binary:
-            return calibration_summary(labels, p[:, 1])
-        return calibration_summary(*_top_label(labels, p))
+        out = calibration_summary(labels, p[:, 1]) if binary else calibration_summary(*_top_label(labels, p))
+        return with_bin_intervals(out)
 
     section: dict[str, Any] = {
         "method": (calibration or {}).get("kind"),

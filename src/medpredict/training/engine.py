@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from medpredict.atomic import write_text
 from medpredict.config import TrainConfig
 from medpredict.data.datasets import ArrayDataset
+from medpredict.progress import progress_bar
 from medpredict.training.checkpoint import load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -329,11 +329,11 @@ def fit(
             order = torch.cat([order, order[: (-n_train) % dist.world_size]])[dist.rank :: dist.world_size]
         net.train()
         total_loss, seen = 0.0, 0
-        bar = tqdm(
+        bar = progress_bar(
             range(0, len(order), per_rank_batch),
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
-            disable=not (progress and dist.is_main),
+            enabled=progress and dist.is_main,
             leave=False,
         )
         for start in bar:

@@ -259,12 +259,12 @@ def cross_validate(
     for name in models:
         if name not in MODEL_KINDS:
             raise unknown_choice("model", name, MODEL_KINDS)
-    from tqdm.auto import tqdm
+    from medpredict.progress import progress_bar
 
     folds = cv_folds(data, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
     per_model: dict[str, list[dict[str, float]]] = {m: [] for m in models}
     seconds: dict[str, float] = dict.fromkeys(models, 0.0)
-    for i, (train, test) in enumerate(tqdm(folds, desc=f"CV {Path(data.source).name}", disable=not progress)):
+    for i, (train, test) in enumerate(progress_bar(folds, desc=f"CV {Path(data.source).name}", enabled=progress)):
         cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[train])
         x_train, x_test = cleaner.transform(data.frame.iloc[train]), cleaner.transform(data.frame.iloc[test])
         for name in models:

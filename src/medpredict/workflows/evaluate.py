@@ -44,7 +44,9 @@ from medpredict.inference.loader import load_predictor
 from medpredict.inference.predictor import Predictor
 from medpredict.models.fusion import fusion_inputs
 from medpredict.report import assemble_evaluation, build_report
+from medpredict.report.card_info import load_card_info
 from medpredict.report.evaluation import evaluation_to_json
+from medpredict.report.i18n import translator
 from medpredict.training.fusion import FusedData, load_fused_data
 from medpredict.training.image import load_data
 from medpredict.training.records import load_table_data, split_rows
@@ -478,12 +480,19 @@ def evaluate(
     subgroups: tuple[str, ...] = (),
     progress: bool = True,
     backend: str = "torch",
+    card: str | os.PathLike[str] | dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's bundle (image, record or fused model) and write the report (see the module docstring).
 
+    ``card`` is the model owner's card file (YAML) or mapping: owner, contact, licence ...
+    (:mod:`medpredict.report.card_info`); it is checked before any prediction is made.
+
     Raises:
         DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
+        ConfigError: an unknown language or card key.
     """
+    translator(lang)  # a bad language or card file is refused before minutes of prediction
+    card_info = load_card_info(card)
     loaded = load_predictor(run, backend=backend)
     if not callable(getattr(type(loaded), "cases", None)):  # the class, not the instance: no property runs
         raise DataError(f"{run} loads as a {type(loaded).__name__}, which cannot be evaluated in batches.")
@@ -515,7 +524,7 @@ def evaluate(
         out_dir = bundle.path.parent
     else:
         raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
-    report_path = build_report(out_dir, evaluation, lang=lang)
+    report_path = build_report(out_dir, evaluation, lang=lang, card=card_info)
     if got.cases:
         _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
     if bundle is not None and not got.external and split == "test" and out is None:
@@ -573,6 +582,7 @@ def _assemble(
             "trained_by": "medpredict" if "config" in meta else "elsewhere",
             "provenance": _provenance(predictor),
             "splits": {k: _split_info(meta.get("data", {}), k) for k in meta.get("data", {}).get("rows", {})},
+            **_card_facts(predictor, meta),
         },
         n_boot=n_boot,
         **got.val,
@@ -638,6 +648,22 @@ def _threshold_words(threshold: dict[str, Any] | None, provenance: dict[str, str
     if chosen_on == "given":
         return "given with the model, not fitted by medpredict"
     return "by default (no threshold was locked on validation)"
+
+
+def _card_facts(predictor: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """What the model card reads from the bundle: seed, input, identity, declared intended use."""
+    config = meta.get("config") or {}
+    seed = (config.get("train") or {}).get("seed", config.get("seed"))  # image runs nest it, table runs do not
+    identity = getattr(predictor, "identity", None)
+    return {
+        "seed": seed,
+        "input_kind": getattr(predictor, "input_kind", None),
+        "input": meta.get("preprocess"),
+        "training": meta.get("training"),
+        "medpredict_version": meta.get("medpredict_version"),
+        "identity": identity.to_dict() if identity is not None else None,
+        "intended_use_spec": meta.get("intended_use"),
+    }
 
 
 def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None:

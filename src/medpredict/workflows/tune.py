@@ -225,7 +225,8 @@ def tune(
     """
     require_extra("optuna", "tune")
     import optuna
-    from tqdm.auto import tqdm
+
+    from medpredict.progress import progress_bar
 
     if budget_minutes <= 0:
         raise ConfigError(f"budget_minutes = {budget_minutes!r}; give a positive number of minutes.")
@@ -289,7 +290,7 @@ def tune(
         if best is not None:
             bar.set_postfix(best_auc=f"{best['val_auc']:.4f}")
 
-    bar = tqdm(total=n_trials, desc="tune", unit="trial", disable=not progress)
+    bar = progress_bar(total=n_trials, desc="tune", unit="trial", enabled=progress)
     count = 0
     while n_trials is None or count < n_trials:
         left = deadline - time.monotonic()
