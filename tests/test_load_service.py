@@ -1,8 +1,10 @@
 """The real server (uvicorn on 127.0.0.1) under concurrent load, slow clients, and requests without the key.
 
-A small version of ``bench/load_service.py`` (which runs 50 clients x 20 requests and writes
-figures): 10 clients x 10 mixed requests, twice, with zero 5xx, every valid request
-answered 200, every hostile one with its 4xx, and the server's resident memory bounded.
+A small version of ``bench/load_service.py`` (which runs 50 clients x 20 requests with
+8192² PNGs and writes figures): 10 clients x 11 mixed requests, twice, with full-size DICOMs
+and 2048² PNGs among them: no 5xx but 503 (busy, counted), every valid request answered 200
+or 503, every hostile one with its 4xx, and the server's resident memory back within 20% of
+its idle size afterwards.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ _spec.loader.exec_module(load)
 
 #: The longest a request may stay unfinished (headers or body) before the server drops it.
 UNFINISHED_REQUEST_LIMIT_S = 10.0
-#: Resident-memory growth allowed over a second round of load, after a warm-up round.
-STEADY_RSS_GROWTH_KB = 96 * 1024
+#: Resident memory after a round of load, over the idle size before it.
+RSS_AFTER_OVER_IDLE = 1.2
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +56,22 @@ def server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_api_key_is_required_on_every_route_but_health(server) -> None:
     statuses = load.api_key_coverage(server)
-    assert {"GET /health", "POST /api/v1/predict", "GET /api/v1/model"} <= set(statuses)
+    assert {"GET /health", "POST /api/v1/predict", "GET /api/v1/model", "GET /", "GET /docs"} <= set(statuses)
     assert statuses.pop("GET /health") == 200
     assert statuses and all(status == 401 for status in statuses.values()), statuses
 
 
-def test_concurrent_mixed_load_has_no_5xx_and_bounded_memory(server) -> None:
-    warm = load.run_load(server, clients=10, requests_per_client=10)
-    steady = load.run_load(server, clients=10, requests_per_client=10)
-    for result in (warm, steady):
-        assert result.total == 100 and result.client_errors == []
-        assert result.server_errors == 0, result.statuses
-        assert result.wrong_answers == 0, result.statuses  # valid -> 200, hostile -> its 4xx
-    assert steady.statuses["predict"] == {"200": 20}
-    assert steady.rss_after_kb - steady.rss_before_kb < STEADY_RSS_GROWTH_KB, (
-        steady.rss_before_kb,
-        steady.rss_after_kb,
-    )
+@pytest.mark.slow
+def test_concurrent_mixed_load_has_no_5xx_but_503_and_gives_memory_back(server) -> None:
+    rounds = [load.run_load(server, clients=10, requests_per_client=11, big_side=2048) for _ in range(2)]
+    for result in rounds:
+        assert result.total == 110 and result.client_errors == []
+        assert result.server_errors == 0, result.statuses  # 5xx other than 503
+        assert result.wrong_answers == 0, result.statuses  # valid -> 200 (or 503), hostile -> its 4xx
+        assert result.rss_after_over_idle <= RSS_AFTER_OVER_IDLE, (result.rss_idle_kb, result.rss_after_kb)
+    heavy = ("dicom_explain", "big_png_explain")
+    answered = sum(r.statuses.get(kind, {}).get("200", 0) for r in rounds for kind in heavy)
+    assert answered > 0  # the heavy requests were worked on, not only refused
     assert server.process.poll() is None  # still up
 
 
@@ -79,15 +80,9 @@ def test_slow_clients_do_not_block_others(server) -> None:
     assert slow.others_failed == 0 and slow.others_served >= 5, slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: uvicorn has no deadline for a request whose headers or body never finish, so "
-    "such a connection is held (other clients are still served, see test_slow_clients_do_not_block_others); "
-    "README: run behind a reverse proxy with client header/body timeouts",
-)
 def test_unfinished_requests_are_dropped_in_time(server) -> None:
     wait = UNFINISHED_REQUEST_LIMIT_S + 2.0 - (time.monotonic() - server.stalled_since)
     if wait > 0:
         time.sleep(wait)
     answers = [load._closed_or_answered(sock, 0.5) for sock in server.stalled]
-    assert all(a.startswith("closed") or a.startswith("HTTP/1.1 4") for a in answers), answers
+    assert all(a.startswith("closed") or a.startswith("HTTP/1.1 408") for a in answers), answers

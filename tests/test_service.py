@@ -97,14 +97,18 @@ def _png(bright: bool = True, size: int = 28) -> bytes:
 
 def _dicom(tmp_path: Path, modality: str = "CR") -> bytes:
     pixels = (np.random.default_rng(2).random((64, 64)) * 4000).astype(np.uint16)
-    path = write_dicom(tmp_path / "x.dcm", pixels, Modality=modality, PatientName=PATIENT_NAME, PatientID=PATIENT_ID)
+    path = write_dicom(
+        tmp_path / "x.dcm", pixels, Modality=modality, PatientName=PATIENT_NAME, PatientID=PATIENT_ID,
+        SeriesDescription="AP chest", StudyDescription="CHEST",
+    )
     return path.read_bytes()
 
 
 H = {"X-API-Key": KEY}
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"clinician:{KEY}".encode()).decode()}
 
 
-def test_health_is_public_and_everything_else_needs_the_key(client):
+def test_health_is_public_and_the_api_needs_the_key(client):
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/api/v1/model").status_code == 401
     assert client.get("/api/v1/model", headers={"X-API-Key": "wrong-key-000"}).status_code == 401
@@ -124,7 +128,9 @@ def test_predict_png_returns_probabilities_label_uncertainty_and_overlay(client,
     assert p["threshold"] == pytest.approx(predictor.threshold)
     assert p["label"] == ("pneumonia" if p["score"] >= p["threshold"] else "normal")
     assert 0.0 <= p["uncertainty"]["entropy"] <= 1.0
+    assert p["source"] == "passwd.png"  # the upload's base name: which file this result is for
     assert body["model"]["version"] == predictor.version
+    assert body["model"]["text"] == predictor.identity.text()
     # the overlay is a real PNG
     assert body["overlay_png"].startswith("data:image/png;base64,")
     png = base64.b64decode(body["overlay_png"].split(",", 1)[1])
@@ -145,7 +151,8 @@ def test_predict_dicom_upload_and_modality_check(client, predictor, tmp_path):
     res = client.post("/api/v1/predict?explain=false", files={"file": ("x.dcm", _dicom(tmp_path))}, headers=H)
     assert res.status_code == 200, res.text
     assert res.json()["input"] == {"format": "dicom", "modality": "CR", "size": [64, 64]}
-    assert "overlay_png" not in res.json()
+    assert "overlay_png" not in res.json() and "image_png" not in res.json()
+    assert res.json()["prediction"]["source"] == "x.dcm (series 'AP chest', study 'CHEST')"  # never the patient
     strict = ServiceSettings(api_key=KEY, modalities=("DX",))
     with TestClient(create_app(predictor, strict)) as other:
         res = other.post("/api/v1/predict", files={"file": ("x.dcm", _dicom(tmp_path))}, headers=H)
@@ -249,14 +256,14 @@ def test_audit_log_has_every_request_and_no_patient_identifiers(client, tmp_path
 
 
 def test_openapi_lists_the_routes_the_key_and_the_errors(client):
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=H).json()
     paths = spec["paths"]
     assert {"/health", "/api/v1/model", "/api/v1/predict", "/api/v1/predict/batch"} <= set(paths)
     assert spec["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     assert paths["/health"]["get"]["security"] == []  # liveness needs no key
     predict = paths["/api/v1/predict"]["post"]
     assert {"ApiKey": []} in predict["security"]
-    assert {"200", "401", "413", "415", "422"} <= set(predict["responses"])
+    assert {"200", "401", "413", "415", "422", "503"} <= set(predict["responses"])
     assert "401" in paths["/api/v1/model"]["get"]["responses"]
 
 
@@ -264,19 +271,53 @@ def test_api_docs_work_offline(client):
     """/docs loads Swagger UI from this service, not from a CDN; /redoc (CDN-only) is gone."""
     import re
 
-    page = client.get("/docs")
+    page = client.get("/docs", headers=BASIC)  # a browser, logged in with the key
     assert page.status_code == 200
     sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sources and all(s.startswith("/") for s in sources), sources  # nothing from another host
     for source in sources:
-        assert client.get(source).status_code == 200, source  # every asset is served here, without a key
-    assert client.get("/redoc").status_code in (401, 404)
+        assert client.get(source, headers=BASIC).status_code == 200, source  # every asset is served here
+        assert client.get(source).status_code == 401, source  # and, like every route but /health, needs the key
+    assert client.get("/redoc", headers=H).status_code == 404
 
 
 def test_page_is_served(client):
-    res = client.get("/")
+    res = client.get("/", headers=H)
     assert res.status_code == 200 and "api-key" in res.text
-    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/app.js", headers=H).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "browser"),
+    [
+        ("/", True),  # the web page
+        ("/docs", True),  # Swagger UI (served offline)
+        ("/docs-assets/swagger-ui.css", True),  # its files
+        ("/openapi.json", True),  # the API description
+        ("/static/app.js", True),  # the page's script
+        ("/favicon.ico", True),
+        ("/api/v1/model", False),  # an API route: no login dialog for scripts
+    ],
+)
+def test_every_route_but_health_needs_the_key(client, path, browser):
+    res = client.get(path)
+    assert res.status_code == 401, path
+    challenge = res.headers["www-authenticate"]
+    assert challenge.startswith("Basic realm=") if browser else challenge == "ApiKey"
+    # A browser answers the Basic challenge with the key as password; scripts send X-API-Key.
+    assert client.get(path, headers=BASIC).status_code in (200, 204)
+    assert client.get(path, headers=H).status_code in (200, 204)
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"clinician:wrong-key-000").decode()}
+    assert client.get(path, headers=wrong).status_code == 401
+
+
+def test_public_docs_opens_the_page_and_docs_but_no_data(predictor):
+    settings = ServiceSettings(api_key=KEY, public_docs=True)
+    with TestClient(create_app(predictor, settings)) as public:
+        for path in ("/", "/docs", "/docs-assets/swagger-ui-bundle.js", "/openapi.json", "/static/app.js"):
+            assert public.get(path).status_code == 200, path
+        assert public.get("/api/v1/model").status_code == 401
+        assert public.post("/api/v1/predict", files={"file": ("a.png", _png())}).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -293,6 +334,35 @@ def test_serve_refuses_unsafe_settings(run_dir, monkeypatch, kwargs, message):
         serve(run_dir, **kwargs)
 
 
+def test_cli_passes_the_pool_and_docs_flags_to_serve(run_dir, monkeypatch):
+    from medpredict import cli
+    from medpredict.service import app as service_app
+
+    seen = {}
+    monkeypatch.setattr(service_app, "serve", lambda run, **kwargs: seen.update(run=run, **kwargs))
+    assert cli.main(["serve", str(run_dir), "--workers", "3", "--queue", "0", "--public-docs"]) == 0
+    assert (seen["workers"], seen["queue"], seen["public_docs"]) == (3, 0, True)
+
+
+def test_warm_up_predicts_once_with_an_explanation_and_audits_nothing(predictor):
+    from medpredict.service.pipeline import warm_up
+
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(predictor, name)
+
+        def predict(self, **kwargs):
+            calls.append(kwargs)
+            return predictor.predict(**kwargs)
+
+    app = create_app(Spy(), ServiceSettings(api_key=KEY))
+    assert warm_up(app.state.pipeline) > 0
+    assert len(calls) == 1 and calls[0]["explain"] is True
+    assert app.state.audit.recent() == []  # not a request
+
+
 def test_short_keys_are_refused():
     with pytest.raises(ConfigError, match="at least 8"):
         ServiceSettings(api_key="abc")
@@ -301,23 +371,32 @@ def test_short_keys_are_refused():
 # --------------------------------------------------------------------------- a record model
 
 
+def record_run(tmp_path_factory) -> Path:
+    """A record model on age, chol (numbers with plausibility ranges) and sex (F/M), trained once per session."""
+    if "record" not in _TRAINED:
+        import pandas as pd
+
+        from medpredict.training.records import train_table
+
+        root = tmp_path_factory.mktemp("table")
+        rng = np.random.default_rng(0)
+        n = 120
+        age, chol = rng.normal(60, 10, n), rng.normal(220, 30, n)
+        disease = ((age - 60) / 10 + (chol - 220) / 30 + rng.normal(0, 0.5, n) > 0).astype(int)
+        frame = pd.DataFrame({"age": age, "chol": chol, "sex": rng.choice(["F", "M"], n), "disease": disease})
+        frame.to_csv(root / "table.csv", index=False)
+        train_table(root / "table.csv", target="disease", out=root / "run", baselines=False, n_boot=20, progress=False)
+        _TRAINED["record"] = root / "run"
+    return _TRAINED["record"]
+
+
 @pytest.fixture(scope="module")
 def record_client(tmp_path_factory):
-    import pandas as pd
-
     from medpredict.inference.predictor import Predictor
-    from medpredict.training.records import train_table
 
-    root = tmp_path_factory.mktemp("table")
-    rng = np.random.default_rng(0)
-    n = 120
-    age, chol = rng.normal(60, 10, n), rng.normal(220, 30, n)
-    disease = ((age - 60) / 10 + (chol - 220) / 30 + rng.normal(0, 0.5, n) > 0).astype(int)
-    frame = pd.DataFrame({"age": age, "chol": chol, "sex": rng.choice(["F", "M"], n), "disease": disease})
-    frame.to_csv(root / "table.csv", index=False)
-    train_table(root / "table.csv", target="disease", out=root / "run", baselines=False, n_boot=20, progress=False)
-    settings = ServiceSettings(api_key=KEY, audit_path=str(root / "audit.sqlite"))
-    with TestClient(create_app(Predictor.from_bundle(root / "run"), settings)) as test_client:
+    run = record_run(tmp_path_factory)
+    settings = ServiceSettings(api_key=KEY, audit_path=str(run.parent / "audit.sqlite"))
+    with TestClient(create_app(Predictor.from_bundle(run), settings)) as test_client:
         yield test_client
 
 
@@ -337,9 +416,9 @@ def test_record_model_predicts_from_json_with_fhir(record_client):
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
-        ({"json": {"record": {"age": 75}}}, "lacks column"),  # required columns missing
+        ({"json": {"record": {"age": 75}}}, "lacks field(s) the model needs: chol, sex"),  # required fields missing
         ({"json": {"record": "age=75"}}, "JSON object"),  # not an object
-        ({"content": b"{bad json"}, "not JSON"),  # malformed body
+        ({"content": b"{bad json"}, "body is not valid JSON"),  # malformed body
     ],
 )
 def test_record_model_refuses_bad_records(record_client, kwargs, reason):

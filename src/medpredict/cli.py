@@ -491,6 +491,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="onnx: run RUN/onnx/model.onnx in ONNX Runtime; int8: RUN/onnx/model.int8.onnx")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="answer DICOM uploads whose tags contradict the model's intended use (default: 422)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="prediction requests worked on at once (default 2; each may hold a decoded image)")
+    p.add_argument("--queue", type=int, default=8,
+                   help="prediction requests waiting for a worker; more get 503 with Retry-After (default 8)")
+    p.add_argument("--public-docs", action="store_true",
+                   help="serve the web page and the API docs without the key (the page then asks for it); "
+                        "by default every route but /health needs the key")
     p.set_defaults(handler=_serve)
 
 
@@ -499,7 +506,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.run, host=args.host, port=args.port, api_key=args.api_key, max_upload_mb=args.max_upload_mb,
           audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend,
-          ignore_intended_use=args.ignore_intended_use)
+          ignore_intended_use=args.ignore_intended_use, workers=args.workers, queue=args.queue,
+          public_docs=args.public_docs)
     return 0
 
 

@@ -185,6 +185,25 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nd
     return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def heat_colours(heatmap: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A heat map in the overlays' colours (jet: blue = none, red = strongest), for display.
+
+    Args:
+        heatmap: ``(h, w)`` in [0, 1].
+        size: ``(H, W)`` to resize to (bilinear); default the heat map's own size.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+
+    Raises:
+        DataError: the heat map is not 2-D.
+    """
+    from matplotlib import colormaps
+
+    heat = _fit_heatmap(heatmap, size if size is not None else np.shape(heatmap))
+    return np.round(colormaps["jet"](heat)[..., :3] * 255.0).astype(np.uint8)
+
+
 def save_overlay_png(
     path: str | os.PathLike[str],
     image: np.ndarray,

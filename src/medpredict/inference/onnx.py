@@ -507,6 +507,14 @@ class OnnxPredictor:
         """
         return graph_input(np.stack([self._to_chw(img) for img in images]), self.descriptor)
 
+    def prepare(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+        """One image (array ``(C, H, W)`` in [0, 1], or a path) at the graph's input size, before scaling.
+
+        Predicting (or explaining) the result gives the same answer as the original image:
+        the service keeps this small array instead of a large upload.
+        """
+        return self._to_chw(image)
+
     def _to_chw(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
         d = self.descriptor
         if isinstance(image, str | os.PathLike):

@@ -234,10 +234,17 @@ class Predictor:
             raise DataError(
                 f"Expected a {self.spatial_dims}-D image (channels first), got an array of shape {array.shape}."
             )
-        if not np.isfinite(array).all():
+        if array.size == 0:
+            raise DataError(f"The image is empty (shape {array.shape}).")
+        # min/max instead of isfinite/clip on the whole array: no full-size temporaries for a
+        # large upload (NaN propagates through min, so it is still caught).
+        low, high = float(array.min()), float(array.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise DataError("The image holds NaN or infinite values.")
+        if low < 0.0 or high > 1.0:
+            array = np.clip(array, 0.0, 1.0)
         config = PreprocessConfig(image_size=self.image_size, spatial_dims=self.spatial_dims)
-        tensor = preprocess(np.clip(array, 0.0, 1.0), config, self.channels)
+        tensor = preprocess(array, config, self.channels)
         if not self.meta["preprocess"].get("quantised", False):  # a bundle from before inputs were rounded
             return tensor
         return quantise(tensor).float().div_(255.0)

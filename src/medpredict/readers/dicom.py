@@ -117,7 +117,7 @@ def _read_pixels(ds: Dataset, source: str, channels: int, spatial_dims: int) -> 
             volume = _present(_voi(values, ds, indices), photometric)[None]
     except _TRANSFORM_ERRORS as exc:
         raise DataError(f"'{source}' has malformed display attributes (LUT, window or bits): {exc}.") from exc
-    pixels = conform(volume, channels=channels, spatial_dims=spatial_dims, source=source)
+    pixels = conform(volume, channels=channels, spatial_dims=spatial_dims, source=source, owned=True)
     return _describe(ds, pixels, frames)
 
 

@@ -86,7 +86,7 @@ def read_image(path: str | os.PathLike[str], *, channels: int = 1, spatial_dims:
             from medpredict.readers.nifti import read_nifti
 
             return read_nifti(text, channels=channels, spatial_dims=spatial_dims)
-        volume = _read_raster(Path(text))
+        return conform(_read_raster(Path(text)), channels=channels, spatial_dims=spatial_dims, source=text, owned=True)
     return conform(volume, channels=channels, spatial_dims=spatial_dims, source=text)
 
 
@@ -169,12 +169,16 @@ def check_size(height: int, width: int, depth: int, source: str | os.PathLike[st
         )
 
 
-def conform(volume: np.ndarray, *, channels: int, spatial_dims: int, source: str) -> np.ndarray:
+def conform(
+    volume: np.ndarray, *, channels: int, spatial_dims: int, source: str, owned: bool = False
+) -> np.ndarray:
     """Turn a reader's ``(C, D, H, W)`` array in [0, 1] into the contract layout.
 
     ``spatial_dims=2`` keeps the middle slice ``D // 2``; ``spatial_dims=3`` keeps all and
     needs ``D > 1``. Channels are then matched (see ``read_image``). Any value still
     non-finite becomes 0 (NaN, -inf) or 1 (+inf), so the output is always finite in [0, 1].
+    ``owned=True`` says nobody else holds ``volume`` (a reader's fresh array): it is then
+    cleaned in place instead of copied, which saves a full-size copy of a large image.
     """
     if spatial_dims == 2:
         volume = volume[:, volume.shape[1] // 2]
@@ -190,8 +194,14 @@ def conform(volume: np.ndarray, *, channels: int, spatial_dims: int, source: str
         volume = np.repeat(volume, 3, axis=0)
     elif have != channels:
         raise DataError(f"'{source}' has {have} channels; medpredict reads grey (1) or RGB (3) images.")
-    out = np.nan_to_num(np.ascontiguousarray(volume, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(out, 0.0, 1.0)
+    # At most one fresh copy (the caller's array may be cached), then cleaned in place:
+    # a large image costs one extra float array here, or none when the array is ours.
+    if owned:
+        out = np.ascontiguousarray(volume, dtype=np.float32)
+    else:
+        out = np.array(volume, dtype=np.float32, order="C", copy=True)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def robust_unit_range(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -225,7 +235,9 @@ def scale_by_dtype(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.bool_:
         return values.astype(np.float32)
     if np.issubdtype(values.dtype, np.unsignedinteger):
-        return values.astype(np.float32) / np.float32(np.iinfo(values.dtype).max)
+        scaled = values.astype(np.float32)
+        scaled /= np.float32(np.iinfo(values.dtype).max)  # in place: one float copy of a large image, not two
+        return scaled
     floating = np.issubdtype(values.dtype, np.floating)
     if floating and values.size and np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1:
         return values.astype(np.float32)
@@ -305,7 +317,8 @@ def _read_raster(path: Path) -> np.ndarray:
     with image:
         check_size(image.height, image.width, 1, path)
         try:
-            array = _pillow_array(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no second copy of a large image
+            array = _pillow_array(image)
         except Image.DecompressionBombError as exc:
             raise DataError(f"'{path}' is too large to decode safely (Pillow: {exc}).") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -141,6 +141,16 @@ def _canon(token: object) -> str:
     return f"{number:g}" if np.isfinite(number) else text
 
 
+def canonical_level(value: object) -> str | None:
+    """The spelling a binary or categorical value is matched with (``None`` for a missing token).
+
+    The same as cleaning does: whitespace and quotes stripped, missing-value tokens such as
+    ``"?"`` become ``None``, numbers written one way (``"1.0"``, ``"1"`` and ``1`` are ``"1"``).
+    """
+    token = clean_token(value)
+    return None if token is None else _canon(token)
+
+
 def _tokenise(series: pd.Series, column: str, report: CleaningReport) -> pd.Series:
     """Strip whitespace and turn sentinel tokens into None, counting both."""
     raw = series.astype("object")

@@ -1,16 +1,22 @@
-"""What comes into the service: body size limit, upload decoding, record parsing.
+"""What comes into the service: body size limit, upload decoding, the name a result is shown under.
 
 Everything here treats the request as hostile: the body is counted while it streams
 (413 past the limit, before it is all read); an upload is recognised by its bytes, never
 by its name or declared type; it is decoded by medpredict's readers from a temporary file
-whose name we choose; a record must be a flat JSON object of plain values.
+whose name we choose. The client's file name is used for one thing only, to tell the user
+which file a result belongs to (:func:`source_name`): reduced to its base name, without
+control characters, never written anywhere. Records are parsed in
+:mod:`medpredict.service.records`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,8 +131,8 @@ def decode_upload(
     with tempfile.TemporaryDirectory(prefix="medpredict-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"  # our own name: the client's file name is never used
         path.write_bytes(data)
-        declared = _declared_size(path, fmt)
-        if declared is not None and max(declared) > max_side:
+        declared = declared_shape(data)
+        if declared is not None and max(declared[:2]) > max_side:
             raise DataError(
                 f"Image size {declared[0]}x{declared[1]} is outside the accepted range {min_side}..{max_side} "
                 "pixels per side."
@@ -159,53 +165,62 @@ def decode_upload(
     return DecodedImage(pixels=pixels, fmt=fmt, modality=modality, tags=tags)
 
 
-def _declared_size(path: Path, fmt: str) -> tuple[int, int] | None:
-    """The image size the file's header declares, read without decoding any pixels.
+def declared_shape(data: bytes) -> tuple[int, int, int] | None:
+    """``(height, width, samples per pixel)`` as the upload's header declares them, without decoding pixels.
 
-    Lets a huge declared image be refused before it costs memory; ``None`` when the header
-    cannot be read (the decoder then reports the problem).
+    Lets a huge declared image be refused, or wait for memory, before it costs any; ``None``
+    when the header cannot be read (decoding then reports the problem).
     """
+    fmt = sniff_format(data)
     try:
         if fmt == "dicom":
             import pydicom
 
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            return int(header.Rows), int(header.Columns)
-        from PIL import Image
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            return int(header.Rows), int(header.Columns), int(getattr(header, "SamplesPerPixel", 1) or 1)
+        if fmt in ("png", "jpeg"):
+            from PIL import Image
 
-        with Image.open(path) as image:  # lazy: reads the header only
-            width, height = image.size
-        return int(height), int(width)
+            with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
+                width, height = image.size
+                return int(height), int(width), len(image.getbands())
     except Exception:  # noqa: BLE001 - hostile headers raise many types; decoding reports them
         return None
+    return None
 
 
 class UnsupportedUpload(DataError):
     """The upload is not a file type the service reads (answered with 415)."""
 
 
-def parse_record(text: Any) -> dict[str, Any] | None:
-    """A clinical record from JSON text (or a dict); ``None`` when absent.
+#: The longest file name or description shown with a result.
+MAX_NAME = 120
 
-    Raises:
-        DataError: not a JSON object of names to numbers, strings, booleans or nulls.
+
+def source_name(filename: str | None, tags: dict[str, str] | None = None) -> str | None:
+    """What a result is shown under: the upload's base name, and a DICOM's series and study description.
+
+    Only the last path component of ``filename`` is kept (either slash), without control
+    or bidirectional-override characters, at most :data:`MAX_NAME` characters. From a DICOM
+    header only ``SeriesDescription`` and ``StudyDescription`` are used; they describe the
+    examination, not the patient. ``None`` when there is nothing to show. For example
+    ``"ward3/chest.dcm"`` with series "PA" and study "CHEST" gives
+    ``"chest.dcm (series 'PA', study 'CHEST')"``.
     """
-    if text is None or text == "" or text == b"":
-        return None
-    if isinstance(text, dict):
-        record = text
-    elif not isinstance(text, str | bytes):
-        raise DataError(f"The record must be a JSON object of column name to value, got {type(text).__name__}.")
-    else:
-        try:
-            record = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f'The record is not valid JSON ({exc}); send an object such as {{"age": 63}}.') from None
-    if not isinstance(record, dict) or not record:
-        raise DataError("The record must be a non-empty JSON object of column name to value.")
-    for key, value in record.items():
-        if not isinstance(value, int | float | str | bool) and value is not None:
-            raise DataError(
-                f"Record field '{key}' must be a number, text, true/false or null; got {type(value).__name__}."
-            )
-    return record
+    name = _clean_text(re.split(r"[\\/]", filename or "")[-1])
+    if name in (".", ".."):
+        name = ""
+    described = [
+        f"{label} '{_clean_text(tags[key])}'"
+        for key, label in (("SeriesDescription", "series"), ("StudyDescription", "study"))
+        if tags and _clean_text(tags.get(key, ""))
+    ]
+    if described:
+        name = f"{name} ({', '.join(described)})" if name else ", ".join(described)
+    return name or None
+
+
+def _clean_text(text: str) -> str:
+    kept = "".join(ch for ch in str(text) if unicodedata.category(ch)[0] not in ("C", "Z") or ch == " ")
+    kept = " ".join(kept.split())
+    return kept if len(kept) <= MAX_NAME else kept[: MAX_NAME - 1] + "…"
