@@ -237,6 +237,14 @@ class PredictorLike(Protocol):
         """A heat map ``(H, W)`` in [0, 1]; by default of the class decided for the image."""
         ...
 
+    def prepare(self, image: Any) -> Any:
+        """One image at the model's input size ``(C, *size)`` in [0, 1] (array or tensor).
+
+        Preparing is idempotent: predicting or explaining the result gives the same answer
+        as the original image, so a caller may keep it instead of a large image.
+        """
+        ...
+
 
 @runtime_checkable
 class Scorer(PredictorLike, Protocol):
