@@ -1,7 +1,10 @@
 """A long fuzzing campaign over every reader and the service's upload path.
 
 Runs the hypothesis properties of ``tests/test_fuzz_readers.py`` and
-``tests/test_fuzz_service.py`` in rounds with fresh random seeds and many more examples,
+``tests/test_fuzz_service.py`` (uploads, file names, content types, routes and keys, and on a
+record model odd and deeply nested JSON records: NaN, infinities, overflowing numbers,
+booleans, numeric and missing-value text, unknown fields, nesting up to 100,000 levels, each
+answered 200 or 422 naming the field and audited) in rounds with fresh random seeds and many more examples,
 until the time budget is spent; then, when ``atheris`` is installed, a coverage-guided run
 of ``read_image`` / ``load_table`` over mutated seed files (PNG, JPEG, DICOM, NIfTI, npz,
 CSV, ARFF). Writes ``bench/results/fuzz_campaign.json``: inputs tried per property, time,
