@@ -419,4 +419,4 @@ def test_evaluating_a_descriptor_reports_its_threshold_as_given(keras_yaml, squa
     claimed = {item["item"] for item in card["tripod_ai"]}
     assert "15" not in claimed and "12a" not in claimed and "23a" in claimed
     html = (tmp_path / "eval" / "report.html").read_text()
-    assert "never saw during training" not in html and "cannot know which data it saw" in html
+    assert "never saw during training" not in html and "cannot know which data the model saw" in html
