@@ -424,7 +424,7 @@ def _tabular(args: argparse.Namespace) -> int:
 
 
 def _tabular_mimic(args: argparse.Namespace) -> int:
-    from medpredict.ehr.mimic import run_mimic_task
+    from medpredict.workflows.mimic import run_mimic_task
 
     run = run_mimic_task(args.root, out=args.out, task=args.task, model=args.model, seed=args.seed,
                          cv_repeats=args.repeats)

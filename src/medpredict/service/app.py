@@ -147,6 +147,29 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         status = 415 if isinstance(exc, UnsupportedUpload) else 422
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    run = _runner(predictor, settings, audit, lock, channels, input_kind, identity)
+    _add_info_routes(app, predictor, settings, input_kind, version, name)
+    _add_prediction_routes(app, settings, run)
+    _add_page_routes(app)
+    _offline_docs(app)
+    return app
+
+
+Runner = Any  # run(route, images, record, *, explain, fhir, batch=False) -> response body
+
+
+def _runner(
+    predictor: Any,
+    settings: ServiceSettings,
+    audit: AuditLog,
+    lock: threading.Lock,
+    channels: int,
+    input_kind: str,
+    identity: Any,
+) -> Runner:
+    """The function every prediction route calls: predict, audit, and shape the response."""
+    name, version = identity.name, identity.version
+
     def run(
         route: str,
         images: list[bytes],
@@ -210,6 +233,13 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
             **body,
         }
 
+    return run
+
+
+def _add_info_routes(app: FastAPI, predictor: Any, settings: ServiceSettings, input_kind: str, version: str,
+                     name: str) -> None:
+    """``/health`` and ``/api/v1/model``."""
+
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
         """Liveness; needs no key."""
@@ -234,6 +264,10 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
             },
             "card": _jsonable(getattr(predictor, "card", {}) or {}),
         }
+
+
+def _add_prediction_routes(app: FastAPI, settings: ServiceSettings, run: Runner) -> None:
+    """The three prediction routes: one input, a JSON record, a batch of images."""
 
     @app.post("/api/v1/predict", tags=["predict"])
     def predict(
@@ -278,6 +312,10 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         images = [f.file.read() for f in files]
         return run("predict/batch", images, None, explain=False, fhir=fhir, batch=True)
 
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The web page, its static files and an empty favicon."""
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Any:
         from fastapi.responses import Response
@@ -289,8 +327,6 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    _offline_docs(app)
-    return app
 
 
 def _offline_docs(app: Any) -> None:

@@ -65,7 +65,8 @@ from medpredict.models.normalised import InputNormalised
 from medpredict.models.tabular import TABULAR_MODELS, build_tabular_model
 from medpredict.records.cleaning import TableCleaner
 from medpredict.records.tables import clean_token, infer_schema
-from medpredict.training.engine import FitResult, class_weights, fit, predict_logits
+from medpredict.training import policy
+from medpredict.training.engine import FitResult, fit, predict_logits
 from medpredict.training.image import training_summary
 from medpredict.training.postfit import post_fit
 
@@ -421,7 +422,7 @@ def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True)
         val_set.target.numpy(),
         data.task,
         tuple(data.labels),
-        class_weights=class_weights(counts, config.train.class_weighting) if data.task != "regression" else None,
+        class_weights=policy.class_weights(counts, config.train.class_weighting) if data.task != "regression" else None,
         seed=config.train.seed,
     )
     metrics, test_probs = _evaluate_views(model, arrays, data, fields, config, n_boot)
@@ -451,7 +452,7 @@ def _fit(model: FusionNet, arrays: _Arrays, data: FusedData, config: RunConfig, 
         task=data.task,
         config=config.train,
         run_dir=config.run_dir,
-        class_counts=np.bincount(train_set.target.numpy(), minlength=len(data.labels)),
+        class_counts=policy.class_counts(train_set.target, data.task, len(data.labels)),
         progress=progress,
         train_transform=train_transform,
     )

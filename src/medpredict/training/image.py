@@ -40,14 +40,16 @@ from medpredict.data.manifest import Manifest, load_manifest
 from medpredict.data.splits import assign_splits, require_no_leakage
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError
+from medpredict.evaluation.metrics import classification_metrics
 from medpredict.evaluation.subgroups import reference_statistics
+from medpredict.training import policy
 from medpredict.training.engine import (
     Distributed,
     EpochCallback,
     FitResult,
-    class_weights,
     fit,
     predict_logits,
+    validation_score,
 )
 from medpredict.training.postfit import fit_input_guard, pooled_features, post_fit, resolve_positive
 
@@ -224,11 +226,7 @@ def _train(
     num_outputs = 1 if task == "regression" else len(manifest.labels)
     torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
     model = build_network(config, num_outputs, normalisation)
-    counts = None
-    if task in ("binary", "multiclass"):
-        counts = np.bincount(train_set.target.numpy(), minlength=num_outputs)
-    elif task == "multilabel":
-        counts = train_set.target.numpy().sum(0)
+    counts = policy.class_counts(train_set.target, task, num_outputs)
     augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
     result = fit(
         model,
@@ -251,7 +249,7 @@ def _train(
         y_val,
         task,
         manifest.labels,
-        class_weights=class_weights(counts, config.train.class_weighting) if single_label else None,
+        class_weights=policy.class_weights(counts, config.train.class_weighting) if single_label else None,
         positive_index=positive,
         seed=config.train.seed,
     )
@@ -336,11 +334,7 @@ def _val_metrics(
     y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str, ...], fields: dict[str, Any]
 ) -> dict[str, Any]:
     if task not in ("binary", "multiclass"):
-        from medpredict.training.engine import validation_score
-
         return {"score": validation_score(y, probs, task)}
-    from medpredict.evaluation.metrics import classification_metrics
-
     threshold = fields["threshold"]["threshold"] if fields.get("threshold") else None
     return classification_metrics(y, probs, labels=list(labels), threshold=threshold, n_boot=0)
 
