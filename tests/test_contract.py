@@ -82,7 +82,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "record": train_table(_record_table(root / "table.csv"), target="outcome", out=root / "record",
                                   train=replace(RECORD_TRAINING, epochs=10), baselines=False, n_boot=0,
                                   progress=False).run_dir,
-            "fused": train_fusion(_paired_manifest(root), out=root / "fused", image_model="brief-cnn", image_size=16,
+            "fused": train_fusion(_paired_manifest(root), out=root / "fused", image_model="small-cnn", image_size=16,
                                   epochs=2, n_boot=0, progress=False).run_dir,
         }
     for folder in folders.values():

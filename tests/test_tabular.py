@@ -126,7 +126,7 @@ def test_target_rule_and_errors(table, tmp_path):
 
 
 def test_clustering_on_learned_embedding(table, tmp_path):
-    summary = cluster_table(table, target="outcome", out=tmp_path / "clusters", k=3)
+    summary = cluster_table(table, target="outcome", out=tmp_path / "clusters", k=3).found
     assert summary["k"] == 3 and sum(c["n"] for c in summary["clusters"]) == 120
     assert -1 <= summary["silhouette"] <= 1
     assert (tmp_path / "clusters" / "clusters.png").stat().st_size > 1000

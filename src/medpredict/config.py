@@ -32,6 +32,8 @@ from medpredict.errors import ConfigError, did_you_mean
 
 #: Every task a run can have; ``auto`` infers binary/multiclass/regression from the target.
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
+#: The tasks a clinical table can have (multi-label targets come from image manifests only).
+RECORD_TASKS = tuple(task for task in TASKS if task != "multilabel")
 #: The kinds of model a run trains (see :mod:`medpredict.bundle.kinds`).
 RUN_KINDS = ("image", "record", "fused")
 #: The modalities of a fused model.

@@ -37,7 +37,7 @@ class ImageNet:
     """``bundle.json["model"]`` of an image model (and the image branch of a fused one).
 
     Attributes:
-        name: a key of :data:`medpredict.models.MODELS` (old names such as ``brief-cnn`` included).
+        name: a key of :data:`medpredict.models.MODELS` (or a former name, e.g. ``brief-cnn``).
         in_channels / num_classes / spatial_dims / dropout: the arguments of
             :func:`medpredict.models.build_model`.
     """

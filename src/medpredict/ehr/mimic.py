@@ -43,7 +43,7 @@ from medpredict.errors import DataError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("prolonged_stay", "mortality", "length_of_stay")
+MIMIC_TASKS = ("prolonged_stay", "mortality", "length_of_stay")
 PROLONGED_DAYS = 7.0
 # itemid -> (feature name, True if low values are the bad direction)
 LABS: dict[int, tuple[str, bool]] = {
@@ -90,8 +90,8 @@ def build_cohort(
         DataError: the folder is not a MIMIC-IV (demo) folder.
         ConfigError: unknown task.
     """
-    if task not in TASKS:
-        raise unknown_choice("MIMIC task", task, TASKS)
+    if task not in MIMIC_TASKS:
+        raise unknown_choice("MIMIC task", task, MIMIC_TASKS)
     root = Path(root)
     times = ["admittime", "dischtime", "deathtime", "edregtime"]
     admissions = _read(root, "hosp/admissions.csv.gz", parse_dates=times)

@@ -88,6 +88,7 @@ class FusionRun:
     model: torch.nn.Module
     splits: np.ndarray
     best_epoch: int
+    exit_code = 0
 
     def summary(self) -> str:
         """Each view's AUC with its interval, and where the run went."""

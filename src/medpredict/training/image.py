@@ -64,6 +64,18 @@ class TrainResult:
     bundle_dir: Path
     val_metrics: dict[str, Any]
     fit: FitResult
+    model_name: str = ""
+    exit_code = 0
+
+    def summary(self) -> str:
+        """Best epoch, the validation headline and where the run went."""
+        metrics = self.val_metrics
+        shown = [k for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float)]
+        headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or str(metrics)
+        return (
+            f"Trained {self.model_name}: best epoch {self.fit.best_epoch}, validation {headline}\n"
+            f"Run folder: {self.run_dir}  (bundle in {self.bundle_dir})"
+        )
 
 
 def load_data(config: RunConfig) -> Manifest:
@@ -180,6 +192,9 @@ def train(
     """
     from medpredict.models import check_input_size
 
+    if config.kind != "image":
+        command = {"record": "medpredict records train", "fused": "medpredict fusion train"}[config.kind]
+        raise ConfigError(f"This config is for a {config.kind} run, not an image run; train it with '{command}'.")
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read or file written
     dist = Distributed.from_env()
     run_dir = config.run_dir
@@ -294,7 +309,9 @@ def _train(
             result.best_score,
             result.best_epoch,
         )
-    return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result)
+    return TrainResult(
+        run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result, model_name=config.model.name
+    )
 
 
 def _input_guard(

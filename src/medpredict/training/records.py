@@ -38,7 +38,7 @@ from medpredict.atomic import write_json, write_text
 from medpredict.bundle.kinds import RecordInput, RecordNet
 from medpredict.bundle.schema import BundleMeta, write_bundle
 from medpredict.calibration.posthoc import load_calibration
-from medpredict.config import CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
+from medpredict.config import RECORD_TASKS, CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
 from medpredict.data.manifest import Manifest
 from medpredict.data.splits import assign_splits
 from medpredict.errors import ConfigError, DataError, unknown_choice
@@ -61,7 +61,6 @@ from medpredict.training.record_fit import (
 logger = logging.getLogger(__name__)
 
 MODEL_KINDS = ("mlp", "transformer", *BASELINES)
-TASKS = ("auto", "binary", "multiclass", "regression")
 
 
 @dataclass
@@ -108,8 +107,8 @@ def encode_target(
         DataError: no target column, fewer than two classes, or a non-numeric regression target.
         ConfigError: unknown task.
     """
-    if task not in TASKS:
-        raise unknown_choice("task", task, TASKS)
+    if task not in RECORD_TASKS:
+        raise unknown_choice("task", task, RECORD_TASKS)
     column = schema.target
     if column is None or column not in frame.columns:
         raise DataError(
@@ -406,6 +405,58 @@ class TableRun:
     data: TableData
     splits: np.ndarray
     model: Any = None
+    exit_code = 0
+
+    def summary(self) -> str:
+        """Each model's test figure (validation when there is no test split) and where the run went."""
+        key = "r2" if self.data.task == "regression" else "auc"
+        lines = []
+        for name, splits in self.metrics["models"].items():
+            result = splits.get("test") or splits.get("val") or {}
+            low, high = result.get(f"{key}_ci") or [float("nan"), float("nan")]
+            lines.append(f"{name:10s} test {key} {result.get(key, float('nan')):.3f} [{low:.3f}, {high:.3f}]")
+        return "\n".join([*lines, f"Run folder: {self.run_dir} (bundle in {self.bundle_dir})"])
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """A cross-validation's results (:func:`cross_validate`) and the ``cv.json`` they were written to."""
+
+    result: dict[str, Any]
+    path: Path
+    exit_code = 0
+
+    def summary(self) -> str:
+        key = self.result["metric"]
+        lines = []
+        for name, entry in self.result["models"].items():
+            low, high = entry[f"{key}_ci"]
+            lines.append(f"{name:10s} {key} {entry[f'{key}_mean']:.3f} [{low:.3f}, {high:.3f}]")
+        return "\n".join([*lines, f"Results: {self.path}"])
+
+
+def cross_validate_table(
+    source: str | Path,
+    *,
+    out: str | Path,
+    target: str | None = None,
+    schema: str | Path | Mapping[str, Any] | None = None,
+    task: str = "auto",
+    model: str = "mlp",
+    n_repeats: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> CrossValidation:
+    """Read a table, cross-validate ``model`` against both baselines on the same folds, write ``out/cv.json``.
+
+    Raises:
+        DataError: unreadable table or missing target.
+        ConfigError: unknown model or task.
+    """
+    data = load_table_data(source, target=target, schema=schema, task=task)
+    result = cross_validate(data, models=(model, *BASELINES), n_repeats=n_repeats, seed=seed, progress=progress)
+    path = write_json(Path(out) / "cv.json", result)
+    return CrossValidation(result, path)
 
 
 def split_rows(data: TableData, *, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:

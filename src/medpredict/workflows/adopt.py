@@ -52,6 +52,7 @@ class AdoptResult:
     run_dir: Path
     bundle_dir: Path
     report: dict[str, Any]
+    exit_code = 0
 
     def summary(self) -> str:
         """Lines for the command line."""

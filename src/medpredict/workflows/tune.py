@@ -44,7 +44,7 @@ from medpredict.workflows.evaluate import evaluate
 log = logging.getLogger(__name__)
 
 # Networks that train at a useful speed on a few CPU cores (see the MODELS table).
-CPU_MODELS = ("tiny-resnet", "mobile-cnn", "brief-cnn")
+CPU_MODELS = ("tiny-resnet", "mobile-cnn", "small-cnn")
 # Candidate input sides; only those no larger than the images' own size are searched.
 IMAGE_SIZES = (28, 32, 48, 64)
 # Seconds kept back for reading the data again, calibration and the test evaluation.
@@ -84,6 +84,8 @@ class TuneResult:
     ensemble_metrics: dict[str, Any] | None
     trials: list[dict[str, Any]]
     seconds: float
+
+    exit_code = 0
 
     def summary(self) -> str:
         states = [t["state"] for t in self.trials]
