@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from medpredict.errors import ConfigError, DataError
 from medpredict.models import build_model
 from medpredict.models.fusion import FusionNet, drop_modalities, fusion_inputs, prepare_fusion_batch
-from medpredict.models.tabular import TabularEncoder
+from medpredict.models.records import RecordEncoder
 from medpredict.training.fusion import train_fusion
 
 N_ROWS = 400
@@ -69,7 +69,7 @@ def make_paired_manifest(folder: Path, *, n: int = N_ROWS, seed: int = 0) -> Pat
 def _net(mode: str, *, n_continuous: int = 3) -> FusionNet:
     torch.manual_seed(0)
     image = build_model("small-cnn", in_channels=1, num_classes=2)
-    table = TabularEncoder(n_continuous, [], hidden=(8,))
+    table = RecordEncoder(n_continuous, [], hidden=(8,))
     return FusionNet(image, table, 2, mode=mode, dropout=0.0).eval()
 
 
@@ -107,7 +107,7 @@ def test_late_fusion_averages_the_heads_of_the_present_modalities() -> None:
 
 def test_fusion_net_refuses_bad_arguments() -> None:
     image = build_model("small-cnn", in_channels=1, num_classes=2)
-    table = TabularEncoder(3, [], hidden=(8,))
+    table = RecordEncoder(3, [], hidden=(8,))
     with pytest.raises(ConfigError, match="Did you mean 'late'"):
         FusionNet(image, table, 2, mode="lates")
     with pytest.raises(ConfigError, match="modality_dropout"):

@@ -4,7 +4,7 @@ Every sub-command is registered by one ``_add_<name>`` function and handled by a
 that call one library function; the result says what happened (``summary()``) and how the
 process exits (``exit_code``). User errors (:class:`medpredict.errors.MedpredictError`) are
 printed as one message and exit with status 2, without a traceback. Model names offered come
-from the model tables (:data:`medpredict.models.MODELS`, :data:`medpredict.models.tabular.TABULAR_MODELS`).
+from the model tables (:data:`medpredict.models.MODELS`, :data:`medpredict.models.records.RECORD_MODELS`).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def _image_models() -> list[str]:
 
 
 def _record_models() -> list[str]:
-    from medpredict.models.tabular import TABULAR_MODELS
+    from medpredict.models.records import RECORD_MODELS
 
-    return sorted(TABULAR_MODELS)
+    return sorted(RECORD_MODELS)
 
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:

@@ -253,7 +253,7 @@ class CleaningConfig:
 
 @dataclass(frozen=True)
 class RecordModelConfig:
-    """The record network of a record or fused run, from ``medpredict.models.tabular``.
+    """The record network of a record or fused run, from ``medpredict.models.records``.
 
     Attributes:
         name: ``mlp`` or ``transformer``.

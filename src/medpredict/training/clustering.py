@@ -1,4 +1,4 @@
-"""Clusters of patients in the tabular network's learned embedding.
+"""Clusters of patients in the record network's learned embedding.
 
 :func:`cluster_embeddings` runs k-means on the encoder's embedding ``(N, d)``, choosing
 ``k`` by silhouette score when it is not given, and maps the patients to 2-D with PCA.
@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 
 from medpredict.errors import ConfigError
-from medpredict.models.tabular import TabularNet
+from medpredict.models.records import RecordNetwork
 
 logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embed(model: TabularNet, x: np.ndarray) -> np.ndarray:
+def embed(model: RecordNetwork, x: np.ndarray) -> np.ndarray:
     """The encoder's embedding of cleaner output ``(N, F)`` -> ``(N, embedding_dim)`` float32."""
     model.eval()
     return model.features(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()

@@ -62,7 +62,7 @@ from medpredict.evaluation.metrics import classification_metrics
 from medpredict.models import build_model, check_input_size
 from medpredict.models.fusion import FusionNet, drop_modalities
 from medpredict.models.normalised import InputNormalised
-from medpredict.models.tabular import TABULAR_MODELS, build_tabular_model
+from medpredict.models.records import RECORD_MODELS, build_record_model
 from medpredict.records.cleaning import TableCleaner
 from medpredict.records.tables import clean_token, infer_schema
 from medpredict.training import policy
@@ -346,7 +346,7 @@ def _network(
             normalisation.mean,
             normalisation.std,
         )
-        table_net = build_tabular_model(
+        table_net = build_record_model(
             config.record_model.name,
             n_continuous=cleaner.n_continuous_,
             cardinalities=cleaner.cardinalities_,
@@ -391,8 +391,8 @@ def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True)
     """
     started = time.monotonic()
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read
-    if config.record_model.name not in TABULAR_MODELS:
-        raise unknown_choice("record model", config.record_model.name, TABULAR_MODELS)
+    if config.record_model.name not in RECORD_MODELS:
+        raise unknown_choice("record model", config.record_model.name, RECORD_MODELS)
     data = load_fused_data(config)
     cleaner = _fit_cleaner(data, config)
     records = cleaner.transform(data.frame[data.columns].astype(object)).astype(np.float32)

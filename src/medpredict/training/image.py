@@ -94,7 +94,7 @@ def load_data(config: RunConfig) -> Manifest:
     )
     if not manifest.has_images:
         raise DataError(
-            f"{data.source} has no image column. For a clinical table use 'medpredict tabular train'; "
+            f"{data.source} has no image column. For a clinical table use 'medpredict records train'; "
             "for images give a manifest with an image_path column."
         )
     keys = manifest.frame["sha256"] if "sha256" in manifest.frame.columns else None

@@ -30,7 +30,7 @@ import torch
 from medpredict.config import TrainConfig
 from medpredict.data.datasets import ArrayDataset
 from medpredict.errors import unknown_choice
-from medpredict.models.tabular import TabularNet, build_tabular_model
+from medpredict.models.records import RecordNetwork, build_record_model
 from medpredict.training import policy
 from medpredict.training.engine import fit
 
@@ -58,7 +58,7 @@ RECORD_TRAINING = TrainConfig(
 class NetFit:
     """A trained network with what the loop saw."""
 
-    model: TabularNet
+    model: RecordNetwork
     epochs_run: int
     best_epoch: int
     history: list[dict[str, Any]]
@@ -69,7 +69,7 @@ class NetFit:
 
 
 @torch.no_grad()
-def predict_network(model: TabularNet, x: np.ndarray) -> np.ndarray:
+def predict_network(model: RecordNetwork, x: np.ndarray) -> np.ndarray:
     """Run ``model`` in eval mode; softmax for classification, raw output for regression."""
     was_training = model.training
     model.eval()
@@ -82,17 +82,17 @@ def predict_network(model: TabularNet, x: np.ndarray) -> np.ndarray:
 
 def new_network(
     name: str, *, n_continuous: int, cardinalities: Sequence[int], num_classes: int, seed: int, **hparams: Any
-) -> TabularNet:
+) -> RecordNetwork:
     """Build a network with initial weights drawn from ``seed`` (global RNG state untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_tabular_model(
+        return build_record_model(
             name, n_continuous=n_continuous, cardinalities=cardinalities, num_classes=num_classes, **hparams
         )
 
 
 def fit_network(
-    model: TabularNet,
+    model: RecordNetwork,
     x: np.ndarray,
     y: np.ndarray,
     *,

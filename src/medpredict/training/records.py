@@ -4,7 +4,7 @@
   rows and rows without a target, and encodes the target (binary, multiclass or
   regression; ``"num>0"`` style rules make a binary target).
 * :func:`cross_validate` runs repeated stratified k-fold cross-validation (grouped by
-  the id column when there is one) with the tabular network and the two baselines on
+  the id column when there is one) with the record network and the two baselines on
   *the same folds*, the cleaner refitted on each training fold; it reports each
   model's mean with a 95% interval.
 * :func:`train_table` splits by patient into train/validation/test, fits the cleaner
@@ -43,7 +43,7 @@ from medpredict.data.manifest import Manifest
 from medpredict.data.splits import assign_splits
 from medpredict.errors import ConfigError, DataError, unknown_choice
 from medpredict.evaluation.metrics import classification_metrics, regression_metrics
-from medpredict.models.tabular import TABULAR_MODELS
+from medpredict.models.records import RECORD_MODELS
 from medpredict.progress import progress_bar
 from medpredict.records.cleaning import TableCleaner, drop_duplicate_rows
 from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
@@ -489,7 +489,7 @@ def train_table(
     n_boot: int = 1000,
     progress: bool = True,
 ) -> TableRun:
-    """Train a tabular network on a table and write a run folder with its bundle.
+    """Train a record network on a table and write a run folder with its bundle.
 
     Args:
         source: a table file, or prepared :class:`TableData`.
@@ -511,8 +511,8 @@ def train_table(
         DataError: unreadable table, missing target, too few patients to split.
         ConfigError: unknown model, task or option.
     """
-    if model not in TABULAR_MODELS:
-        raise unknown_choice("record network", model, TABULAR_MODELS)
+    if model not in RECORD_MODELS:
+        raise unknown_choice("record network", model, RECORD_MODELS)
     started = time.monotonic()
     data = (
         source

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.models.tabular import build_tabular_model
+from medpredict.models.records import build_record_model
 from medpredict.records.cleaning import TableCleaner
 from medpredict.training.clustering import cluster_embeddings, cluster_table
 from medpredict.training.record_fit import RECORD_TRAINING
@@ -67,7 +67,7 @@ def test_train_table_writes_a_loadable_bundle(table, tmp_path):
     # the predictor's path: cleaner.json + model hparams rebuild the same outputs
     cleaner = TableCleaner.from_dict(bundle.read_json("cleaner.json"))
     hparams = {k: v for k, v in meta["model"].items() if k != "kind"}
-    model = build_tabular_model(**hparams)
+    model = build_record_model(**hparams)
     model.load_state_dict(bundle.state_dict)
     model.eval()
     x = cleaner.transform(run.data.frame.head(5))
