@@ -151,6 +151,8 @@ def test_cli_tune_passes_budget_and_keeps_out_for_the_search(
     seen: dict[str, Any] = {}
 
     class _Result:
+        exit_code = 0
+
         def summary(self) -> str:
             return "ok"
 
