@@ -217,22 +217,44 @@ def test_data_check_of_a_table_exits_1_on_a_problem(
     assert (tmp_path / "r" / "table_check.json").is_file()
 
 
-@pytest.mark.parametrize("word", ["records", "tabular"])  # 'tabular' is the former name, still accepted
-def test_records_cv_writes_cv_json_from_the_library(
-    tmp_path: Path, word: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_records_cv_writes_cv_json_in_the_library(tmp_path: Path) -> None:
     from medpredict.training.records import cross_validate_table
 
     table = _table(tmp_path / "table.csv")
-    out = tmp_path / "cv"
-    args = [str(table), "--target", "outcome", "--repeats", "1", "--model", "mlp", "--out", str(out)]
-    assert main(["-q", word, "cv", *args]) == 0
-    saved = json.loads((out / "cv.json").read_text())
-    assert set(saved["models"]) == {"mlp", "logistic", "boosting"} and saved["n_repeats"] == 1
-    assert f"Results: {out / 'cv.json'}" in capsys.readouterr().out
-    library = cross_validate_table(table, target="outcome", n_repeats=1, out=tmp_path / "lib", progress=False)
-    again = json.loads((tmp_path / "lib" / "cv.json").read_text())["models"]["logistic"]
-    assert again["scores"] == saved["models"]["logistic"]["scores"] and library.exit_code == 0
+    result = cross_validate_table(
+        table, target="outcome", n_splits=2, n_repeats=1, out=tmp_path / "cv", progress=False
+    )
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert set(saved["models"]) == {"mlp", "logistic", "boosting"} and len(saved["models"]["mlp"]["scores"]) == 2
+    assert result.path == tmp_path / "cv" / "cv.json" and result.exit_code == 0
+    assert f"Results: {result.path}" in result.summary()
+
+
+@pytest.mark.parametrize("word", ["records", "tabular"])  # 'tabular' is the former name, still accepted
+def test_the_records_cv_command_only_calls_the_library(
+    tmp_path: Path, word: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medpredict.training import records
+
+    calls: list[dict[str, object]] = []
+
+    class Done:
+        exit_code = 0
+
+        def summary(self) -> str:
+            return "summary of the library's result"
+
+    def fake(source: str, **kwargs: object) -> Done:
+        calls.append({"source": source, **kwargs})
+        return Done()
+
+    monkeypatch.setattr(records, "cross_validate_table", fake)
+    argv = [word, "cv", "t.csv", "--target", "num>0", "--repeats", "3", "--out", str(tmp_path / "cv")]
+    assert main(["-q", *argv]) == 0
+    assert calls == [{"source": "t.csv", "out": str(tmp_path / "cv"), "target": "num>0", "schema": None,
+                      "task": "auto", "model": "mlp", "n_repeats": 3, "seed": 0}]
+    assert capsys.readouterr().out.strip() == "summary of the library's result"
+    assert not (tmp_path / "cv").exists()  # the CLI itself writes nothing
 
 
 @pytest.mark.parametrize(

@@ -443,6 +443,7 @@ def cross_validate_table(
     schema: str | Path | Mapping[str, Any] | None = None,
     task: str = "auto",
     model: str = "mlp",
+    n_splits: int = 5,
     n_repeats: int = 10,
     seed: int = 0,
     progress: bool = True,
@@ -454,7 +455,9 @@ def cross_validate_table(
         ConfigError: unknown model or task.
     """
     data = load_table_data(source, target=target, schema=schema, task=task)
-    result = cross_validate(data, models=(model, *BASELINES), n_repeats=n_repeats, seed=seed, progress=progress)
+    result = cross_validate(
+        data, models=(model, *BASELINES), n_splits=n_splits, n_repeats=n_repeats, seed=seed, progress=progress
+    )
     path = write_json(Path(out) / "cv.json", result)
     return CrossValidation(result, path)
 
