@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up medpredict with its test tools, the Debian packages its integration tests use
-# (Orthanc with DICOMweb, Chromium, dicom3tools' dciodvfy, the Noto CJK fonts), and run the
-# default test suite.
+# (Orthanc with DICOMweb, Chromium, dicom3tools' dciodvfy, the Noto CJK fonts), check the import
+# layers (pyproject.toml [tool.importlinter]), and run the default test suite.
 # Extra arguments go to pytest (e.g. ./scripts/test.sh -m slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +24,5 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "test: ${need[*]} missing and cannot be installed here; their tests will be skipped" >&2
   fi
 fi
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest "$@"

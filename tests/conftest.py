@@ -74,14 +74,14 @@ def square_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(source: Path, out_dir: Path, name: str = "tiny", **overrides: object):  # noqa: ANN201
-    """A config that trains brief-cnn on 16-px images in a few seconds."""
+    """A config that trains small-cnn on 16-px images in a few seconds."""
     from medpredict.config import load_config
 
     settings = {
         "name": name,
         "out_dir": str(out_dir),
         "data.source": str(source),
-        "model.name": "brief-cnn",
+        "model.name": "small-cnn",
         "preprocess.image_size": 16,
         "train.epochs": 3,
         "train.batch_size": 32,

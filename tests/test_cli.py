@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fixtures_images import write_npz, write_png
@@ -188,3 +190,92 @@ def test_data_fetch_unknown_name_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     code = main(["data", "fetch", "pneumonia", "--dest", str(tmp_path)])
     assert code == 2
     assert "Did you mean 'pneumoniamnist'?" in capsys.readouterr().err
+
+
+def _table(path: Path, *, classes: int = 2, n: int = 60) -> Path:
+    rng = np.random.default_rng(0)
+    age = rng.normal(60, 10, n).round(0)
+    outcome = (age > 60).astype(int) if classes == 2 else np.zeros(n, dtype=int)
+    pd.DataFrame({"age": age, "chol": rng.normal(230, 30, n).round(0), "outcome": outcome}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("classes", "code"),
+    [
+        (2, 0),  # a table that can train a model
+        (1, 1),  # one class only: a problem, so exit 1 as for images
+    ],
+)
+def test_data_check_of_a_table_exits_1_on_a_problem(
+    tmp_path: Path, classes: int, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = _table(tmp_path / "table.csv", classes=classes)
+    assert main(["-q", "data", "check", str(table), "--target", "outcome", "--out", str(tmp_path / "r")]) == code
+    out = capsys.readouterr().out
+    assert ("PROBLEM: the target 'outcome' has fewer than two classes" in out) == (code == 1)
+    assert (tmp_path / "r" / "table_check.json").is_file()
+
+
+def test_records_cv_writes_cv_json_in_the_library(tmp_path: Path) -> None:
+    from medpredict.training.records import cross_validate_table
+
+    table = _table(tmp_path / "table.csv")
+    result = cross_validate_table(
+        table, target="outcome", n_splits=2, n_repeats=1, out=tmp_path / "cv", progress=False
+    )
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert set(saved["models"]) == {"mlp", "logistic", "boosting"} and len(saved["models"]["mlp"]["scores"]) == 2
+    assert result.path == tmp_path / "cv" / "cv.json" and result.exit_code == 0
+    assert f"Results: {result.path}" in result.summary()
+
+
+@pytest.mark.parametrize("word", ["records", "tabular"])  # 'tabular' is the former name, still accepted
+def test_the_records_cv_command_only_calls_the_library(
+    tmp_path: Path, word: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medpredict.training import records
+
+    calls: list[dict[str, object]] = []
+
+    class Done:
+        exit_code = 0
+
+        def summary(self) -> str:
+            return "summary of the library's result"
+
+    def fake(source: str, **kwargs: object) -> Done:
+        calls.append({"source": source, **kwargs})
+        return Done()
+
+    monkeypatch.setattr(records, "cross_validate_table", fake)
+    argv = [word, "cv", "t.csv", "--target", "num>0", "--repeats", "3", "--out", str(tmp_path / "cv")]
+    assert main(["-q", *argv]) == 0
+    assert calls == [{"source": "t.csv", "out": str(tmp_path / "cv"), "target": "num>0", "schema": None,
+                      "task": "auto", "model": "mlp", "n_repeats": 3, "seed": 0}]
+    assert capsys.readouterr().out.strip() == "summary of the library's result"
+    assert not (tmp_path / "cv").exists()  # the CLI itself writes nothing
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["records", "train", "t.csv", "--k", "3"],  # --k clusters: only 'records cluster' reads it
+        ["records", "cluster", "t.csv", "--repeats", "2"],  # clustering runs no cross-validation
+        ["export", "run", "--onnx"],  # ONNX is the only export format; the flag did nothing
+        ["records", "train", "t.csv", "--model", "mpl"],  # record networks come from the model table
+    ],
+)
+def test_flags_that_did_nothing_are_gone(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_image_model_names_in_help_come_from_the_model_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from medpredict.models import MODELS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in MODELS) and "brief-cnn" not in text

@@ -107,7 +107,7 @@ def test_wrong_type_or_out_of_range_is_refused_naming_the_key(key: str, value: o
     ("key", "value"),
     [
         ("data.max_per_split", -1),  # pandas' sample(n=-1) then fails deep inside training
-        ("train.num_workers", -1),  # DataLoader refuses a negative worker count late
+        ("train.monitor", "auc"),  # early stopping watches the score or the loss
         ("train.threads", 0),  # torch.set_num_threads(0) fails late
         ("train.seed", -1),  # numpy/sklearn refuse negative seeds late
         ("train.max_minutes", -5.0),  # a negative time budget stops training at once

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One trained run folder per kind, exported to ONNX (the fast tracer) once."""
     from medpredict.training.fusion import train_fusion
     from medpredict.training.image import train
-    from medpredict.training.record_fit import NetSettings
+    from medpredict.training.record_fit import RECORD_TRAINING
     from medpredict.training.records import train_table
 
     root = tmp_path_factory.mktemp("contract")
@@ -79,8 +80,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folders = {
             "image": train(tiny_config(npz, root, name="image", **{"train.epochs": 2}), progress=False).run_dir,
             "record": train_table(_record_table(root / "table.csv"), target="outcome", out=root / "record",
-                                  settings=NetSettings(epochs=10), baselines=False, n_boot=0, progress=False).run_dir,
-            "fused": train_fusion(_paired_manifest(root), out=root / "fused", image_model="brief-cnn", image_size=16,
+                                  train=replace(RECORD_TRAINING, epochs=10), baselines=False, n_boot=0,
+                                  progress=False).run_dir,
+            "fused": train_fusion(_paired_manifest(root), out=root / "fused", image_model="small-cnn", image_size=16,
                                   epochs=2, n_boot=0, progress=False).run_dir,
         }
     for folder in folders.values():

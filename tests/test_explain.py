@@ -97,7 +97,7 @@ def test_gradcam_leaves_the_model_as_it_found_it() -> None:
 
 def test_gradcam_works_under_inference_mode_and_with_or_without_batch_axis() -> None:
     torch.manual_seed(0)
-    model = build_model("brief-cnn", in_channels=3, num_classes=2).eval()
+    model = build_model("small-cnn", in_channels=3, num_classes=2).eval()
     image = torch.rand(3, 20, 20)
     with torch.inference_mode():
         unbatched = gradcam(model, image, class_index=0)
@@ -137,13 +137,13 @@ def test_gradcam_runs_on_every_model_in_the_table(name: str) -> None:
     ],
 )
 def test_gradcam_refuses_bad_arguments(image_shape, class_index, error, message) -> None:
-    model = build_model("brief-cnn", in_channels=1, num_classes=2)
+    model = build_model("small-cnn", in_channels=1, num_classes=2)
     with pytest.raises(error, match=message):
         gradcam(model, torch.rand(image_shape), class_index=class_index)
 
 
 def test_gradcam_needs_a_gradcam_layer() -> None:
-    model = build_model("brief-cnn", in_channels=1, num_classes=2)
+    model = build_model("small-cnn", in_channels=1, num_classes=2)
     model.gradcam_layer = "conv9"
     with pytest.raises(ConfigError, match="conv9"):
         gradcam(model, torch.rand(1, 16, 16), class_index=0)

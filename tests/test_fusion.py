@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from medpredict.errors import ConfigError, DataError
 from medpredict.models import build_model
 from medpredict.models.fusion import FusionNet, drop_modalities, fusion_inputs, prepare_fusion_batch
-from medpredict.models.tabular import TabularEncoder
+from medpredict.models.records import RecordEncoder
 from medpredict.training.fusion import train_fusion
 
 N_ROWS = 400
@@ -68,8 +68,8 @@ def make_paired_manifest(folder: Path, *, n: int = N_ROWS, seed: int = 0) -> Pat
 
 def _net(mode: str, *, n_continuous: int = 3) -> FusionNet:
     torch.manual_seed(0)
-    image = build_model("brief-cnn", in_channels=1, num_classes=2)
-    table = TabularEncoder(n_continuous, [], hidden=(8,))
+    image = build_model("small-cnn", in_channels=1, num_classes=2)
+    table = RecordEncoder(n_continuous, [], hidden=(8,))
     return FusionNet(image, table, 2, mode=mode, dropout=0.0).eval()
 
 
@@ -106,8 +106,8 @@ def test_late_fusion_averages_the_heads_of_the_present_modalities() -> None:
 
 
 def test_fusion_net_refuses_bad_arguments() -> None:
-    image = build_model("brief-cnn", in_channels=1, num_classes=2)
-    table = TabularEncoder(3, [], hidden=(8,))
+    image = build_model("small-cnn", in_channels=1, num_classes=2)
+    table = RecordEncoder(3, [], hidden=(8,))
     with pytest.raises(ConfigError, match="Did you mean 'late'"):
         FusionNet(image, table, 2, mode="lates")
     with pytest.raises(ConfigError, match="modality_dropout"):
@@ -197,7 +197,7 @@ def runs(
                 paired,
                 target="label",
                 out=out / name,
-                image_model="brief-cnn",
+                image_model="small-cnn",
                 image_size=16,
                 train=train,
                 val_fraction=0.2,
@@ -328,7 +328,7 @@ def test_cli_trains_a_fusion_model(paired: Path, tmp_path: Path, capsys: pytest.
                 "--out",
                 str(tmp_path / "cli"),
                 "--image-model",
-                "brief-cnn",
+                "small-cnn",
                 "--image-size",
                 "16",
                 "--epochs",

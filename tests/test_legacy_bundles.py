@@ -3,6 +3,8 @@
 ``tests/fixtures/legacy_bundles/`` holds an image, a record and a fused bundle trained with
 the code of commit 49cafce (before the bundle schema), the fixed inputs, and the
 probabilities that code predicted for them (``make_legacy_bundles.py`` there wrote them all).
+The images are at the models' size and on the 8-bit grid, where today's rounding of inputs to
+8-bit steps changes nothing, so what is compared is what the bundle decides.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medpredict.ehr.mimic import build_cohort, run_mimic_task
+from medpredict.ehr.mimic import build_cohort
 from medpredict.errors import ConfigError, DataError
+from medpredict.workflows.mimic import run_mimic_task
 
 
 @pytest.fixture

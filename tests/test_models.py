@@ -70,7 +70,7 @@ def test_every_model_keeps_the_contract(name: str, dims: int, channels: int, cla
 
 def test_table_entries_are_described_and_sized() -> None:
     required = {
-        "brief-cnn",
+        "small-cnn",
         "tiny-resnet",
         "resnet18",
         "resnet18-cifar",
@@ -93,7 +93,7 @@ def test_tiny_resnet_stays_small() -> None:
 
 
 def test_brief_cnn_takes_any_input_size_with_the_same_weights() -> None:
-    model = build_model("brief-cnn", in_channels=1, num_classes=2).eval()
+    model = build_model("small-cnn", in_channels=1, num_classes=2).eval()
     with torch.no_grad():
         for size in (8, 28, 37, 64):
             assert model(torch.rand(1, 1, size, size)).shape == (1, 2)
@@ -121,7 +121,7 @@ def test_build_model_refuses_bad_choices(name: str, spatial_dims: int, message: 
 )
 def test_build_model_refuses_bad_numbers(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
-        build_model("brief-cnn", **kwargs)
+        build_model("small-cnn", **kwargs)
 
 
 def test_dropout_goes_to_the_head() -> None:
@@ -137,7 +137,7 @@ def test_grid_avg_pool_matches_adaptive_pooling(size: int) -> None:
     assert torch.allclose(grid_avg_pool(v, 2), F.adaptive_avg_pool3d(v, 2), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["tiny-resnet", "brief-cnn"])
+@pytest.mark.parametrize("name", ["tiny-resnet", "small-cnn"])
 def test_small_models_export_to_onnx(name: str, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -275,3 +275,18 @@ def test_load_weights_refuses_another_architecture(tmp_path) -> None:
     _save({"encoder.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(ConfigError, match="shares no tensor name"):
         load_weights(TinyResNet(in_channels=1, num_classes=2), path)
+
+
+def test_a_former_model_name_still_builds_but_is_not_offered() -> None:
+    from medpredict.models import ALIASES, check_input_size, resolve_name
+
+    assert ALIASES["brief-cnn"] == "small-cnn" and "brief-cnn" not in MODELS  # old bundles name it
+    torch.manual_seed(0)
+    old = build_model("brief-cnn", in_channels=1, num_classes=2)
+    torch.manual_seed(0)
+    new = build_model("small-cnn", in_channels=1, num_classes=2)
+    assert type(old) is type(new) and old.state_dict().keys() == new.state_dict().keys()
+    assert resolve_name("brief-cnn") == "small-cnn"
+    check_input_size("brief-cnn", MODELS["small-cnn"].min_size)
+    with pytest.raises(ConfigError, match="densenet121.*at least 32"):
+        check_input_size("densenet121", 28)

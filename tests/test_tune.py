@@ -151,6 +151,8 @@ def test_cli_tune_passes_budget_and_keeps_out_for_the_search(
     seen: dict[str, Any] = {}
 
     class _Result:
+        exit_code = 0
+
         def summary(self) -> str:
             return "ok"
 
@@ -160,7 +162,7 @@ def test_cli_tune_passes_budget_and_keeps_out_for_the_search(
 
     monkeypatch.setattr(tune_module, "tune", fake_tune)
     code = cli.main([
-        "tune", "--data", str(square_npz), "--model", "brief-cnn", "--epochs", "2", "--budget", "90s",
+        "tune", "--data", str(square_npz), "--model", "small-cnn", "--epochs", "2", "--budget", "90s",
         "--trials", "4", "--ensemble-top", "3", "--out", str(tmp_path / "search"), "--set", "train.threads=1",
     ])
     assert code == 0

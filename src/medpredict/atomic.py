@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -50,17 +53,28 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON (NaN written as ``null``)."""
-    return write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, default=str) + "\n")
+    """Atomically write ``obj`` as indented, valid JSON.
+
+    NumPy scalars and arrays become JSON numbers, booleans and lists (``np.float32(0.5)`` is
+    written ``0.5``); NaN and infinities, which JSON cannot hold, are written as ``null``;
+    anything else JSON does not know (paths, dates) as its ``str()``.
+    """
+    text = json.dumps(_plain(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    return write_text(path, text + "\n")
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
-        return None
+def _plain(obj: Any) -> Any:
+    """``obj`` with NumPy values turned into Python ones and non-finite floats into ``None``."""
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {(k.item() if isinstance(k, np.generic) else k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [_plain(v) for v in obj]
     return obj
 
 

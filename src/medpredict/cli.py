@@ -1,28 +1,57 @@
 """The ``medpredict`` command: parses flags and calls the library, nothing more.
 
-User errors (:class:`medpredict.errors.MedpredictError`) are printed as one message and
-exit with status 2, without a traceback. Each sub-command is registered by one
-``_add_<name>`` function below and runs one library call.
+Every sub-command is registered by one ``_add_<name>`` function and handled by a few lines
+that call one library function; the result says what happened (``summary()``) and how the
+process exits (``exit_code``). User errors (:class:`medpredict.errors.MedpredictError`) are
+printed as one message and exit with status 2, without a traceback. Model names offered come
+from the model tables (:data:`medpredict.models.MODELS`, :data:`medpredict.models.records.RECORD_MODELS`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from medpredict import __version__
+from medpredict.config import RECORD_TASKS
 from medpredict.errors import ConfigError, MedpredictError
 
 log = logging.getLogger("medpredict")
 
+Handler = Callable[[argparse.Namespace], int]
 #: Where a run's network runs: PyTorch, or its exported ONNX model (fp32 or int8).
 BACKENDS = ("torch", "onnx", "int8")  # medpredict.inference.loader.BACKENDS (not imported: it loads torch)
 
-Handler = Callable[[argparse.Namespace], int]
+
+class CommandResult(Protocol):
+    """What every command returns."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def summary(self) -> str: ...
+
+
+def _done(result: CommandResult) -> int:
+    print(result.summary())
+    return result.exit_code
+
+
+def _image_models() -> list[str]:
+    from medpredict.models import MODELS
+
+    return list(MODELS)
+
+
+def _record_models() -> list[str]:
+    from medpredict.models.records import RECORD_MODELS
+
+    return sorted(RECORD_MODELS)
 
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:
@@ -37,11 +66,11 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-# --- train -------------------------------------------------------------------------------
+# --- train / tune ------------------------------------------------------------------------
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model; writes runs/<name>/ with a bundle")
+    p = sub.add_parser("train", help="train an image model; writes runs/<name>/ with a bundle")
     _add_train_flags(p)
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -53,7 +82,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (flags override it)")
     p.add_argument("--data", help="manifest CSV, MedMNIST .npz or image folder")
     p.add_argument("--target", help="target column of a manifest (default: label)")
-    p.add_argument("--model", help="network name, e.g. tiny-resnet, brief-cnn, resnet18")
+    p.add_argument("--model", metavar="NAME", help=f"image network: {', '.join(_image_models())}")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -92,19 +121,8 @@ def _train(args: argparse.Namespace) -> int:
     from medpredict.training.engine import Distributed
     from medpredict.training.image import train
 
-    config = load_config(args.config, train_overrides(args))
-    result = train(config, resume=args.resume)
-    if not Distributed.from_env().is_main:  # under torchrun, rank 0 reports
-        return 0
-    metrics = result.val_metrics
-    shown = [k for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float)]
-    headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in shown)
-    print(f"Trained {config.model.name}: best epoch {result.fit.best_epoch}, validation {headline or metrics}")
-    print(f"Run folder: {result.run_dir}  (bundle in {result.bundle_dir})")
-    return 0
-
-
-# --- tune --------------------------------------------------------------------------------
+    result = train(load_config(args.config, train_overrides(args)), resume=args.resume)
+    return _done(result) if Distributed.from_env().is_main else 0  # under torchrun, rank 0 reports
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -123,15 +141,13 @@ def _tune(args: argparse.Namespace) -> int:
     from medpredict.workflows.tune import parse_budget, tune
 
     overrides = train_overrides(argparse.Namespace(**{**vars(args), "out": None}))  # --out is the search folder
-    result = tune(
+    return _done(tune(
         load_config(args.config, overrides), budget_minutes=parse_budget(args.budget), n_trials=args.trials,
         out=args.out, ensemble_top=args.ensemble_top, seed=args.tune_seed,
-    )
-    print(result.summary())
-    return 0
+    ))
 
 
-# --- evaluate ----------------------------------------------------------------------------
+# --- evaluate / predict ------------------------------------------------------------------
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -158,13 +174,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from medpredict.workflows.evaluate import evaluate
 
-    subgroups = tuple(c.strip() for c in args.subgroups.split(",") if c.strip())
-    result = evaluate(
-        args.run, data=args.data, target=args.target, split=args.split, out=args.out,
-        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend, card=args.card,
-    )
-    print(result.summary())
-    return 0
+    return _done(evaluate(
+        args.run, data=args.data, target=args.target, split=args.split, out=args.out, lang=args.lang,
+        n_boot=args.n_boot, subgroups=tuple(c.strip() for c in args.subgroups.split(",") if c.strip()),
+        backend=args.backend, card=args.card,
+    ))
 
 
 # --- adopt -------------------------------------------------------------------------------
@@ -194,15 +208,10 @@ def _adopt(args: argparse.Namespace) -> int:
 
     intended = {"description": args.intended_use, "modalities": args.modality, "body_parts": args.body_part,
                 "views": args.view}
-    result = adopt(
+    return _done(adopt(
         args.descriptor, args.data, args.out, split=args.split, target=args.target, intended_use=intended,
         threshold_from=args.threshold_from, seed=args.seed,
-    )
-    print(result.summary())
-    return 0
-
-
-# --- predict -----------------------------------------------------------------------------
+    ))
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -221,24 +230,23 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from medpredict.inference.files import predict_files
 
-    result = predict_files(
+    return _done(predict_files(
         args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend,
         ignore_intended_use=args.ignore_intended_use,
-    )
-    print(result.summary())
-    return result.exit_code
+    ))
 
 
-# --- data --------------------------------------------------------------------------------
+# --- data / demo -------------------------------------------------------------------------
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="data-quality checks and dataset downloads")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    check = data_sub.add_parser("check", help="data-quality report: files, balance, duplicates, leakage")
+    check = data_sub.add_parser("check", help="data-quality report: files, balance, duplicates, leakage; "
+                                              "exits 1 when a problem stops training")
     check.add_argument("source", help="manifest CSV, MedMNIST .npz, image folder or clinical table")
-    check.add_argument("--target", default="label", help="target column (default label)")
-    check.add_argument("--out", help="report folder (default: data_check/ beside the current folder)")
+    check.add_argument("--target", help="target column (default: label for images, guessed for tables)")
+    check.add_argument("--out", default="data_check", help="report folder (default: data_check)")
     check.add_argument("--lang", default="en", help="language of the HTML report: en or zh")
     check.set_defaults(handler=_data_check)
     fetch = data_sub.add_parser("fetch", help="download a public dataset and verify its MD5")
@@ -268,31 +276,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from medpredict.data.check import check_images
-    from medpredict.data.manifest import load_manifest
-    from medpredict.records.check import looks_like_table
+    from medpredict.workflows.check import check_data
 
-    if looks_like_table(args.source):
-        return _table_check(args)
-    out = Path(args.out or "data_check")
-    manifest = load_manifest(args.source, target=args.target)
-    result = check_images(manifest, out, lang=args.lang)
-    report = result.report
-    print(
-        f"{report['rows']} images, {report['patients']} patients, classes {report['labels']}, "
-        f"splits {report['splits']}"
-    )
-    dup = report["exact_duplicates"]
-    print(f"Byte-identical images: {dup['groups']} groups ({dup['redundant_files']} redundant files), "
-          f"{dup['groups_across_splits']} across splits")
-    near = report["near_duplicates"]
-    print(f"Near-identical images: {near['groups']} groups, {near['groups_across_splits']} across splits")
-    for line in report["problems"]:
-        print(f"PROBLEM: {line}")
-    for line in report["warnings"]:
-        print(f"warning: {line}")
-    print(f"Report: {result.html_path} and {result.json_path}")
-    return 0 if result.ok else 1
+    return _done(check_data(args.source, target=args.target, out=args.out, lang=args.lang))
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -319,9 +305,6 @@ def _data_deid(args: argparse.Namespace) -> int:
     return 1 if report.refused else 0
 
 
-# --- demo --------------------------------------------------------------------------------
-
-
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole path on the shipped PneumoniaMNIST: train, evaluate, explain")
     p.add_argument(
@@ -336,110 +319,84 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from medpredict.demo import run_demo
 
-    result = run_demo(data_dir=args.data_dir, out=args.out, epochs=args.epochs)
-    print(result.summary())
-    return 0
+    return _done(run_demo(data_dir=args.data_dir, out=args.out, epochs=args.epochs))
 
 
-# --- tables ------------------------------------------------------------------------------
+# --- records -----------------------------------------------------------------------------
 
 
-def _table_check(args: argparse.Namespace) -> int:
-    from medpredict.records.check import check_table
-
-    # "label" is the image default; for a table, None lets the reader guess the target
-    target = None if args.target == "label" else args.target
-    out = Path(args.out or "data_check")
-    report = check_table(args.source, target=target, out=out, lang=args.lang)
-    print(f"{report['rows']} rows, {report['columns']} columns; target {report['target'].get('column')}")
-    for line in report["findings"]:
-        print(f"- {line}")
-    print(f"Report: {out / 'table_check.html'} and {out / 'table_check.json'}")
-    return 0
+def _add_records(sub: argparse._SubParsersAction) -> None:
+    shown = sub.add_parser("records", help="clinical records: train, cross-validate, cluster; the MIMIC-IV demo task")
+    hidden = sub.add_parser("tabular")  # the former name, still accepted; without help= it is not listed
+    for parser in (shown, hidden):
+        _add_record_commands(parser.add_subparsers(dest="records_command", required=True))
 
 
-def _add_tabular(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tabular", help="clinical tables: train, cross-validate, cluster; MIMIC-IV demo task")
-    tab = p.add_subparsers(dest="tabular_command", required=True)
-    for name, help_text in (
-        ("train", "train + evaluate a tabular network (and baselines); writes a run folder with a bundle"),
-        ("cv", "repeated cross-validation: network, logistic regression and gradient boosting, same folds"),
-        ("cluster", "cluster patients in the trained network's embedding; writes clusters.png/json"),
-    ):
-        q = tab.add_parser(name, help=help_text)
+def _add_record_commands(rec: argparse._SubParsersAction) -> None:
+    commands = {
+        "train": ("train + evaluate a record network and baselines; writes a run folder with a bundle", _records_train),
+        "cv": ("repeated cross-validation: network, logistic regression, gradient boosting; same folds", _records_cv),
+        "cluster": ("cluster patients in the trained network's embedding; writes clusters.png/json", _records_cluster),
+    }
+    for name, (help_text, handler) in commands.items():
+        q = rec.add_parser(name, help=help_text)
         q.add_argument("table", help="CSV/TSV/ARFF/Parquet, or header-less .data with a .names file")
         q.add_argument("--target", help="target column or rule such as 'num>0' (default: guessed)")
         q.add_argument("--schema", help="YAML schema overriding the inferred column kinds")
-        q.add_argument("--model", default="mlp", choices=("mlp", "transformer"))
-        q.add_argument("--task", default="auto", choices=("auto", "binary", "multiclass", "regression"))
+        q.add_argument("--model", default="mlp", choices=_record_models())
         q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--out", default=f"runs/tabular_{name}")
-        q.add_argument("--repeats", type=int, default=10 if name == "cv" else 0, help="CV repeats (5-fold)")
-        q.add_argument("--k", type=int, help="clusters (default: chosen by silhouette)")
-        q.set_defaults(handler=_tabular)
-    m = tab.add_parser("mimic", help="the MIMIC-IV demo task end to end (patient-level split)")
+        q.add_argument("--out", default=f"runs/records_{name}")
+        if name != "cluster":
+            q.add_argument("--task", default="auto", choices=RECORD_TASKS)
+            default = 10 if name == "cv" else 0
+            q.add_argument("--repeats", type=int, default=default, help=f"5-fold CV repeats (default {default})")
+        else:
+            q.add_argument("--k", type=int, help="clusters (default: chosen by silhouette)")
+        q.set_defaults(handler=handler)
+    from medpredict.ehr.mimic import MIMIC_TASKS
+
+    m = rec.add_parser("mimic", help="the MIMIC-IV demo task end to end (patient-level split)")
     m.add_argument("root", help="MIMIC-IV demo folder holding hosp/ and icu/")
-    m.add_argument(
-        "--task", default="prolonged_stay", choices=("prolonged_stay", "mortality", "length_of_stay")
-    )
-    m.add_argument("--model", default="mlp", choices=("mlp", "transformer"))
+    m.add_argument("--task", default="prolonged_stay", choices=MIMIC_TASKS)
+    m.add_argument("--model", default="mlp", choices=_record_models())
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--repeats", type=int, default=0, help="also run REPEATS x 5-fold CV")
     m.add_argument("--out", default="runs/mimic")
-    m.set_defaults(handler=_tabular_mimic)
+    m.set_defaults(handler=_records_mimic)
 
 
-def _tabular(args: argparse.Namespace) -> int:
-    import json
+def _records_train(args: argparse.Namespace) -> int:
+    from medpredict.training.records import train_table
 
-    from medpredict.training import records as tabular
-
-    if args.tabular_command == "cluster":
-        from medpredict.training.clustering import cluster_table
-
-        summary = cluster_table(args.table, target=args.target, schema=args.schema, out=args.out, k=args.k,
-                                model=args.model, seed=args.seed)
-        print(f"k={summary['k']}, silhouette {summary['silhouette']:.3f}: {json.dumps(summary['clusters'])}")
-        print(f"Map: {Path(args.out) / 'clusters.png'}")
-        return 0
-    if args.tabular_command == "cv":
-        from medpredict.atomic import write_json
-
-        data = tabular.load_table_data(args.table, target=args.target, schema=args.schema, task=args.task)
-        models = (args.model, "logistic", "boosting")
-        result = tabular.cross_validate(data, n_repeats=args.repeats, seed=args.seed, models=models)
-        write_json(Path(args.out) / "cv.json", result)
-        key = result["metric"]
-        for name, entry in result["models"].items():
-            low, high = entry[f"{key}_ci"]
-            print(f"{name:10s} {key} {entry[f'{key}_mean']:.3f} [{low:.3f}, {high:.3f}]")
-        print(f"Results: {Path(args.out) / 'cv.json'}")
-        return 0
-    run = tabular.train_table(
-        args.table, target=args.target, schema=args.schema, task=args.task, out=args.out,
-        model=args.model, seed=args.seed, cv_repeats=args.repeats,
-    )
-    _print_table_run(run)
-    return 0
+    return _done(train_table(
+        args.table, target=args.target, schema=args.schema, task=args.task, out=args.out, model=args.model,
+        seed=args.seed, cv_repeats=args.repeats,
+    ))
 
 
-def _tabular_mimic(args: argparse.Namespace) -> int:
-    from medpredict.ehr.mimic import run_mimic_task
+def _records_cv(args: argparse.Namespace) -> int:
+    from medpredict.training.records import cross_validate_table
 
-    run = run_mimic_task(args.root, out=args.out, task=args.task, model=args.model, seed=args.seed,
-                         cv_repeats=args.repeats)
-    _print_table_run(run)
-    return 0
+    return _done(cross_validate_table(
+        args.table, out=args.out, target=args.target, schema=args.schema, task=args.task, model=args.model,
+        n_repeats=args.repeats, seed=args.seed,
+    ))
 
 
-def _print_table_run(run: Any) -> None:
-    key = "r2" if run.data.task == "regression" else "auc"
-    for name, splits in run.metrics["models"].items():
-        result = splits.get("test") or splits.get("val") or {}
-        interval = result.get(f"{key}_ci") or [float("nan"), float("nan")]
-        value = result.get(key, float("nan"))
-        print(f"{name:10s} test {key} {value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]")
-    print(f"Run folder: {run.run_dir} (bundle in {run.bundle_dir})")
+def _records_cluster(args: argparse.Namespace) -> int:
+    from medpredict.training.clustering import cluster_table
+
+    return _done(cluster_table(
+        args.table, target=args.target, schema=args.schema, out=args.out, k=args.k, model=args.model, seed=args.seed
+    ))
+
+
+def _records_mimic(args: argparse.Namespace) -> int:
+    from medpredict.workflows.mimic import run_mimic_task
+
+    return _done(run_mimic_task(
+        args.root, out=args.out, task=args.task, model=args.model, seed=args.seed, cv_repeats=args.repeats
+    ))
 
 
 # --- export / serve / pacs ---------------------------------------------------------------
@@ -448,12 +405,12 @@ def _print_table_run(run: Any) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run's model to ONNX with a parity check (and int8)")
     p.add_argument("run", help="run folder (or its model/ bundle folder)")
-    p.add_argument("--onnx", action="store_true", help="export to ONNX (the only format; for clarity)")
     p.add_argument("--int8", action="store_true", help="also write an int8 quantised model (model.int8.onnx)")
     p.add_argument("--int8-method", choices=("static", "dynamic"),
                    help="static (QDQ, calibrated on training images; default for image models) or dynamic "
                         "(default for record and fused models)")
-    p.add_argument("--exporter", default="dynamo", help="dynamo (default) or torchscript")
+    p.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                   help="dynamo (default) or torchscript")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (default 1e-4)")
     p.add_argument("--out", help="output folder (default RUN/onnx)")
     p.set_defaults(handler=_export)
@@ -462,20 +419,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from medpredict.deploy.export import export_run
 
-    report = export_run(
+    return _done(export_run(
         args.run, out_dir=args.out, quantize=args.int8, quant_method=args.int8_method, atol=args.atol,
         exporter=args.exporter,
-    )
-    print(f"ONNX model: {report.path} ({report.exporter} exporter, opset {report.opset})")
-    print(f"Parity: max |ONNX - PyTorch| = {report.max_abs_diff:.3g} on {report.parity_samples} inputs")
-    if report.quantized is not None:
-        q = report.quantized
-        print(f"int8 model ({q.method}): {q.path} ({q.size_fp32_bytes} -> {q.size_int8_bytes} bytes, "
-              f"max |dp| = {q.max_abs_prob_diff:.3g}, label agreement {q.label_agreement:.3f})")
-        if q.auc_change is not None:
-            print(f"int8 AUC on {q.samples} validation images: {q.auc_fp32:.4f} -> {q.auc_int8:.4f} "
-                  f"({q.auc_change:+.4f})")
-    return 0
+    ))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -550,8 +497,6 @@ def _add_pacs(sub: argparse._SubParsersAction) -> None:
 
 
 def _pacs(args: argparse.Namespace) -> int:
-    import os
-
     from medpredict.deploy.pacs import run_pacs
     from medpredict.deploy.pacs_ledger import RetryPolicy
 
@@ -584,13 +529,14 @@ def _add_fusion(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--target", default="label", help="target column (default: label)")
     q.add_argument("--clinical-columns", help="comma-separated record columns (default: all non-reserved)")
     q.add_argument("--out", default="runs/fusion", help="run folder (default runs/fusion)")
-    q.add_argument("--image-model", default="tiny-resnet", help="image network, e.g. tiny-resnet, brief-cnn")
+    q.add_argument("--image-model", default="tiny-resnet", metavar="NAME",
+                   help=f"image network: {', '.join(_image_models())}")
     q.add_argument("--image-size", type=int, default=28)
     q.add_argument("--channels", type=int, default=1, choices=(1, 3))
     q.add_argument("--mode", default="intermediate", choices=("intermediate", "late"))
     q.add_argument("--modalities", default="image,record", help="image,record (default), or one for an ablation")
     q.add_argument("--modality-dropout", type=float, default=0.2)
-    q.add_argument("--table-model", default="mlp", choices=("mlp", "transformer"))
+    q.add_argument("--table-model", default="mlp", choices=_record_models(), help="the record network")
     q.add_argument("--epochs", type=int)
     q.add_argument("--seed", type=int)
     q.set_defaults(handler=_fusion)
@@ -600,24 +546,18 @@ def _fusion(args: argparse.Namespace) -> int:
     from medpredict.training.fusion import train_fusion
 
     columns = [c.strip() for c in args.clinical_columns.split(",")] if args.clinical_columns else None
-    run = train_fusion(
+    return _done(train_fusion(
         args.manifest, target=args.target, clinical_columns=columns, out=args.out, image_model=args.image_model,
         image_size=args.image_size, channels=args.channels, mode=args.mode,
         modalities=tuple(m.strip() for m in args.modalities.split(",")), modality_dropout=args.modality_dropout,
         table_model=args.table_model, epochs=args.epochs, seed=args.seed,
-    )
-    for view, splits in run.metrics["views"].items():
-        result = splits.get("test") or splits.get("val") or {}
-        low, high = result.get("auc_ci") or [float("nan"), float("nan")]
-        print(f"{view:12s} auc {result.get('auc', float('nan')):.3f} [{low:.3f}, {high:.3f}]")
-    print(f"Run folder: {run.run_dir} (bundle in {run.bundle_dir})")
-    return 0
+    ))
 
 
 # --- entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train, _add_tune, _add_evaluate, _add_adopt, _add_predict, _add_data, _add_demo, _add_tabular,
+    _add_train, _add_tune, _add_evaluate, _add_adopt, _add_predict, _add_data, _add_demo, _add_records,
     _add_export, _add_serve, _add_pacs, _add_fusion,
 )
 

@@ -32,6 +32,8 @@ from medpredict.errors import ConfigError, did_you_mean
 
 #: Every task a run can have; ``auto`` infers binary/multiclass/regression from the target.
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
+#: The tasks a clinical table can have (multi-label targets come from image manifests only).
+RECORD_TASKS = tuple(task for task in TASKS if task != "multilabel")
 #: The kinds of model a run trains (see :mod:`medpredict.bundle.kinds`).
 RUN_KINDS = ("image", "record", "fused")
 #: The modalities of a fused model.
@@ -149,6 +151,9 @@ class TrainConfig:
         schedule: ``onecycle`` or ``cosine`` learning-rate schedule over all epochs.
         class_weighting: ``balanced`` weights the loss by inverse class frequency.
         patience: epochs without a better validation AUC before stopping early.
+        monitor: what picks the best epoch and stops early: ``score`` (validation AUC, or
+            -MSE for regression; images) or ``loss`` (validation loss; small record tables,
+            where a fold's AUC is too coarse to steer by).
         deterministic: ask PyTorch for deterministic kernels (slower on GPU).
         device: ``auto`` picks CUDA when present, else CPU.
         amp: mixed precision; only ever used on a GPU.
@@ -166,12 +171,12 @@ class TrainConfig:
     class_weighting: str = "balanced"
     label_smoothing: float = 0.0
     patience: int = 6
+    monitor: str = "score"
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
-    num_workers: int = 0
     max_minutes: float | None = None
     threads: int | None = None
 
@@ -184,9 +189,9 @@ class TrainConfig:
         _choice("train.class_weighting", self.class_weighting, ("balanced", "none"))
         _range("train.label_smoothing", self.label_smoothing, 0.0, 0.5)
         _range("train.patience", self.patience, 1, 10_000)
+        _choice("train.monitor", self.monitor, ("score", "loss"))
         _choice("train.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         _range("train.seed", self.seed, 0, 2**31 - 1)
-        _range("train.num_workers", self.num_workers, 0, 64)
         _range("train.threads", self.threads, 1, 1024)
         _range("train.max_minutes", self.max_minutes, 0.01, 10**6)
 
@@ -248,7 +253,7 @@ class CleaningConfig:
 
 @dataclass(frozen=True)
 class RecordModelConfig:
-    """The record network of a record or fused run, from ``medpredict.models.tabular``.
+    """The record network of a record or fused run, from ``medpredict.models.records``.
 
     Attributes:
         name: ``mlp`` or ``transformer``.

@@ -82,6 +82,7 @@ class DemoResult:
     predictions: Path
     seconds: float
     evaluation: dict[str, Any] | None = None
+    exit_code = 0
 
     def summary(self) -> str:
         m = self.metrics

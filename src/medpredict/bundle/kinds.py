@@ -29,7 +29,7 @@ from medpredict.errors import BundleError, unknown_choice
 from medpredict.models import build_model
 from medpredict.models.fusion import FusionNet
 from medpredict.models.normalised import InputNormalised
-from medpredict.models.tabular import build_tabular_model
+from medpredict.models.records import build_record_model
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ImageNet:
     """``bundle.json["model"]`` of an image model (and the image branch of a fused one).
 
     Attributes:
-        name: a key of :data:`medpredict.models.MODELS` (old names such as ``brief-cnn`` included).
+        name: a key of :data:`medpredict.models.MODELS` (or a former name, e.g. ``brief-cnn``).
         in_channels / num_classes / spatial_dims / dropout: the arguments of
             :func:`medpredict.models.build_model`.
     """
@@ -90,7 +90,7 @@ class RecordNet:
     Attributes:
         hparams: the network's ``hparams`` (``name``, ``n_continuous``, ``cardinalities``,
             ``num_classes`` and the architecture's own), so that
-            ``build_tabular_model(**hparams)`` rebuilds it.
+            ``build_record_model(**hparams)`` rebuilds it.
     """
 
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class RecordNet:
         return str(self.hparams.get("name", ""))
 
     def build(self) -> nn.Module:
-        return build_tabular_model(**self.hparams)
+        return build_record_model(**self.hparams)
 
     def fields(self) -> dict[str, Any]:
         return dict(self.hparams)
@@ -133,7 +133,7 @@ class FusedNet:
         """The untrained :class:`~medpredict.models.fusion.FusionNet`; load the bundle's weights into it."""
         return FusionNet(
             self.image.build(),
-            build_tabular_model(**self.record.hparams).encoder,
+            build_record_model(**self.record.hparams).encoder,
             self.num_classes,
             mode=self.mode,
             modality_dropout=self.modality_dropout,

@@ -43,6 +43,27 @@ class CheckResult:
     def ok(self) -> bool:
         return bool(self.report["ok"])
 
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing blocks training, 1 when a problem does."""
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        """Counts, duplicates, problems and warnings, and where the report went."""
+        report = self.report
+        dup, near = report["exact_duplicates"], report["near_duplicates"]
+        lines = [
+            f"{report['rows']} images, {report['patients']} patients, classes {report['labels']}, "
+            f"splits {report['splits']}",
+            f"Byte-identical images: {dup['groups']} groups ({dup['redundant_files']} redundant files), "
+            f"{dup['groups_across_splits']} across splits",
+            f"Near-identical images: {near['groups']} groups, {near['groups_across_splits']} across splits",
+            *(f"PROBLEM: {line}" for line in report["problems"]),
+            *(f"warning: {line}" for line in report["warnings"]),
+            f"Report: {self.html_path} and {self.json_path}",
+        ]
+        return "\n".join(lines)
+
 
 def _read_thumbnails(
     paths: list[str], skip: set[int], progress: bool

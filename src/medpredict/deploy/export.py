@@ -73,9 +73,25 @@ class ExportReport:
     parity_samples: int
     sha256: str
     quantized: QuantizationReport | None = None
+    exit_code = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        """Where the graph went, its parity with PyTorch, and the int8 model's changes."""
+        lines = [
+            f"ONNX model: {self.path} ({self.exporter} exporter, opset {self.opset})",
+            f"Parity: max |ONNX - PyTorch| = {self.max_abs_diff:.3g} on {self.parity_samples} inputs",
+        ]
+        q = self.quantized
+        if q is not None:
+            lines.append(f"int8 model ({q.method}): {q.path} ({q.size_fp32_bytes} -> {q.size_int8_bytes} bytes, "
+                         f"max |dp| = {q.max_abs_prob_diff:.3g}, label agreement {q.label_agreement:.3f})")
+            if q.auc_change is not None:
+                lines.append(f"int8 AUC on {q.samples} validation images: {q.auc_fp32:.4f} -> {q.auc_int8:.4f} "
+                             f"({q.auc_change:+.4f})")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)

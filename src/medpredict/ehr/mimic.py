@@ -27,25 +27,23 @@ With 100 patients this is a pipeline and integration test bed, not a place for
 clinical claims. Data: Johnson A. et al., MIMIC-IV Clinical Database Demo v2.2,
 PhysioNet 2023, doi:10.13026/dp1f-ex47 (ODbL 1.0).
 
-One command runs it end to end: ``python -m medpredict.ehr.mimic ../shared/data/mimic_iv_demo_2.2
---out runs/mimic`` (also ``medpredict tabular mimic`` once the CLI wires it).
+``medpredict records mimic ../shared/data/mimic_iv_demo_2.2 --out runs/mimic`` runs it end
+to end (:func:`medpredict.workflows.mimic.run_mimic_task`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from medpredict.errors import DataError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("prolonged_stay", "mortality", "length_of_stay")
+MIMIC_TASKS = ("prolonged_stay", "mortality", "length_of_stay")
 PROLONGED_DAYS = 7.0
 # itemid -> (feature name, True if low values are the bad direction)
 LABS: dict[int, tuple[str, bool]] = {
@@ -83,16 +81,17 @@ def build_cohort(
     """Extract the admission-level table described in the module docstring.
 
     Returns:
-        ``(frame, schema_overrides)``: one row per admission with ``subject_id``,
-        ``hadm_id``, features and the target column ``target``; and the schema
-        overrides (target, column kinds, ranges) to pass to the table pipeline.
+        ``(frame, info)``: one row per admission with ``subject_id``, ``hadm_id``, features
+        and the target column ``target``; ``info["schema"]`` holds the schema overrides
+        (target, column kinds, ranges) for the record pipeline, ``info["extraction"]`` the
+        extraction's counts.
 
     Raises:
         DataError: the folder is not a MIMIC-IV (demo) folder.
         ConfigError: unknown task.
     """
-    if task not in TASKS:
-        raise unknown_choice("MIMIC task", task, TASKS)
+    if task not in MIMIC_TASKS:
+        raise unknown_choice("MIMIC task", task, MIMIC_TASKS)
     root = Path(root)
     times = ["admittime", "dischtime", "deathtime", "edregtime"]
     admissions = _read(root, "hosp/admissions.csv.gz", parse_dates=times)
@@ -112,7 +111,26 @@ def build_cohort(
     frame["age"] = frame["anchor_age"] + frame["admittime"].dt.year - frame["anchor_year"]
     frame["window_start"] = frame[["edregtime", "admittime"]].min(axis=1)
     frame["window_end"] = frame["admittime"] + window
+    target, labels = _target(frame, task)
+    admission = ["subject_id", "hadm_id", "age", "gender", "admission_type", "admission_location", "insurance"]
+    features = _lab_features(frame, labs)
+    cohort = pd.concat(
+        [frame[admission], features.drop(columns="hadm_id"), pd.DataFrame({"target": target})], axis=1
+    )
+    stats.update(_cohort_stats(cohort, task, window_hours))
+    logger.info(
+        "MIMIC-IV cohort (%s): %d admissions of %d patients; %d excluded (stay shorter than %g h).",
+        task,
+        stats["rows"],
+        stats["patients"],
+        stats["excluded_ended_within_window"],
+        window_hours,
+    )
+    return cohort, {"schema": _schema_overrides(task, labels), "extraction": stats}
 
+
+def _lab_features(frame: pd.DataFrame, labs: pd.DataFrame) -> pd.DataFrame:
+    """Per admission: the first and the worst-direction value of each lab in its window, and the lab count."""
     labs = labs[labs["itemid"].isin(LABS) & labs["valuenum"].notna()]
     joined = labs.merge(frame[["subject_id", "hadm_id", "window_start", "window_end"]], on="subject_id")
     inside = joined[
@@ -130,40 +148,26 @@ def build_cohort(
             {f"{name}_first": values.first(), f"{name}_{'min' if low_is_bad else 'max'}": worst}
         )
         features = features.merge(extra, left_on="hadm_id", right_index=True, how="left")
+    return features
 
+
+def _target(frame: pd.DataFrame, task: str) -> tuple[pd.Series, dict[str, str]]:
+    """The task's target per admission and its class names (none for the regression task)."""
     if task == "prolonged_stay":
-        target = (frame["los_days"] > PROLONGED_DAYS).astype(int)
         labels = {"0": f"stay <= {PROLONGED_DAYS:g} days", "1": f"stay > {PROLONGED_DAYS:g} days"}
-    elif task == "mortality":
-        target = frame["hospital_expire_flag"].astype(int)
-        labels = {"0": "survived", "1": "died in hospital"}
-    else:
-        target = frame["los_days"].round(3)
-        labels = {}
-    cohort = pd.concat(
-        [
-            frame[
-                [
-                    "subject_id",
-                    "hadm_id",
-                    "age",
-                    "gender",
-                    "admission_type",
-                    "admission_location",
-                    "insurance",
-                ]
-            ],
-            features.drop(columns="hadm_id"),
-            pd.DataFrame({"target": target}),
-        ],
-        axis=1,
-    )
-    stats.update(
-        rows=len(cohort),
-        patients=int(cohort["subject_id"].nunique()),
-        window_hours=window_hours,
-        task=task,
-        target_summary=(
+        return (frame["los_days"] > PROLONGED_DAYS).astype(int), labels
+    if task == "mortality":
+        return frame["hospital_expire_flag"].astype(int), {"0": "survived", "1": "died in hospital"}
+    return frame["los_days"].round(3), {}
+
+
+def _cohort_stats(cohort: pd.DataFrame, task: str, window_hours: float) -> dict[str, Any]:
+    return {
+        "rows": len(cohort),
+        "patients": int(cohort["subject_id"].nunique()),
+        "window_hours": window_hours,
+        "task": task,
+        "target_summary": (
             {str(k): int(v) for k, v in cohort["target"].value_counts().sort_index().items()}
             if task != "length_of_stay"
             else {
@@ -171,11 +175,15 @@ def build_cohort(
                 "median_days": float(cohort["target"].median()),
             }
         ),
-        lab_coverage={
+        "lab_coverage": {
             c: round(float(cohort[c].notna().mean()), 3) for c in cohort.columns if c.endswith("_first")
         },
-    )
-    overrides: dict[str, Any] = {
+    }
+
+
+def _schema_overrides(task: str, labels: dict[str, str]) -> dict[str, Any]:
+    """What the record pipeline must not guess about the cohort table."""
+    return {
         "target": "target",
         "task": "regression" if task == "length_of_stay" else "binary",
         "columns": {
@@ -192,71 +200,3 @@ def build_cohort(
         },
         "labels": labels,
     }
-    logger.info(
-        "MIMIC-IV cohort (%s): %d admissions of %d patients; %d excluded (stay shorter than %g h).",
-        task,
-        stats["rows"],
-        stats["patients"],
-        stats["excluded_ended_within_window"],
-        window_hours,
-    )
-    return cohort, {"schema": overrides, "extraction": stats}
-
-
-def run_mimic_task(
-    root: str | Path,
-    *,
-    out: str | Path = "runs/mimic",
-    task: str = "prolonged_stay",
-    model: str = "mlp",
-    seed: int = 0,
-    cv_repeats: int = 0,
-    n_boot: int = 1000,
-) -> Any:
-    """Extract the cohort, then train and evaluate end to end with a patient-level split.
-
-    Writes ``out/cohort.csv`` (the extracted table), ``out/cohort.json`` (extraction
-    counts and the schema used) and the run folder of
-    :func:`medpredict.training.records.train_table` (bundle in ``out/model``).
-
-    Returns:
-        The :class:`medpredict.training.records.TableRun`.
-    """
-    from medpredict.atomic import write_json, write_text
-    from medpredict.records.tables import infer_schema
-    from medpredict.training.records import table_data_from_frame, train_table
-
-    cohort, info = build_cohort(root, task=task)
-    out = Path(out)
-    write_text(out / "cohort.csv", cohort.to_csv(index=False))
-    text = cohort.astype(object).where(cohort.notna(), None)  # the pipeline reads cells as written
-    schema = infer_schema(text, overrides=info["schema"])
-    write_json(out / "cohort.json", {**info, "inferred_kinds": dict(schema.kinds)})
-    data = table_data_from_frame(text, schema, source=f"{root} ({task})")
-    if len(np.unique(data.groups)) != info["extraction"]["patients"]:
-        raise DataError(
-            "internal: patient groups do not match subject_id; the split would not be by patient."
-        )
-    return train_table(
-        data, out=out, model=model, seed=seed, cv_repeats=cv_repeats, n_boot=n_boot, progress=False
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m medpredict.ehr.mimic ROOT --out runs/mimic [--task ...]``."""
-    parser = argparse.ArgumentParser(description="Train and evaluate the MIMIC-IV demo task end to end.")
-    parser.add_argument("root", help="the MIMIC-IV demo folder (holds hosp/ and icu/)")
-    parser.add_argument("--out", default="runs/mimic")
-    parser.add_argument("--task", default="prolonged_stay", choices=TASKS)
-    parser.add_argument("--model", default="mlp", choices=("mlp", "transformer"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cv-repeats", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_mimic_task(
-        args.root, out=args.out, task=args.task, model=args.model, seed=args.seed, cv_repeats=args.cv_repeats
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Checks that an explanation can be trusted, and attributions for tabular models.
+"""Checks that an explanation can be trusted, and attributions for record models.
 
 Heat maps alone persuade more than they should. These checks ask whether a map
 reflects what the model learned and what drives its output:
@@ -16,7 +16,7 @@ reflects what the model learned and what drives its output:
   shortcut rather than anatomy.
 * :func:`explanation_sanity` runs the image checks together.
 * :func:`permutation_importance_table` (global) and :func:`local_attribution` (per
-  patient) for tabular models.
+  patient) for record models.
 
 Functions take the model only through callables (``explain_fn``, ``predict_fn``) so
 they work with any explanation method (Grad-CAM, occlusion) and any runtime.

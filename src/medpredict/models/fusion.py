@@ -76,7 +76,7 @@ class FusionNet(nn.Module):
         image_encoder: an image model of :data:`medpredict.models.MODELS` (usually wrapped
             in :class:`~medpredict.models.normalised.InputNormalised`); only its
             ``features(x) -> (N, embedding_dim)`` is used.
-        table_encoder: a tabular encoder (``TabularEncoder``/``TransformerEncoder``),
+        table_encoder: a record encoder (``RecordEncoder``/``TransformerEncoder``),
             ``(N, F) -> (N, embedding_dim)``.
         num_classes: number of logits (2 for binary tasks, which use softmax).
         mode: ``intermediate`` or ``late`` (see the module docstring).

@@ -73,8 +73,8 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-class BriefCNN(ImageClassifier):
-    """The small Keras-style CNN of the original brief, in 2-D or 3-D.
+class SmallCNN(ImageClassifier):
+    """A small Keras-style CNN (conv32-pool-conv64-pool-dense128), in 2-D or 3-D.
 
     conv3x3 32 -> ReLU -> maxpool 2 -> conv3x3 64 -> ReLU -> maxpool 2 -> pool to a fixed
     ``grid`` per axis -> flatten -> dense 128 -> ReLU -> [head: dropout -> classes]. The fixed
@@ -270,9 +270,9 @@ class MonaiClassifier(ImageClassifier):
 # Builders, one per table entry. Each takes the same keyword arguments as build_model.
 
 
-def build_brief_cnn(*, in_channels: int, num_classes: int, spatial_dims: int, dropout: float) -> nn.Module:
-    """The brief's small CNN (:class:`BriefCNN`)."""
-    return BriefCNN(
+def build_small_cnn(*, in_channels: int, num_classes: int, spatial_dims: int, dropout: float) -> nn.Module:
+    """The small CNN (:class:`SmallCNN`)."""
+    return SmallCNN(
         in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims, dropout=dropout
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,51 @@ def build_report(
         "columns_detail": columns,
     }
     report["findings"] = _findings(report)
+    report["problems"] = _problems(report)
+    report["ok"] = not report["problems"]
     return report
+
+
+def _problems(report: Mapping[str, Any]) -> list[str]:
+    """What stops a model being trained on the table at all (the findings are advice)."""
+    problems = []
+    target = report["target"]
+    if not target.get("present", True):
+        problems.append(f"the target column '{target['column']}' is not in the table")
+    elif target.get("kind") == "classes" and len(target.get("counts") or {}) < 2:
+        problems.append(f"the target '{target['column']}' has fewer than two classes")
+    usable = [
+        c for c in report["columns_detail"]
+        if c["kind"] not in ("target", "id", "ignore") and not c.get("dropped") and c["distinct"] > 1
+    ]
+    if not usable:
+        problems.append("no column besides the target and ids carries information")
+    return problems
+
+
+@dataclass(frozen=True)
+class TableCheckResult:
+    """A table check's report and where it was written."""
+
+    report: dict[str, Any]
+    out: Path
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report["ok"])
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the table can train a model, 1 when a problem stops it (as for images)."""
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        report = self.report
+        lines = [f"{report['rows']} rows, {report['columns']} columns; target {report['target'].get('column')}"]
+        lines += [f"PROBLEM: {line}" for line in report["problems"]]
+        lines += [f"- {line}" for line in report["findings"]]
+        lines.append(f"Report: {self.out / 'table_check.html'} and {self.out / 'table_check.json'}")
+        return "\n".join(lines)
 
 
 def _blank(value: object) -> bool:

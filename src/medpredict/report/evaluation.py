@@ -257,9 +257,8 @@ def assemble_evaluation(
         The evaluation dict (module docstring).
     """
     from medpredict.calibration.conformal import predictive_entropy, referral_curve
-    from medpredict.calibration.thresholds import threshold_sweep
     from medpredict.evaluation.decision_curve import decision_curve
-    from medpredict.evaluation.metrics import classification_metrics, pr_points, roc_band, roc_points
+    from medpredict.evaluation.metrics import classification_metrics
     from medpredict.evaluation.subgroups import subgroup_table, validation_agreement
 
     p = np.asarray(probs, dtype=np.float64)
@@ -284,34 +283,12 @@ def assemble_evaluation(
     if groups is None:
         warnings_.append("No patient ids: the bootstrap resamples images, so intervals may be too narrow.")
 
-    run = dict(run_info or {})
-    splits = dict(run.get("splits") or {})
-    splits.update(extra_splits or {})
-    splits["test"] = {**splits.get("test", {}), **_split_counts(y_arr, groups, k)}
-    if y_val is not None:
-        splits["val"] = {**splits.get("val", {}), **_split_counts(y_val, groups_val, k)}
-    run["splits"] = splits
-    run.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    run = _run_section(run_info, extra_splits, y_arr, groups, y_val, groups_val, k)
 
-    evaluation: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "task": "binary" if binary else "multiclass",
-        "labels": list(labels),
-        "run": run,
-        "metrics": metrics,
-        "curves": None,
-        "calibration": _calibration_section(y_arr, p, probs_uncalibrated, calibration, y_val, probs_val),
-        "threshold": threshold_info,
-        "decision_curve": None,
-        "conformal": _conformal_section(y_arr, p, conformal, y_val, probs_val, conformal_alpha),
-        "referral": None,
-        "subgroups": None,
-        "shift": shift,
-        "agreement": None,
-        "explanations": None,
-        "training_curves": training_curves,
-        "warnings": warnings_,
-    }
+    evaluation = _skeleton(binary, labels, run, metrics, shift, training_curves, warnings_)
+    evaluation["calibration"] = _calibration_section(y_arr, p, probs_uncalibrated, calibration, y_val, probs_val)
+    evaluation["threshold"] = threshold_info
+    evaluation["conformal"] = _conformal_section(y_arr, p, conformal, y_val, probs_val, conformal_alpha)
     if y_val is not None and probs_val is not None:
         conformal_test = evaluation["conformal"]
         reduction = evaluation["calibration"]["ece_reduction"]
@@ -323,13 +300,7 @@ def assemble_evaluation(
         warnings_.extend(evaluation["agreement"]["flags"])
     both_classes = binary and np.unique(y_arr).size == 2
     if both_classes:
-        evaluation["curves"] = {
-            "roc": roc_points(y_arr, p[:, 1]),
-            "roc_band": roc_band(y_arr, p[:, 1], groups=groups, n_boot=min(n_boot, 300), seed=seed)
-            if n_boot else None,
-            "pr": pr_points(y_arr, p[:, 1]),
-            "threshold_sweep": threshold_sweep(y_arr, p[:, 1]),
-        }
+        evaluation["curves"] = _curves_section(y_arr, p, groups, n_boot, seed)
         evaluation["decision_curve"] = decision_curve(y_arr, p[:, 1])
     elif binary:
         warnings_.append("The test set holds one class only: ROC, PR and decision curves are undefined.")
@@ -342,14 +313,83 @@ def assemble_evaluation(
             groups=groups, n_boot=min(n_boot, 500), seed=seed,
         )
     if explanations:
-        evaluation["explanations"] = {
-            "examples": list(explanations.get("examples") or []),
-            "checks": explanations.get("checks"),
-            "feature_importance": _table_rows(explanations.get("feature_importance")),
-            "local": explanations.get("local"),
-            "shortcut": explanations.get("shortcut"),
-        }
+        evaluation["explanations"] = _explanations_section(explanations)
     return evaluation
+
+
+def _skeleton(
+    binary: bool,
+    labels: list[str],
+    run: dict[str, Any],
+    metrics: dict[str, Any],
+    shift: dict[str, Any] | None,
+    training_curves: dict[str, list[float]] | None,
+    warnings_: list[str],
+) -> dict[str, Any]:
+    """The evaluation dict in its key order, sections not yet computed set to ``None``."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": "binary" if binary else "multiclass",
+        "labels": list(labels),
+        "run": run,
+        "metrics": metrics,
+        "curves": None,
+        "calibration": None,
+        "threshold": None,
+        "decision_curve": None,
+        "conformal": None,
+        "referral": None,
+        "subgroups": None,
+        "shift": shift,
+        "agreement": None,
+        "explanations": None,
+        "training_curves": training_curves,
+        "warnings": warnings_,
+    }
+
+
+def _run_section(
+    run_info: dict[str, Any] | None,
+    extra_splits: dict[str, dict[str, Any]] | None,
+    y: np.ndarray,
+    groups: Any,
+    y_val: np.ndarray | None,
+    groups_val: Any,
+    k: int,
+) -> dict[str, Any]:
+    """``run_info`` with the counts of every split (test and validation computed here) and a timestamp."""
+    run = dict(run_info or {})
+    splits = dict(run.get("splits") or {})
+    splits.update(extra_splits or {})
+    splits["test"] = {**splits.get("test", {}), **_split_counts(y, groups, k)}
+    if y_val is not None:
+        splits["val"] = {**splits.get("val", {}), **_split_counts(y_val, groups_val, k)}
+    run["splits"] = splits
+    run.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    return run
+
+
+def _curves_section(y: np.ndarray, p: np.ndarray, groups: Any, n_boot: int, seed: int) -> dict[str, Any]:
+    """ROC (with its bootstrap band), PR and the threshold sweep of a binary model."""
+    from medpredict.calibration.thresholds import threshold_sweep
+    from medpredict.evaluation.metrics import pr_points, roc_band, roc_points
+
+    return {
+        "roc": roc_points(y, p[:, 1]),
+        "roc_band": roc_band(y, p[:, 1], groups=groups, n_boot=min(n_boot, 300), seed=seed) if n_boot else None,
+        "pr": pr_points(y, p[:, 1]),
+        "threshold_sweep": threshold_sweep(y, p[:, 1]),
+    }
+
+
+def _explanations_section(explanations: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "examples": list(explanations.get("examples") or []),
+        "checks": explanations.get("checks"),
+        "feature_importance": _table_rows(explanations.get("feature_importance")),
+        "local": explanations.get("local"),
+        "shortcut": explanations.get("shortcut"),
+    }
 
 
 def evaluation_to_json(evaluation: dict[str, Any]) -> dict[str, Any]:

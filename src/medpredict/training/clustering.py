@@ -1,4 +1,4 @@
-"""Clusters of patients in the tabular network's learned embedding.
+"""Clusters of patients in the record network's learned embedding.
 
 :func:`cluster_embeddings` runs k-means on the encoder's embedding ``(N, d)``, choosing
 ``k`` by silhouette score when it is not given, and maps the patients to 2-D with PCA.
@@ -12,8 +12,10 @@ starting point for a clinician's look at the records, not phenotypes.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,13 @@ import pandas as pd
 import torch
 
 from medpredict.errors import ConfigError
-from medpredict.models.tabular import TabularNet
+from medpredict.models.records import RecordNetwork
 
 logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embed(model: TabularNet, x: np.ndarray) -> np.ndarray:
+def embed(model: RecordNetwork, x: np.ndarray) -> np.ndarray:
     """The encoder's embedding of cleaner output ``(N, F)`` -> ``(N, embedding_dim)`` float32."""
     model.eval()
     return model.features(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
@@ -126,6 +128,22 @@ def cluster_map_png(
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Clustering:
+    """What :func:`cluster_table` found (``clusters.json``) and where the map went."""
+
+    found: dict[str, Any]
+    out: Path
+    exit_code = 0
+
+    def summary(self) -> str:
+        found = self.found
+        return (
+            f"k={found['k']}, silhouette {found['silhouette']:.3f}: {json.dumps(found['clusters'])}\n"
+            f"Map: {self.out / 'clusters.png'}"
+        )
+
+
 def cluster_table(
     source: Any,
     *,
@@ -135,15 +153,15 @@ def cluster_table(
     model: str = "mlp",
     schema: str | Path | Mapping[str, Any] | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Clustering:
     """Train the network on a table, cluster every row in its embedding, write the map.
 
     The network is trained by :func:`medpredict.training.records.train_table` (its run folder is
     ``out/run``); all rows, cleaned by that run's cleaner, are then embedded and clustered.
 
     Returns:
-        The JSON written to ``out/clusters.json``: ``k, silhouette, silhouette_by_k,
-        explained_variance, clusters`` (size and outcome per cluster).
+        The :class:`Clustering`; its ``found`` is the JSON written to ``out/clusters.json``:
+        ``k, silhouette, silhouette_by_k, explained_variance, clusters`` (size and outcome per cluster).
     """
     from medpredict.atomic import write_bytes, write_json, write_text
     from medpredict.training.records import train_table
@@ -194,4 +212,4 @@ def cluster_table(
         result["silhouette"],
         out,
     )
-    return summary
+    return Clustering(summary, out)

@@ -1,8 +1,9 @@
-"""The training loop shared by image, record and fused models.
+"""The one training loop of image, record and fused models.
 
-AdamW with a one-cycle or cosine schedule, class-balanced loss, early stopping on the
-validation AUC, a checkpoint after every epoch (``--resume`` continues from it), mixed
-precision on GPU only, and DistributedDataParallel when started by ``torchrun``.
+The optimisation policy (loss and class weights, AdamW parameter groups, one-cycle or
+cosine schedule) is :mod:`medpredict.training.policy`; this module runs it: early stopping
+on the validation AUC or loss, a checkpoint after every epoch (``--resume`` continues from
+it), mixed precision on GPU only, and DistributedDataParallel when started by ``torchrun``.
 
 Each epoch draws its randomness from generators seeded by ``(seed, epoch)``, so a run
 resumed from a checkpoint continues exactly as an uninterrupted run would have.
@@ -10,7 +11,6 @@ resumed from a checkpoint continues exactly as an uninterrupted run would have.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -29,6 +29,7 @@ from medpredict.atomic import write_text
 from medpredict.config import TrainConfig
 from medpredict.data.datasets import ArrayDataset
 from medpredict.progress import progress_bar
+from medpredict.training import policy
 from medpredict.training.checkpoint import load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ BEST = "best.safetensors"
 METRICS_LOG = "metrics.jsonl"
 CURVES = "curves.png"
 CURVE_EVERY_S = 20.0  # redraw the curves at most this often (a plot costs ~0.7 s); always at the end
+LOSS_MIN_DELTA = 1e-4  # a validation loss must fall by more than this to count as better
 
 
 @dataclass
@@ -136,66 +138,6 @@ def predict_logits(
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def _loss_fn(task: str, config: TrainConfig, class_counts: np.ndarray | None) -> nn.Module:
-    if task == "regression":
-        return nn.MSELoss()
-    if task == "multilabel":
-        pos_weight = None
-        if config.class_weighting == "balanced" and class_counts is not None:
-            pos, n = class_counts.astype(float), float(class_counts.sum() if class_counts.ndim == 0 else 1)
-            pos_weight = torch.tensor(np.clip((n - pos) / np.maximum(pos, 1), 1, 100), dtype=torch.float32)
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    weights = class_weights(class_counts, config.class_weighting)
-    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-
-
-def class_weights(class_counts: np.ndarray | None, class_weighting: str) -> np.ndarray | None:
-    """Per-class loss weights of a single-label task (None for an unweighted loss).
-
-    ``balanced`` weighs each class by ``N / (K * n_k)`` (inverse frequency). Post-fit
-    calibration undoes exactly this prior shift (``medpredict.calibration.posthoc``).
-    """
-    if class_weighting != "balanced" or class_counts is None:
-        return None
-    counts = np.maximum(np.asarray(class_counts, dtype=float), 1.0)
-    return counts.sum() / (len(counts) * counts)
-
-
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on norms and biases
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def _scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=config.lr,
-            total_steps=max(total, 2),
-            pct_start=0.15,
-            div_factor=10,
-            final_div_factor=100,
-        )
-    if config.schedule == "cosine":
-        warm = max(1, total // 20)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(total, 1)))),
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-
-
 def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -237,45 +179,43 @@ def _budget_spent(config: TrainConfig, started: float, dist: Distributed, device
     return bool(spent)
 
 
-def fit(
-    model: nn.Module,
-    train_set: ArrayDataset,
-    val_set: ArrayDataset,
-    *,
-    task: str,
-    config: TrainConfig,
-    run_dir: str | Path | None = None,
-    class_counts: np.ndarray | None = None,
-    progress: bool = True,
-    resume: bool = False,
-    train_transform: BatchTransform | None = None,
-    on_epoch: EpochCallback | None = None,
-) -> FitResult:
-    """Train ``model`` and return the best weights by validation score.
+@dataclass
+class _State:
+    """What one fit carries from epoch to epoch (and through a checkpoint)."""
 
-    Args:
-        train_set / val_set: in-memory datasets (:class:`ArrayDataset`).
-        task: ``binary``, ``multiclass``, ``multilabel`` or ``regression``.
-        run_dir: where the checkpoint, ``metrics.jsonl`` and ``curves.png`` go; ``None``
-            trains without writing anything (cross-validation folds).
-        class_counts: samples per class in the training set, for balanced weighting.
-        resume: continue from ``run_dir/checkpoint.safetensors`` if it exists.
-        train_transform: batch augmentation ``(inputs, generator) -> inputs``.
-        on_epoch: called after every epoch (on every rank) with that epoch's record
-            (``epoch``, ``train_loss``, ``val_loss``, ``val_score``, ``seconds``, ...) and the
-            model holding that epoch's weights, after the checkpoint is written; an exception
-            it raises (e.g. ``optuna.TrialPruned``) ends training. Its own time is not part
-            of the epoch's ``seconds``.
-    """
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    best_monitored: float = -math.inf  # higher is better: the score, or minus the loss
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    start_epoch: int = 0
+
+
+@dataclass
+class _Setup:
+    """The pieces of one fit: where it runs, the wrapped network, loss, optimiser and schedule."""
+
+    dist: Distributed
+    device: torch.device
+    net: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_rank_batch: int
+    channels_last: bool
+    use_amp: bool
+    created_group: bool
+
+
+def _setup(
+    model: nn.Module, train_set: ArrayDataset, task: str, config: TrainConfig, class_counts: np.ndarray | None
+) -> _Setup:
     dist = Distributed.from_env()
     device = resolve_device(config.device, dist)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    run_dir = Path(run_dir) if run_dir is not None else None
-    torch.manual_seed(config.seed)
     model.to(device)
     channels_last = config.channels_last and _is_2d_image_model(train_set)
     if channels_last:
@@ -286,147 +226,255 @@ def fit(
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
             created_group = True
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    loss_fn = _loss_fn(task, config, class_counts).to(device)
-    optimizer = _optimizer(model, config)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optim = policy.optimizer(model, config)
     per_rank_batch = max(1, config.batch_size // dist.world_size)
-    n_train = len(train_set)
-    steps = math.ceil(math.ceil(n_train / dist.world_size) / per_rank_batch)
-    scheduler = _scheduler(optimizer, config, steps * config.epochs)
-    use_amp = config.amp and device.type == "cuda"
+    steps = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
+    return _Setup(
+        dist=dist,
+        device=device,
+        net=net,
+        loss_fn=policy.loss_function(task, config, class_counts, len(train_set)).to(device),
+        optimizer=optim,
+        scheduler=policy.scheduler(optim, config, steps * config.epochs),
+        per_rank_batch=per_rank_batch,
+        channels_last=channels_last,
+        use_amp=config.amp and device.type == "cuda",
+        created_group=created_group,
+    )
 
-    history: list[dict[str, Any]] = []
-    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    best_score, best_epoch, bad_epochs, start_epoch = -math.inf, -1, 0, 0
-    checkpoint_path = run_dir / CHECKPOINT if run_dir else None
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_state(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_state = state["history"], state["best_model"]
-        best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
-        start_epoch = state["epoch"] + 1
-        log.info("Resuming from %s at epoch %d of %d.", checkpoint_path, start_epoch + 1, config.epochs)
-    if run_dir is not None and dist.is_main:
+
+def _resume(model: nn.Module, setup: _Setup, path: Path | None, resume: bool, epochs: int) -> _State:
+    state = _State(history=[], best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    if not (resume and path is not None and path.exists()):
+        return state
+    saved = load_state(path)
+    model.load_state_dict(saved["model"])
+    setup.optimizer.load_state_dict(saved["optimizer"])
+    setup.scheduler.load_state_dict(saved["scheduler"])
+    state = _State(
+        history=saved["history"],
+        best_state=saved["best_model"],
+        best_monitored=saved.get("best_monitored", saved["best_score"]),  # older checkpoints monitored the score
+        best_score=saved["best_score"],
+        best_epoch=saved["best_epoch"],
+        bad_epochs=saved["bad_epochs"],
+        start_epoch=saved["epoch"] + 1,
+    )
+    log.info("Resuming from %s at epoch %d of %d.", path, state.start_epoch + 1, epochs)
+    return state
+
+
+def _train_epoch(
+    setup: _Setup,
+    train_set: ArrayDataset,
+    epoch: int,
+    *,
+    task: str,
+    config: TrainConfig,
+    train_transform: BatchTransform | None,
+    progress: bool,
+) -> float:
+    """One pass over the training set in a seeded order; returns the mean training loss."""
+    dist, n_train = setup.dist, len(train_set)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout and other in-model randomness
+    order = torch.randperm(n_train, generator=generator)
+    if dist.enabled:
+        # Pad by wrapping (as DistributedSampler does) so every rank runs the same number of
+        # batches; otherwise their gradient all-reduces fall out of step.
+        order = torch.cat([order, order[: (-n_train) % dist.world_size]])[dist.rank :: dist.world_size]
+    setup.net.train()
+    total_loss, seen = 0.0, 0
+    bar = progress_bar(
+        range(0, len(order), setup.per_rank_batch),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="batch",
+        enabled=progress and dist.is_main,
+        leave=False,
+    )
+    for start in bar:
+        index = order[start : start + setup.per_rank_batch]
+        if len(index) < 2 < len(order):
+            continue  # a last batch of one row: a useless gradient estimate, and BatchNorm refuses it
+        inputs, target = train_set.batch(index)
+        if train_transform is not None:
+            inputs = train_transform(inputs, generator)
+        inputs = tuple(t.to(setup.device, non_blocking=True) for t in inputs)
+        if setup.channels_last:
+            inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
+        target = target.to(setup.device, non_blocking=True)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=setup.use_amp):
+            logits = setup.net(*inputs)
+        out = logits.float().squeeze(1) if task == "regression" else logits.float()
+        loss = setup.loss_fn(out, target)
+        setup.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        setup.optimizer.step()
+        setup.scheduler.step()
+        total_loss += loss.item() * len(index)
+        seen += len(index)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{setup.scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+    return total_loss / max(seen, 1)
+
+
+def _validate(model: nn.Module, setup: _Setup, val_set: ArrayDataset | None, task: str) -> tuple[float, float]:
+    """Validation loss and score (AUC, or -MSE for regression); NaN for both without a validation set."""
+    if val_set is None or len(val_set) == 0:
+        return float("nan"), float("nan")
+    val_logits = predict_logits(model, val_set, device=setup.device)
+    val_out = val_logits.squeeze(1) if task == "regression" else val_logits
+    with torch.no_grad():
+        val_loss = float(setup.loss_fn(val_out.to(setup.device), val_set.target.to(setup.device)))
+    score = validation_score(val_set.target.numpy(), outputs_to_probs(val_logits, task).numpy(), task)
+    return val_loss, score
+
+
+def _improved(state: _State, config: TrainConfig, val_loss: float, score: float, validated: bool) -> bool:
+    """Whether this epoch is the best so far by the config's ``monitor`` (always, without validation)."""
+    if not validated:
+        return True  # nothing to stop on: the last epoch is the model
+    if config.monitor == "loss":
+        return -val_loss > state.best_monitored + LOSS_MIN_DELTA
+    return score > state.best_monitored
+
+
+def _checkpoint(
+    model: nn.Module, setup: _Setup, state: _State, epoch: int, record: dict[str, Any], run_dir: Path, last_plot: float
+) -> float:
+    """Write the checkpoint, the metrics line and (at most every CURVE_EVERY_S) the curves."""
+    save_state(
+        run_dir / CHECKPOINT,
+        {
+            "model": model.state_dict(),
+            "optimizer": setup.optimizer.state_dict(),
+            "scheduler": setup.scheduler.state_dict(),
+            "epoch": epoch,
+            "history": state.history,
+            "best_model": state.best_state,
+            "best_score": state.best_score,
+            "best_monitored": state.best_monitored,
+            "best_epoch": state.best_epoch,
+            "bad_epochs": state.bad_epochs,
+        },
+    )
+    with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    if time.monotonic() - last_plot > CURVE_EVERY_S:
+        _plot_curves(state.history, run_dir / CURVES)
+        return time.monotonic()
+    return last_plot
+
+
+def fit(
+    model: nn.Module,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset | None,
+    *,
+    task: str,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    class_counts: np.ndarray | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    train_transform: BatchTransform | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """Train ``model`` (image, record or fused network) and keep the best epoch's weights.
+
+    The best epoch is the one with the highest validation score (``config.monitor="score"``)
+    or the lowest validation loss (``"loss"``, improvements under 1e-4 ignored); training
+    stops after ``config.patience`` epochs without one. The global random state is left as it
+    was, and so is PyTorch's thread count when ``config.threads`` changes it for the fit.
+
+    Args:
+        train_set / val_set: in-memory datasets (:class:`ArrayDataset`); without ``val_set``
+            every epoch runs and the last one's weights are kept (cross-validation folds).
+        task: ``binary``, ``multiclass``, ``multilabel`` or ``regression``.
+        run_dir: where the checkpoint, ``metrics.jsonl`` and ``curves.png`` go; ``None``
+            trains without writing anything (cross-validation folds).
+        class_counts: samples per class in the training set, for balanced weighting
+            (:func:`medpredict.training.policy.class_counts`).
+        resume: continue from ``run_dir/checkpoint.safetensors`` if it exists.
+        train_transform: batch augmentation ``(inputs, generator) -> inputs``.
+        on_epoch: called after every epoch (on every rank) with that epoch's record
+            (``epoch``, ``train_loss``, ``val_loss``, ``val_score``, ``seconds``, ...) and the
+            model holding that epoch's weights, after the checkpoint is written; an exception
+            it raises (e.g. ``optuna.TrialPruned``) ends training. Its own time is not part
+            of the epoch's ``seconds``.
+    """
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return _fit(model, train_set, val_set, task=task, config=config, run_dir=run_dir,
+                        class_counts=class_counts, progress=progress, resume=resume,
+                        train_transform=train_transform, on_epoch=on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    model: nn.Module,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset | None,
+    *,
+    task: str,
+    config: TrainConfig,
+    run_dir: str | Path | None,
+    class_counts: np.ndarray | None,
+    progress: bool,
+    resume: bool,
+    train_transform: BatchTransform | None,
+    on_epoch: EpochCallback | None,
+) -> FitResult:
+    run_dir = Path(run_dir) if run_dir is not None else None
+    setup = _setup(model, train_set, task, config, class_counts)
+    writes = run_dir is not None and setup.dist.is_main
+    state = _resume(model, setup, run_dir / CHECKPOINT if run_dir else None, resume, config.epochs)
+    if writes and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / METRICS_LOG, "".join(json.dumps(h) + "\n" for h in history))
-
-    started = time.monotonic() - sum(h["seconds"] for h in history)
-    stopped = "completed"
-    last_plot = -math.inf
-    y_val = val_set.target.numpy()
-    for epoch in range(start_epoch, config.epochs):
+        write_text(run_dir / METRICS_LOG, "".join(json.dumps(h) + "\n" for h in state.history))
+    say = log.info if run_dir is not None else log.debug  # cross-validation folds stay quiet
+    started = time.monotonic() - sum(h["seconds"] for h in state.history)
+    stopped, last_plot = "completed", -math.inf
+    validated = val_set is not None and len(val_set) > 0
+    for epoch in range(state.start_epoch, config.epochs):
         epoch_start = time.monotonic()
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout and other in-model randomness
-        order = torch.randperm(n_train, generator=generator)
-        if dist.enabled:
-            # Pad by wrapping (as DistributedSampler does) so every rank runs the same number of
-            # batches; otherwise their gradient all-reduces fall out of step.
-            order = torch.cat([order, order[: (-n_train) % dist.world_size]])[dist.rank :: dist.world_size]
-        net.train()
-        total_loss, seen = 0.0, 0
-        bar = progress_bar(
-            range(0, len(order), per_rank_batch),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="batch",
-            enabled=progress and dist.is_main,
-            leave=False,
-        )
-        for start in bar:
-            index = order[start : start + per_rank_batch]
-            inputs, target = train_set.batch(index)
-            if train_transform is not None:
-                inputs = train_transform(inputs, generator)
-            inputs = tuple(t.to(device, non_blocking=True) for t in inputs)
-            if channels_last:
-                inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
-            target = target.to(device, non_blocking=True)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(*inputs)
-            out = logits.float().squeeze(1) if task == "regression" else logits.float()
-            loss = loss_fn(out, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(index)
-            seen += len(index)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        bar.close()
-
-        val_logits = predict_logits(model, val_set, device=device)
-        val_out = val_logits.squeeze(1) if task == "regression" else val_logits
-        val_loss = float(loss_fn(val_out.to(device), val_set.target.to(device)))
-        score = validation_score(y_val, outputs_to_probs(val_logits, task).numpy(), task)
-        improved = score > best_score
+        train_loss = _train_epoch(setup, train_set, epoch, task=task, config=config,
+                                  train_transform=train_transform, progress=progress)
+        val_loss, score = _validate(model, setup, val_set, task)
+        improved = _improved(state, config, val_loss, score, validated)
         if improved:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.best_monitored = score if config.monitor == "score" else -val_loss
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
-            bad_epochs += 1
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / max(seen, 1),
-            "val_loss": val_loss,
-            "val_score": score,
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": time.monotonic() - epoch_start,
-            "best": improved,
-        }
-        history.append(record)
-        log.info(
-            "epoch %d/%d  train loss %.4f  val loss %.4f  val score %.4f%s",
-            epoch + 1,
-            config.epochs,
-            record["train_loss"],
-            val_loss,
-            score,
-            "  (best)" if improved else "",
-        )
-        if checkpoint_path is not None and run_dir is not None and dist.is_main:
-            save_state(
-                checkpoint_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "best_model": best_state,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                },
-            )
-            with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if time.monotonic() - last_plot > CURVE_EVERY_S:
-                _plot_curves(history, run_dir / CURVES)
-                last_plot = time.monotonic()
+            state.bad_epochs += 1
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_score": score,
+                  "lr": setup.scheduler.get_last_lr()[0], "seconds": time.monotonic() - epoch_start, "best": improved}
+        state.history.append(record)
+        say("epoch %d/%d  train loss %.4f  val loss %.4f  val score %.4f%s", epoch + 1, config.epochs, train_loss,
+            val_loss, score, "  (best)" if improved else "")
+        if writes and run_dir is not None:
+            last_plot = _checkpoint(model, setup, state, epoch, record, run_dir, last_plot)
         if on_epoch is not None:
             on_epoch(record, model)
-        if bad_epochs >= config.patience:
+        if state.bad_epochs >= config.patience:
             stopped = "early_stop"
-            log.info("Stopping early: no better validation score for %d epochs.", config.patience)
+            say("Stopping early: no better validation %s for %d epochs.", config.monitor, config.patience)
             break
-        if _budget_spent(config, started, dist, device):
+        if _budget_spent(config, started, setup.dist, setup.device):
             stopped = "time_budget"
-            log.info("Stopping: the time budget of %.1f minutes is spent.", config.max_minutes)
+            say("Stopping: the time budget of %.1f minutes is spent.", config.max_minutes)
             break
-    if run_dir is not None and dist.is_main and history:
-        _plot_curves(history, run_dir / CURVES)
-    if created_group:
+    if writes and run_dir is not None and state.history:
+        _plot_curves(state.history, run_dir / CURVES)
+    if setup.created_group:
         torch.distributed.destroy_process_group()
-    model.load_state_dict(best_state)
-    return FitResult(
-        best_state=best_state,
-        best_epoch=best_epoch + 1,
-        best_score=best_score,
-        history=history,
-        stopped=stopped,
-        seconds=time.monotonic() - started,
-    )
+    model.load_state_dict(state.best_state)
+    return FitResult(best_state=state.best_state, best_epoch=state.best_epoch + 1, best_score=state.best_score,
+                     history=state.history, stopped=stopped, seconds=time.monotonic() - started)

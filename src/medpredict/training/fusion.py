@@ -62,10 +62,11 @@ from medpredict.evaluation.metrics import classification_metrics
 from medpredict.models import build_model, check_input_size
 from medpredict.models.fusion import FusionNet, drop_modalities
 from medpredict.models.normalised import InputNormalised
-from medpredict.models.tabular import TABULAR_MODELS, build_tabular_model
+from medpredict.models.records import RECORD_MODELS, build_record_model
 from medpredict.records.cleaning import TableCleaner
 from medpredict.records.tables import clean_token, infer_schema
-from medpredict.training.engine import FitResult, class_weights, fit, predict_logits
+from medpredict.training import policy
+from medpredict.training.engine import FitResult, fit, predict_logits
 from medpredict.training.image import training_summary
 from medpredict.training.postfit import post_fit
 
@@ -87,6 +88,7 @@ class FusionRun:
     model: torch.nn.Module
     splits: np.ndarray
     best_epoch: int
+    exit_code = 0
 
     def summary(self) -> str:
         """Each view's AUC with its interval, and where the run went."""
@@ -344,7 +346,7 @@ def _network(
             normalisation.mean,
             normalisation.std,
         )
-        table_net = build_tabular_model(
+        table_net = build_record_model(
             config.record_model.name,
             n_continuous=cleaner.n_continuous_,
             cardinalities=cleaner.cardinalities_,
@@ -389,8 +391,8 @@ def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True)
     """
     started = time.monotonic()
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read
-    if config.record_model.name not in TABULAR_MODELS:
-        raise unknown_choice("record model", config.record_model.name, TABULAR_MODELS)
+    if config.record_model.name not in RECORD_MODELS:
+        raise unknown_choice("record model", config.record_model.name, RECORD_MODELS)
     data = load_fused_data(config)
     cleaner = _fit_cleaner(data, config)
     records = cleaner.transform(data.frame[data.columns].astype(object)).astype(np.float32)
@@ -421,7 +423,7 @@ def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True)
         val_set.target.numpy(),
         data.task,
         tuple(data.labels),
-        class_weights=class_weights(counts, config.train.class_weighting) if data.task != "regression" else None,
+        class_weights=policy.class_weights(counts, config.train.class_weighting) if data.task != "regression" else None,
         seed=config.train.seed,
     )
     metrics, test_probs = _evaluate_views(model, arrays, data, fields, config, n_boot)
@@ -451,7 +453,7 @@ def _fit(model: FusionNet, arrays: _Arrays, data: FusedData, config: RunConfig, 
         task=data.task,
         config=config.train,
         run_dir=config.run_dir,
-        class_counts=np.bincount(train_set.target.numpy(), minlength=len(data.labels)),
+        class_counts=policy.class_counts(train_set.target, data.task, len(data.labels)),
         progress=progress,
         train_transform=train_transform,
     )

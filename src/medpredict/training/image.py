@@ -40,14 +40,16 @@ from medpredict.data.manifest import Manifest, load_manifest
 from medpredict.data.splits import assign_splits, require_no_leakage
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError
+from medpredict.evaluation.metrics import classification_metrics
 from medpredict.evaluation.subgroups import reference_statistics
+from medpredict.training import policy
 from medpredict.training.engine import (
     Distributed,
     EpochCallback,
     FitResult,
-    class_weights,
     fit,
     predict_logits,
+    validation_score,
 )
 from medpredict.training.postfit import fit_input_guard, pooled_features, post_fit, resolve_positive
 
@@ -62,6 +64,18 @@ class TrainResult:
     bundle_dir: Path
     val_metrics: dict[str, Any]
     fit: FitResult
+    model_name: str = ""
+    exit_code = 0
+
+    def summary(self) -> str:
+        """Best epoch, the validation headline and where the run went."""
+        metrics = self.val_metrics
+        shown = [k for k in ("auc", "sensitivity", "specificity") if isinstance(metrics.get(k), float)]
+        headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or str(metrics)
+        return (
+            f"Trained {self.model_name}: best epoch {self.fit.best_epoch}, validation {headline}\n"
+            f"Run folder: {self.run_dir}  (bundle in {self.bundle_dir})"
+        )
 
 
 def load_data(config: RunConfig) -> Manifest:
@@ -80,7 +94,7 @@ def load_data(config: RunConfig) -> Manifest:
     )
     if not manifest.has_images:
         raise DataError(
-            f"{data.source} has no image column. For a clinical table use 'medpredict tabular train'; "
+            f"{data.source} has no image column. For a clinical table use 'medpredict records train'; "
             "for images give a manifest with an image_path column."
         )
     keys = manifest.frame["sha256"] if "sha256" in manifest.frame.columns else None
@@ -178,6 +192,9 @@ def train(
     """
     from medpredict.models import check_input_size
 
+    if config.kind != "image":
+        command = {"record": "medpredict records train", "fused": "medpredict fusion train"}[config.kind]
+        raise ConfigError(f"This config is for a {config.kind} run, not an image run; train it with '{command}'.")
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read or file written
     dist = Distributed.from_env()
     run_dir = config.run_dir
@@ -224,11 +241,7 @@ def _train(
     num_outputs = 1 if task == "regression" else len(manifest.labels)
     torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
     model = build_network(config, num_outputs, normalisation)
-    counts = None
-    if task in ("binary", "multiclass"):
-        counts = np.bincount(train_set.target.numpy(), minlength=num_outputs)
-    elif task == "multilabel":
-        counts = train_set.target.numpy().sum(0)
+    counts = policy.class_counts(train_set.target, task, num_outputs)
     augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
     result = fit(
         model,
@@ -251,7 +264,7 @@ def _train(
         y_val,
         task,
         manifest.labels,
-        class_weights=class_weights(counts, config.train.class_weighting) if single_label else None,
+        class_weights=policy.class_weights(counts, config.train.class_weighting) if single_label else None,
         positive_index=positive,
         seed=config.train.seed,
     )
@@ -296,7 +309,9 @@ def _train(
             result.best_score,
             result.best_epoch,
         )
-    return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result)
+    return TrainResult(
+        run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result, model_name=config.model.name
+    )
 
 
 def _input_guard(
@@ -336,11 +351,7 @@ def _val_metrics(
     y: np.ndarray, probs: np.ndarray, task: str, labels: tuple[str, ...], fields: dict[str, Any]
 ) -> dict[str, Any]:
     if task not in ("binary", "multiclass"):
-        from medpredict.training.engine import validation_score
-
         return {"score": validation_score(y, probs, task)}
-    from medpredict.evaluation.metrics import classification_metrics
-
     threshold = fields["threshold"]["threshold"] if fields.get("threshold") else None
     return classification_metrics(y, probs, labels=list(labels), threshold=threshold, n_boot=0)
 

@@ -1,11 +1,13 @@
-"""Fit one tabular model on one split: the network's training loop and the two baselines.
+"""Fit one record model on one split: the network (through the shared engine) and the two baselines.
 
-The network loop is deliberately small (AdamW, one-cycle schedule, balanced class
-weights, optional early stopping on a validation split): on tables of a few hundred
-rows one fit takes about a second, so the 10x5 repeated cross-validation (50 fits
-per model) stays short on 2 CPU cores. It is the *only* loop tabular networks train
-with, in cross-validation and in :func:`medpredict.training.records.train_table`, so the
-cross-validated numbers describe the procedure that made the shipped model.
+The network trains with :func:`medpredict.training.engine.fit`, the loop every network
+uses, with :data:`RECORD_TRAINING`: small batches, strong weight decay, early stopping on
+the validation *loss* (a validation split of 40 rows gives too coarse an AUC to steer by),
+one CPU thread (extra threads only add overhead on matrices this small). On tables of a
+few hundred rows one fit takes about a second, so the 10x5 repeated cross-validation
+(50 fits per model) stays short on 2 CPU cores. Cross-validation and
+:func:`medpredict.training.records.train_table` both fit this way, so the cross-validated
+numbers describe the procedure that made the shipped model.
 
 The baselines are scikit-learn's logistic regression (on the standardised cleaner
 output, categorical codes one-hot encoded) and gradient boosting, fed the very same
@@ -17,67 +19,49 @@ Every fit returns ``predict(X) -> (N, K)`` probabilities (classification) or
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from medpredict.errors import ConfigError, unknown_choice
-from medpredict.models.tabular import TabularNet, build_tabular_model
+from medpredict.config import TrainConfig
+from medpredict.data.datasets import ArrayDataset
+from medpredict.errors import unknown_choice
+from medpredict.models.records import RecordNetwork, build_record_model
+from medpredict.training import policy
+from medpredict.training.engine import fit
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("logistic", "boosting")
-Predictor = Callable[[np.ndarray], np.ndarray]
+PredictFn = Callable[[np.ndarray], np.ndarray]
 
-
-@dataclass(frozen=True)
-class NetSettings:
-    """Optimisation of a tabular network.
-
-    Attributes:
-        epochs: passes over the training rows (the maximum, with early stopping).
-        batch_size: rows per step.
-        lr: peak learning rate of the one-cycle schedule.
-        weight_decay: AdamW weight decay (not on biases or embeddings' norms).
-        patience: epochs without a better validation loss before stopping (only when a
-            validation split is given).
-        class_weighting: ``balanced`` or ``none``.
-    """
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    patience: int = 15
-    class_weighting: str = "balanced"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ConfigError(
-                f"epochs ({self.epochs}), batch_size ({self.batch_size}) and patience ({self.patience}) "
-                "must be at least 1."
-            )
-        if not 0 < self.lr < 10:
-            raise ConfigError(f"lr = {self.lr} is out of range; expected a value in (0, 10).")
-        if self.class_weighting not in ("balanced", "none"):
-            raise unknown_choice("class_weighting", self.class_weighting, ("balanced", "none"))
+#: How record networks train unless told otherwise (the image defaults suit images).
+RECORD_TRAINING = TrainConfig(
+    epochs=30,
+    batch_size=64,
+    lr=3e-3,
+    weight_decay=1e-2,
+    patience=15,
+    monitor="loss",
+    device="cpu",
+    amp=False,
+    channels_last=False,
+    threads=1,
+)
 
 
 @dataclass
 class NetFit:
     """A trained network with what the loop saw."""
 
-    model: TabularNet
+    model: RecordNetwork
     epochs_run: int
     best_epoch: int
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(N, F)`` cleaner output -> ``(N, K)`` probabilities or ``(N,)`` regression values."""
@@ -85,7 +69,7 @@ class NetFit:
 
 
 @torch.no_grad()
-def predict_network(model: TabularNet, x: np.ndarray) -> np.ndarray:
+def predict_network(model: RecordNetwork, x: np.ndarray) -> np.ndarray:
     """Run ``model`` in eval mode; softmax for classification, raw output for regression."""
     was_training = model.training
     model.eval()
@@ -98,145 +82,61 @@ def predict_network(model: TabularNet, x: np.ndarray) -> np.ndarray:
 
 def new_network(
     name: str, *, n_continuous: int, cardinalities: Sequence[int], num_classes: int, seed: int, **hparams: Any
-) -> TabularNet:
+) -> RecordNetwork:
     """Build a network with initial weights drawn from ``seed`` (global RNG state untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_tabular_model(
+        return build_record_model(
             name, n_continuous=n_continuous, cardinalities=cardinalities, num_classes=num_classes, **hparams
         )
 
 
 def fit_network(
-    model: TabularNet,
+    model: RecordNetwork,
     x: np.ndarray,
     y: np.ndarray,
     *,
     task: str,
-    settings: NetSettings | None = None,
+    train: TrainConfig | None = None,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     seed: int = 0,
 ) -> NetFit:
-    """Train ``model`` on ``(x, y)``; with a validation split, keep the epoch of lowest validation loss.
+    """Train ``model`` on ``(x, y)``; with a validation split, keep the epoch the config's monitor prefers.
 
     Args:
         x: ``(N, F)`` float32 cleaner output.
         y: ``(N,)`` class indices (classification) or target values (regression).
         task: ``binary``, ``multiclass`` or ``regression``.
-        seed: seeds a private generator for dropout and batch order.
+        train: the optimisation settings (default :data:`RECORD_TRAINING`); ``seed`` replaces its seed.
+        seed: seeds the batch order, dropout and the engine's other randomness.
 
     For regression the target is standardised for training and the scaling folded
     back into the head afterwards, so the returned model outputs the target's unit.
     """
-    settings = settings or NetSettings()
+    config = replace(train or RECORD_TRAINING, seed=seed)
     regression = task == "regression"
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
     y_mean, y_std = (float(np.mean(y)), float(np.std(y)) or 1.0) if regression else (0.0, 1.0)
-    if regression:
-        yt = torch.as_tensor((np.asarray(y, dtype=np.float32) - y_mean) / y_std)
-        loss_fn: nn.Module = nn.MSELoss()
-    else:
-        yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
-        weight = None
-        if settings.class_weighting == "balanced":
-            counts = np.maximum(np.bincount(np.asarray(y, dtype=np.int64), minlength=model.num_classes), 1)
-            weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
-        loss_fn = nn.CrossEntropyLoss(weight=weight)
-    val = None
-    if x_val is not None and y_val is not None and len(y_val):
-        yv = (
-            (np.asarray(y_val, dtype=np.float32) - y_mean) / y_std
-            if regression
-            else np.asarray(y_val, dtype=np.int64)
-        )
-        val = (torch.as_tensor(np.asarray(x_val, dtype=np.float32)), torch.as_tensor(yv))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on matrices this small, extra threads only add overhead; restored below
-    try:
-        return _loop(model, xt, yt, loss_fn, val, settings, seed, regression, y_mean, y_std)
-    finally:
-        torch.set_num_threads(threads)
+    def dataset(rows: np.ndarray, target: np.ndarray) -> ArrayDataset:
+        values = (np.asarray(target, dtype=np.float32) - y_mean) / y_std if regression else target
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float32 if regression else np.int64))
+        return ArrayDataset((torch.as_tensor(np.asarray(rows, dtype=np.float32)),), tensor)
 
-
-def _loop(
-    model: TabularNet,
-    xt: torch.Tensor,
-    yt: torch.Tensor,
-    loss_fn: nn.Module,
-    val: tuple[torch.Tensor, torch.Tensor] | None,
-    settings: NetSettings,
-    seed: int,
-    regression: bool,
-    y_mean: float,
-    y_std: float,
-) -> NetFit:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr,
-    )
-    n = len(xt)
-    steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=settings.lr,
-        total_steps=max(2, steps_per_epoch * settings.epochs),
-        pct_start=0.15,
-        div_factor=10,
-        final_div_factor=100,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state, bad = math.inf, settings.epochs - 1, None, 0
-    epoch = 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # dropout draws from the global generator; keep it private
-        for epoch in range(settings.epochs):
-            model.train()
-            order = torch.randperm(n, generator=generator)
-            total = 0.0
-            for start in range(0, n, settings.batch_size):
-                index = order[start : start + settings.batch_size]
-                if len(index) < 2 and n > 1:
-                    continue  # a batch of one row gives a useless gradient estimate
-                out = model(xt[index])
-                loss = loss_fn(out[:, 0] if regression else out, yt[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += float(loss.detach()) * len(index)
-            record = {"epoch": float(epoch), "train_loss": total / n}
-            if val is not None:
-                model.eval()
-                with torch.no_grad():
-                    out = model(val[0])
-                    record["val_loss"] = float(loss_fn(out[:, 0] if regression else out, val[1]))
-                if record["val_loss"] < best_loss - 1e-4:
-                    best_loss, best_epoch, bad = record["val_loss"], epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    bad += 1
-            history.append(record)
-            if val is not None and bad >= settings.patience:
-                logger.debug("Early stop at epoch %d (best %d).", epoch + 1, best_epoch + 1)
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    validation = dataset(x_val, y_val) if x_val is not None and y_val is not None and len(y_val) else None
+    counts = None if regression else policy.class_counts(np.asarray(y, dtype=np.int64), task, model.num_classes)
+    result = fit(model, dataset(x, y), validation, task=task, config=config, class_counts=counts, progress=False)
     if regression:
         with torch.no_grad():  # outputs in the target's unit from here on
             model.head.weight.mul_(y_std)
             model.head.bias.mul_(y_std).add_(y_mean)
     model.eval()
-    return NetFit(model=model, epochs_run=epoch + 1, best_epoch=best_epoch + 1, history=history)
+    return NetFit(model=model, epochs_run=len(result.history), best_epoch=result.best_epoch, history=result.history)
 
 
 def fit_baseline(
     kind: str, x: np.ndarray, y: np.ndarray, *, task: str, n_continuous: int, seed: int = 0
-) -> Predictor:
+) -> PredictFn:
     """Fit a scikit-learn baseline on the cleaner output and return its predict function.
 
     Args:

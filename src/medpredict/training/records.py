@@ -4,7 +4,7 @@
   rows and rows without a target, and encodes the target (binary, multiclass or
   regression; ``"num>0"`` style rules make a binary target).
 * :func:`cross_validate` runs repeated stratified k-fold cross-validation (grouped by
-  the id column when there is one) with the tabular network and the two baselines on
+  the id column when there is one) with the record network and the two baselines on
   *the same folds*, the cleaner refitted on each training fold; it reports each
   model's mean with a 95% interval.
 * :func:`train_table` splits by patient into train/validation/test, fits the cleaner
@@ -21,30 +21,46 @@ numbers, never ids) and ``model/`` (``weights.safetensors``, ``bundle.json``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from medpredict.atomic import write_json, write_text
 from medpredict.bundle.kinds import RecordInput, RecordNet
 from medpredict.bundle.schema import BundleMeta, write_bundle
-from medpredict.config import CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
+from medpredict.calibration.posthoc import load_calibration
+from medpredict.config import RECORD_TASKS, CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
+from medpredict.data.manifest import Manifest
+from medpredict.data.splits import assign_splits
 from medpredict.errors import ConfigError, DataError, unknown_choice
+from medpredict.evaluation.metrics import classification_metrics, regression_metrics
+from medpredict.models.records import RECORD_MODELS
+from medpredict.progress import progress_bar
 from medpredict.records.cleaning import TableCleaner, drop_duplicate_rows
 from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
-from medpredict.training.postfit import fit_input_guard
-from medpredict.training.record_fit import BASELINES, NetSettings, fit_baseline, fit_network, new_network, score
+from medpredict.training import policy
+from medpredict.training.postfit import fit_input_guard, post_fit
+from medpredict.training.record_fit import (
+    BASELINES,
+    RECORD_TRAINING,
+    fit_baseline,
+    fit_network,
+    new_network,
+    score,
+)
 
 logger = logging.getLogger(__name__)
 
 MODEL_KINDS = ("mlp", "transformer", *BASELINES)
-TASKS = ("auto", "binary", "multiclass", "regression")
 
 
 @dataclass
@@ -91,8 +107,8 @@ def encode_target(
         DataError: no target column, fewer than two classes, or a non-numeric regression target.
         ConfigError: unknown task.
     """
-    if task not in TASKS:
-        raise unknown_choice("task", task, TASKS)
+    if task not in RECORD_TASKS:
+        raise unknown_choice("task", task, RECORD_TASKS)
     column = schema.target
     if column is None or column not in frame.columns:
         raise DataError(
@@ -244,7 +260,7 @@ def cross_validate(
     n_splits: int = 5,
     n_repeats: int = 10,
     seed: int = 0,
-    settings: NetSettings | None = None,
+    train: TrainConfig | None = None,
     hparams: Mapping[str, Any] | None = None,
     cleaning: CleaningConfig | None = None,
     progress: bool = True,
@@ -259,21 +275,20 @@ def cross_validate(
     for name in models:
         if name not in MODEL_KINDS:
             raise unknown_choice("model", name, MODEL_KINDS)
-    from medpredict.progress import progress_bar
-
     folds = cv_folds(data, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
     per_model: dict[str, list[dict[str, float]]] = {m: [] for m in models}
     seconds: dict[str, float] = dict.fromkeys(models, 0.0)
-    for i, (train, test) in enumerate(progress_bar(folds, desc=f"CV {Path(data.source).name}", enabled=progress)):
-        cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[train])
-        x_train, x_test = cleaner.transform(data.frame.iloc[train]), cleaner.transform(data.frame.iloc[test])
+    bar = progress_bar(folds, desc=f"CV {Path(data.source).name}", enabled=progress)
+    for i, (fit_rows, test_rows) in enumerate(bar):
+        cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[fit_rows])
+        x_train, x_test = cleaner.transform(data.frame.iloc[fit_rows]), cleaner.transform(data.frame.iloc[test_rows])
         for name in models:
             started = time.perf_counter()
             predict = _fit_any(
-                name, cleaner, x_train, data.y[train], data, seed=seed + i, settings=settings, hparams=hparams,
-                groups=data.groups[train],
+                name, cleaner, x_train, data.y[fit_rows], data, seed=seed + i, train=train, hparams=hparams,
+                groups=data.groups[fit_rows],
             )
-            per_model[name].append(score(data.y[test], predict(x_test), data.task))
+            per_model[name].append(score(data.y[test_rows], predict(x_test), data.task))
             seconds[name] += time.perf_counter() - started
     metric = "r2" if data.task == "regression" else "auc"
     n_test = len(data.y) / n_splits
@@ -323,7 +338,7 @@ def _fit_any(
     data: TableData,
     *,
     seed: int,
-    settings: NetSettings | None,
+    train: TrainConfig | None,
     hparams: Mapping[str, Any] | None,
     groups: np.ndarray | None = None,
 ) -> Any:
@@ -345,13 +360,13 @@ def _fit_any(
         **dict(hparams or {}),
     )
     if data.task == "regression":
-        return fit_network(net, x, y, task=data.task, settings=settings, seed=seed).predict
+        return fit_network(net, x, y, task=data.task, train=train, seed=seed).predict
     inner, held = _inner_split(y, groups if groups is not None else np.arange(len(y)), seed)
-    settings = settings or NetSettings()
+    train = train or RECORD_TRAINING
     fitted = fit_network(
-        net, x[inner], y[inner], task=data.task, settings=settings, x_val=x[held], y_val=y[held], seed=seed
+        net, x[inner], y[inner], task=data.task, train=train, x_val=x[held], y_val=y[held], seed=seed
     )
-    fields, _ = _post_fit(fitted.model, x[held], y[held], data, inner, settings, y_train=y[inner])
+    fields, _ = _post_fit(fitted.model, x[held], y[held], data, inner, train, y_train=y[inner])
 
     def predict(rows: np.ndarray) -> np.ndarray:
         return _apply_calibration(fitted.model, rows, fields)
@@ -390,13 +405,65 @@ class TableRun:
     data: TableData
     splits: np.ndarray
     model: Any = None
+    exit_code = 0
+
+    def summary(self) -> str:
+        """Each model's test figure (validation when there is no test split) and where the run went."""
+        key = "r2" if self.data.task == "regression" else "auc"
+        lines = []
+        for name, splits in self.metrics["models"].items():
+            result = splits.get("test") or splits.get("val") or {}
+            low, high = result.get(f"{key}_ci") or [float("nan"), float("nan")]
+            lines.append(f"{name:10s} test {key} {result.get(key, float('nan')):.3f} [{low:.3f}, {high:.3f}]")
+        return "\n".join([*lines, f"Run folder: {self.run_dir} (bundle in {self.bundle_dir})"])
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """A cross-validation's results (:func:`cross_validate`) and the ``cv.json`` they were written to."""
+
+    result: dict[str, Any]
+    path: Path
+    exit_code = 0
+
+    def summary(self) -> str:
+        key = self.result["metric"]
+        lines = []
+        for name, entry in self.result["models"].items():
+            low, high = entry[f"{key}_ci"]
+            lines.append(f"{name:10s} {key} {entry[f'{key}_mean']:.3f} [{low:.3f}, {high:.3f}]")
+        return "\n".join([*lines, f"Results: {self.path}"])
+
+
+def cross_validate_table(
+    source: str | Path,
+    *,
+    out: str | Path,
+    target: str | None = None,
+    schema: str | Path | Mapping[str, Any] | None = None,
+    task: str = "auto",
+    model: str = "mlp",
+    n_splits: int = 5,
+    n_repeats: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> CrossValidation:
+    """Read a table, cross-validate ``model`` against both baselines on the same folds, write ``out/cv.json``.
+
+    Raises:
+        DataError: unreadable table or missing target.
+        ConfigError: unknown model or task.
+    """
+    data = load_table_data(source, target=target, schema=schema, task=task)
+    result = cross_validate(
+        data, models=(model, *BASELINES), n_splits=n_splits, n_repeats=n_repeats, seed=seed, progress=progress
+    )
+    path = write_json(Path(out) / "cv.json", result)
+    return CrossValidation(result, path)
 
 
 def split_rows(data: TableData, *, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """``train``/``val``/``test`` per row, by patient group and stratified (the shared splitter)."""
-    from medpredict.data.manifest import Manifest
-    from medpredict.data.splits import assign_splits
-
     frame = pd.DataFrame({"patient_id": data.groups.astype(str), "target": data.y})
     # An object column of None: assign_splits' own NaN column is float and pandas 3
     # refuses to write split names into it.
@@ -417,7 +484,7 @@ def train_table(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
-    settings: NetSettings | None = None,
+    train: TrainConfig | None = None,
     hparams: Mapping[str, Any] | None = None,
     cleaning: CleaningConfig | None = None,
     baselines: bool = True,
@@ -425,7 +492,7 @@ def train_table(
     n_boot: int = 1000,
     progress: bool = True,
 ) -> TableRun:
-    """Train a tabular network on a table and write a run folder with its bundle.
+    """Train a record network on a table and write a run folder with its bundle.
 
     Args:
         source: a table file, or prepared :class:`TableData`.
@@ -435,6 +502,8 @@ def train_table(
         model: ``mlp`` or ``transformer``.
         schema: YAML schema file or mapping overriding the inferred schema.
         val_fraction / test_fraction: patient fractions held out.
+        train: the optimisation settings (default
+            :data:`~medpredict.training.record_fit.RECORD_TRAINING`; ``seed`` replaces its seed).
         baselines: also fit logistic regression and gradient boosting on the same
             training rows and report them on the same test rows.
         cv_repeats: if > 0, also run ``cv_repeats`` x 5-fold cross-validation of all
@@ -445,91 +514,16 @@ def train_table(
         DataError: unreadable table, missing target, too few patients to split.
         ConfigError: unknown model, task or option.
     """
-    from medpredict.atomic import write_json, write_text
-    from medpredict.evaluation.metrics import classification_metrics, regression_metrics
-
-    if model not in ("mlp", "transformer"):
-        raise unknown_choice("tabular network", model, ("mlp", "transformer"))
+    if model not in RECORD_MODELS:
+        raise unknown_choice("record network", model, RECORD_MODELS)
     started = time.monotonic()
     data = (
         source
         if isinstance(source, TableData)
         else load_table_data(source, target=target, schema=schema, task=task)
     )
-    settings = settings or NetSettings()
     run_dir = Path(out)
-    splits = split_rows(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    part = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
-    if len(part["train"]) == 0 or len(part["val"]) == 0:
-        raise DataError(
-            f"The train or validation split of {data.source} is empty; give more rows or other fractions."
-        )
-    cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[part["train"]])
-    x = {name: cleaner.transform(data.frame.iloc[rows]) for name, rows in part.items()}
-    y = {name: data.y[rows] for name, rows in part.items()}
-    net = new_network(
-        model,
-        n_continuous=cleaner.n_continuous_,
-        cardinalities=cleaner.cardinalities_,
-        num_classes=_outputs(data),
-        seed=seed,
-        **dict(hparams or {}),
-    )
-    fitted = fit_network(
-        net,
-        x["train"],
-        y["train"],
-        task=data.task,
-        settings=settings,
-        x_val=x["val"],
-        y_val=y["val"],
-        seed=seed,
-    )
-    fields, val_probs = _post_fit(net, x["val"], y["val"], data, part["train"], settings)
-
-    def evaluate(pred: np.ndarray, rows: np.ndarray, threshold: float | None) -> dict[str, Any]:
-        if data.task == "regression":
-            return regression_metrics(data.y[rows], pred, groups=data.groups[rows], seed=seed, n_boot=n_boot)
-        return classification_metrics(
-            data.y[rows],
-            pred,
-            labels=data.labels,
-            threshold=threshold,
-            groups=data.groups[rows],
-            seed=seed,
-            n_boot=n_boot,
-        )
-
-    threshold = (fields.get("threshold") or {}).get("threshold") if data.task == "binary" else None
-    evaluated = {"val": part["val"]} | ({"test": part["test"]} if len(part["test"]) else {})
-    metrics: dict[str, Any] = {"task": data.task, "labels": data.labels, "models": {}}
-    test_probs = None
-    for split_name, rows in evaluated.items():
-        probs = _apply_calibration(net, x[split_name], fields) if split_name == "test" else val_probs
-        if split_name == "test":
-            test_probs = probs
-        metrics["models"].setdefault(model, {})[split_name] = evaluate(probs, rows, threshold)
-    if baselines:
-        for name in BASELINES:
-            predict = fit_baseline(
-                name, x["train"], y["train"], task=data.task, n_continuous=cleaner.n_continuous_, seed=seed
-            )
-            for split_name, rows in evaluated.items():
-                metrics["models"].setdefault(name, {})[split_name] = evaluate(
-                    predict(x[split_name]), rows, None
-                )
-    if cv_repeats > 0:
-        metrics["cross_validation"] = cross_validate(
-            data,
-            n_repeats=cv_repeats,
-            seed=seed,
-            settings=settings,
-            hparams=hparams,
-            cleaning=cleaning,
-            models=(model, *BASELINES),
-            progress=progress,
-        )
-    run_config = RunConfig(
+    config = RunConfig(
         name=run_dir.name,
         out_dir=str(run_dir.parent),
         kind="record",
@@ -541,23 +535,117 @@ def train_table(
             test_fraction=test_fraction,
         ),
         record_model=RecordModelConfig(name=model, hparams=dict(hparams or {})),
-        cleaning=cleaner.config,
-        train=TrainConfig(
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            patience=settings.patience,
-            class_weighting=settings.class_weighting,
-            seed=seed,
-        ),
+        cleaning=cleaning or CleaningConfig(),
+        train=replace(train or RECORD_TRAINING, seed=seed),
     )
-    meta = BundleMeta(
-        name=run_dir.name,
+    splits = split_rows(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    part = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+    if len(part["train"]) == 0 or len(part["val"]) == 0:
+        raise DataError(
+            f"The train or validation split of {data.source} is empty; give more rows or other fractions."
+        )
+    cleaner = TableCleaner(data.schema, config.cleaning).fit(data.frame.iloc[part["train"]])
+    x = {name: cleaner.transform(data.frame.iloc[rows]) for name, rows in part.items()}
+    net = new_network(
+        model,
+        n_continuous=cleaner.n_continuous_,
+        cardinalities=cleaner.cardinalities_,
+        num_classes=_outputs(data),
+        seed=seed,
+        **config.record_model.hparams,
+    )
+    fitted = fit_network(
+        net, x["train"], data.y[part["train"]], task=data.task, train=config.train, x_val=x["val"],
+        y_val=data.y[part["val"]], seed=seed,
+    )
+    fields, val_probs = _post_fit(net, x["val"], data.y[part["val"]], data, part["train"], config.train)
+    metrics, test_probs = _record_metrics(
+        net, x, part, data, fields, val_probs, config, baselines=baselines, n_boot=n_boot,
+        n_continuous=cleaner.n_continuous_,
+    )
+    if cv_repeats > 0:
+        metrics["cross_validation"] = cross_validate(
+            data, n_repeats=cv_repeats, seed=seed, train=config.train, hparams=hparams, cleaning=config.cleaning,
+            models=(model, *BASELINES), progress=progress,
+        )
+    meta = _record_bundle_meta(config, data, part, net, cleaner, fields, metrics)
+    meta = dataclasses.replace(meta, training={
+        "best_epoch": fitted.best_epoch, "epochs_run": fitted.epochs_run,
+        "seconds": round(time.monotonic() - started, 1), "device": config.train.device,
+    })
+    # the input check of a record model: Mahalanobis distance of the cleaned record to training's
+    guard = fit_input_guard(x["train"], data.y[part["train"]], x["val"]) if data.task != "regression" else None
+    write_bundle(run_dir / "model", meta, state_dict=net.state_dict(), cleaner=cleaner.to_dict(), guard=guard)
+    write_text(run_dir / "config.yaml", config.to_yaml())
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "cleaning_report.json", cleaner.report_.to_dict())
+    if test_probs is not None:
+        write_text(run_dir / "test_predictions.csv", _predictions_csv(part["test"], data, test_probs))
+    logger.info("Record run written to %s: %s", run_dir, _headline(metrics, model))
+    return TableRun(run_dir=run_dir, bundle_dir=run_dir / "model", metrics=metrics, cleaner=cleaner, data=data,
+                    splits=splits, model=net)
+
+
+def _record_metrics(
+    net: Any,
+    x: dict[str, np.ndarray],
+    part: dict[str, np.ndarray],
+    data: TableData,
+    fields: Mapping[str, Any],
+    val_probs: np.ndarray,
+    config: RunConfig,
+    *,
+    baselines: bool,
+    n_boot: int,
+    n_continuous: int,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Validation and test metrics of the network (and the baselines on the same rows); the test probabilities."""
+    seed = config.train.seed
+
+    def evaluate(pred: np.ndarray, rows: np.ndarray, threshold: float | None) -> dict[str, Any]:
+        if data.task == "regression":
+            return regression_metrics(data.y[rows], pred, groups=data.groups[rows], seed=seed, n_boot=n_boot)
+        return classification_metrics(
+            data.y[rows], pred, labels=data.labels, threshold=threshold, groups=data.groups[rows], seed=seed,
+            n_boot=n_boot,
+        )
+
+    model = config.record_model.name
+    threshold = (fields.get("threshold") or {}).get("threshold") if data.task == "binary" else None
+    evaluated = {"val": part["val"]} | ({"test": part["test"]} if len(part["test"]) else {})
+    metrics: dict[str, Any] = {"task": data.task, "labels": data.labels, "models": {}}
+    test_probs = None
+    for split_name, rows in evaluated.items():
+        probs = _apply_calibration(net, x[split_name], fields) if split_name == "test" else val_probs
+        if split_name == "test":
+            test_probs = probs
+        metrics["models"].setdefault(model, {})[split_name] = evaluate(probs, rows, threshold)
+    for name in BASELINES if baselines else ():
+        predict = fit_baseline(
+            name, x["train"], data.y[part["train"]], task=data.task, n_continuous=n_continuous, seed=seed
+        )
+        for split_name, rows in evaluated.items():
+            metrics["models"].setdefault(name, {})[split_name] = evaluate(predict(x[split_name]), rows, None)
+    return metrics, test_probs
+
+
+def _record_bundle_meta(
+    config: RunConfig,
+    data: TableData,
+    part: dict[str, np.ndarray],
+    net: Any,
+    cleaner: TableCleaner,
+    fields: Mapping[str, Any],
+    metrics: dict[str, Any],
+) -> BundleMeta:
+    """What the bundle says about a record model (``training`` is added by the caller)."""
+    model = config.record_model.name
+    return BundleMeta(
+        name=config.name,
         kind="record",
         task=data.task,
         labels=tuple(data.labels),
-        config=run_config,
+        config=config,
         model=RecordNet(dict(net.hparams)),
         record=RecordInput(input_columns=tuple(cleaner.columns_), features=tuple(cleaner.feature_names_)),
         **fields,
@@ -570,31 +658,6 @@ def train_table(
             "patients": {k: int(len(np.unique(data.groups[v]))) for k, v in part.items()},
             "removed": data.removed,
         },
-        training={
-            "best_epoch": fitted.best_epoch,
-            "epochs_run": fitted.epochs_run,
-            "seconds": round(time.monotonic() - started, 1),
-            "device": "cpu",
-        },
-    )
-    bundle_dir = run_dir / "model"
-    # the input check of a record model: Mahalanobis distance of the cleaned record to training's
-    guard = fit_input_guard(x["train"], y["train"], x["val"]) if data.task != "regression" else None
-    write_bundle(bundle_dir, meta, state_dict=net.state_dict(), cleaner=cleaner.to_dict(), guard=guard)
-    write_text(run_dir / "config.yaml", run_config.to_yaml())
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "cleaning_report.json", cleaner.report_.to_dict())
-    if test_probs is not None:
-        write_text(run_dir / "test_predictions.csv", _predictions_csv(part["test"], data, test_probs))
-    logger.info("Tabular run written to %s: %s", run_dir, _headline(metrics, model))
-    return TableRun(
-        run_dir=run_dir,
-        bundle_dir=bundle_dir,
-        metrics=metrics,
-        cleaner=cleaner,
-        data=data,
-        splits=splits,
-        model=net,
     )
 
 
@@ -604,16 +667,11 @@ def _post_fit(
     y_val: np.ndarray,
     data: TableData,
     train_rows: np.ndarray,
-    settings: NetSettings,
+    train: TrainConfig,
     *,
     y_train: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Calibration, threshold and conformal sets on validation, exactly as image runs do."""
-    import torch
-
-    from medpredict.training.engine import class_weights
-    from medpredict.training.postfit import post_fit
-
     with torch.no_grad():
         net.eval()
         logits = net(torch.as_tensor(x_val))
@@ -623,21 +681,17 @@ def _post_fit(
         )
     trained_on = data.y[train_rows] if y_train is None else y_train
     counts = np.bincount(np.asarray(trained_on).astype(int), minlength=len(data.labels))
-    weights = class_weights(counts, settings.class_weighting)
+    weights = policy.class_weights(counts, train.class_weighting)
     return post_fit(logits, y_val, data.task, tuple(data.labels), class_weights=weights)
 
 
 def _apply_calibration(net: Any, x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
-    import torch
-
     with torch.no_grad():
         net.eval()
         logits = net(torch.as_tensor(x))
     if net.num_classes == 1:
         return logits[:, 0].numpy().astype(np.float64)
     if fields.get("calibration"):
-        from medpredict.calibration.posthoc import load_calibration
-
         return np.asarray(load_calibration(fields["calibration"]).transform(logits.numpy()), dtype=np.float64)
     return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 

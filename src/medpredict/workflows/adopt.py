@@ -52,6 +52,7 @@ class AdoptResult:
     run_dir: Path
     bundle_dir: Path
     report: dict[str, Any]
+    exit_code = 0
 
     def summary(self) -> str:
         """Lines for the command line."""
@@ -145,7 +146,7 @@ def adopt(
     from medpredict.config import PreprocessConfig
     from medpredict.data.datasets import load_images
     from medpredict.data.manifest import load_manifest
-    from medpredict.inference.adopted import GraphNetwork, descriptor_spec, generic_features
+    from medpredict.inference.adopted import GraphNetwork, generic_features
     from medpredict.inference.graph_io import MAX_GRAPH_FEATURES, penultimate_tensor
     from medpredict.inference.onnx import OnnxPredictor, load_descriptor
     from medpredict.training.postfit import ALPHA, fit_input_guard, post_fit
@@ -207,7 +208,49 @@ def adopt(
     n = len(y)
     provenance = _provenance(d, fields, features_spec, guard, threshold_from, intended_text, dataset, split, n)
     val_ece = _val_ece(y, log_probs, probs, positive) if d.task == "binary" else None
-    meta = {
+    meta = _adopted_meta(
+        d, descriptor, data, manifest, rows, y, split, size, positive, labels, fields, probs, declared,
+        features_spec, provenance, threshold_from, val_ece,
+    )
+    run_dir = Path(out)
+    bundle_dir = run_dir / "model"
+    save_bundle(bundle_dir, state_dict=None, meta=meta, json_files={GUARD: guard} if guard else None,
+                onnx_model=d.model)
+    _verify(bundle_dir, images, probs)
+    report = {"name": d.name, "n": n, "split": split, "dataset": dataset, "provenance": provenance,
+              "val_ece": val_ece, "features": features_spec, "threshold": fields.get("threshold"),
+              "calibration": (fields.get("calibration") or {}).get("method")}
+    from medpredict.atomic import write_json
+
+    write_json(run_dir / "adopt.json", {**report, "descriptor": str(descriptor), "data": str(data)})
+    log.info("Adopted %s: bundle %s", d.name, bundle_dir)
+    return AdoptResult(run_dir=run_dir, bundle_dir=bundle_dir, report=report)
+
+
+def _adopted_meta(
+    d: Any,
+    descriptor: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    manifest: Any,
+    rows: Any,
+    y: np.ndarray,
+    split: str,
+    size: int,
+    positive: int,
+    labels: tuple[str, ...],
+    fields: dict[str, Any],
+    probs: np.ndarray,
+    declared: Any,
+    features_spec: dict[str, Any],
+    provenance: Any,
+    threshold_from: str,
+    val_ece: Any,
+) -> dict[str, Any]:
+    """The adopted bundle's ``bundle.json`` content (moved out of :func:`adopt` unchanged)."""
+    from medpredict.inference.adopted import descriptor_spec
+
+    n = len(y)
+    return {
         "name": d.name,
         "input_kind": "image",
         "task": d.task,
@@ -239,19 +282,6 @@ def adopt(
         "provenance": provenance,
         "card": d.card,
     }
-    run_dir = Path(out)
-    bundle_dir = run_dir / "model"
-    save_bundle(bundle_dir, state_dict=None, meta=meta, json_files={GUARD: guard} if guard else None,
-                onnx_model=d.model)
-    _verify(bundle_dir, images, probs)
-    report = {"name": d.name, "n": n, "split": split, "dataset": dataset, "provenance": provenance,
-              "val_ece": val_ece, "features": features_spec, "threshold": fields.get("threshold"),
-              "calibration": (fields.get("calibration") or {}).get("method")}
-    from medpredict.atomic import write_json
-
-    write_json(run_dir / "adopt.json", {**report, "descriptor": str(descriptor), "data": str(data)})
-    log.info("Adopted %s: bundle %s", d.name, bundle_dir)
-    return AdoptResult(run_dir=run_dir, bundle_dir=bundle_dir, report=report)
 
 
 def _outputs(network: Any, images: Any, where: str) -> tuple[np.ndarray, np.ndarray | None]:

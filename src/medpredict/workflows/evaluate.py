@@ -71,6 +71,8 @@ class EvaluationResult:
     #: where the threshold came from, in words (e.g. "locked on validation", "given with the model")
     threshold_source: str = "locked on validation"
 
+    exit_code = 0
+
     def summary(self) -> str:
         m = self.metrics
         parts = []

@@ -36,6 +36,7 @@ from medpredict.data.datasets import ArrayDataset
 from medpredict.data.manifest import Manifest
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError, require_extra
+from medpredict.training import policy
 from medpredict.training.engine import fit, predict_logits
 from medpredict.training.image import build_dataset, build_network, load_data, train
 from medpredict.workflows.evaluate import evaluate
@@ -43,7 +44,7 @@ from medpredict.workflows.evaluate import evaluate
 log = logging.getLogger(__name__)
 
 # Networks that train at a useful speed on a few CPU cores (see the MODELS table).
-CPU_MODELS = ("tiny-resnet", "mobile-cnn", "brief-cnn")
+CPU_MODELS = ("tiny-resnet", "mobile-cnn", "small-cnn")
 # Candidate input sides; only those no larger than the images' own size are searched.
 IMAGE_SIZES = (28, 32, 48, 64)
 # Seconds kept back for reading the data again, calibration and the test evaluation.
@@ -83,6 +84,8 @@ class TuneResult:
     ensemble_metrics: dict[str, Any] | None
     trials: list[dict[str, Any]]
     seconds: float
+
+    exit_code = 0
 
     def summary(self) -> str:
         states = [t["state"] for t in self.trials]
@@ -190,14 +193,6 @@ def _suggest(trial: Any, models: tuple[str, ...], sizes: tuple[int, ...]) -> dic
     }
 
 
-def _class_counts(train: ArrayDataset, task: str, num_outputs: int) -> np.ndarray | None:
-    if task in ("binary", "multiclass"):
-        return np.bincount(train.target.numpy(), minlength=num_outputs)
-    if task == "multilabel":
-        return train.target.numpy().sum(0)
-    return None
-
-
 def tune(
     base_config: RunConfig,
     *,
@@ -267,7 +262,7 @@ def tune(
         try:
             result = fit(
                 model, data.train, data.val, task=task, config=config.train, run_dir=None,
-                class_counts=_class_counts(data.train, task, num_outputs), progress=False,
+                class_counts=policy.class_counts(data.train.target, task, num_outputs), progress=False,
                 train_transform=lambda inputs, g: (augment(inputs[0], g),), on_epoch=reporter,
             )
         finally:
@@ -302,12 +297,42 @@ def tune(
         count += 1
     bar.close()
 
+    return _finish(
+        records, states, base_config=base_config, out=out, budget_minutes=budget_minutes, seed=seed, sizes=sizes,
+        models=models, cache=cache, labels=labels, task=task, ensemble_top=ensemble_top, started=started,
+        progress=progress,
+    )
+
+
+def _finish(
+    records: list[dict[str, Any]],
+    states: dict[int, dict[str, torch.Tensor]],
+    *,
+    base_config: RunConfig,
+    out: Path,
+    budget_minutes: float,
+    seed: int,
+    sizes: tuple[int, ...],
+    models: tuple[str, ...],
+    cache: _DataCache,
+    labels: tuple[str, ...],
+    task: str,
+    ensemble_top: int,
+    started: float,
+    progress: bool,
+) -> TuneResult:
+    """Retrain the best trial's recipe as ``out/best``, evaluate it on test, and write ``tune.json``.
+
+    Raises:
+        DataError: no trial completed within the budget.
+    """
     best = _best_record(records)
     if best is None:
         raise DataError(
             f"No trial completed within {budget_minutes:.1f} minutes ({len(records)} started). "
             "Give a larger --budget or fewer --epochs."
         )
+    num_outputs = 1 if task == "regression" else len(labels)
     best_config = base_config.replace({**best["params"], "name": "best", "out_dir": str(out)})
     final = train(best_config, progress=progress)
     evaluation = evaluate(final.run_dir, split="test", progress=progress)

@@ -8,9 +8,9 @@ regression; binary tasks use 2 logits with softmax, as the image models do).
 Each model is an *encoder* (``model.encoder``, returning an embedding ``(N, d)``, with
 ``encoder.embedding_dim``) and a linear head, so a fusion model or the clustering code
 can reuse the encoder alone. ``model.hparams`` holds the constructor arguments; the
-bundle saves them and :func:`build_tabular_model` rebuilds the model from them::
+bundle saves them and :func:`build_record_model` rebuilds the model from them::
 
-    build_tabular_model(name, **hparams)
+    build_record_model(name, **hparams)
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _split(
     return continuous, codes
 
 
-class TabularEncoder(nn.Module):
+class RecordEncoder(nn.Module):
     """MLP body: categorical embeddings concatenated with the continuous columns.
 
     Args:
@@ -96,7 +96,7 @@ class TransformerEncoder(nn.Module):
     a learned embedding; a [CLS] token is prepended and its output is the embedding.
 
     Args:
-        n_continuous, cardinalities: as :class:`TabularEncoder`.
+        n_continuous, cardinalities: as :class:`RecordEncoder`.
         d_token: token width, which is also ``embedding_dim``.
         n_layers, n_heads: transformer depth and heads (``d_token % n_heads == 0``).
         dropout: attention and feed-forward dropout.
@@ -137,11 +137,11 @@ class TransformerEncoder(nn.Module):
         return self.norm(self.blocks(sequence)[:, 0])
 
 
-class TabularNet(nn.Module):
+class RecordNetwork(nn.Module):
     """An encoder plus a linear head: ``(N, F) -> (N, num_classes)`` logits."""
 
     def __init__(
-        self, encoder: TabularEncoder | TransformerEncoder, num_classes: int, hparams: dict[str, Any]
+        self, encoder: RecordEncoder | TransformerEncoder, num_classes: int, hparams: dict[str, Any]
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -158,15 +158,15 @@ class TabularNet(nn.Module):
         return self.encoder(x)
 
 
-def tabular_mlp(
+def record_mlp(
     n_continuous: int,
     cardinalities: Sequence[int],
     num_classes: int,
     *,
     hidden: Sequence[int] = (32, 16),
     dropout: float = 0.3,
-) -> TabularNet:
-    """MLP with categorical embeddings (SiLU, dropout); the default tabular network.
+) -> RecordNetwork:
+    """MLP with categorical embeddings (SiLU, dropout); the default record network.
 
     Small and strongly regularised on purpose: the shipped tables have 300-700 rows.
     """
@@ -178,11 +178,11 @@ def tabular_mlp(
         "hidden": list(hidden),
         "dropout": dropout,
     }
-    encoder = TabularEncoder(n_continuous, cardinalities, hidden=hidden, dropout=dropout)
-    return TabularNet(encoder, num_classes, hparams)
+    encoder = RecordEncoder(n_continuous, cardinalities, hidden=hidden, dropout=dropout)
+    return RecordNetwork(encoder, num_classes, hparams)
 
 
-def tabular_transformer(
+def record_transformer(
     n_continuous: int,
     cardinalities: Sequence[int],
     num_classes: int,
@@ -191,7 +191,7 @@ def tabular_transformer(
     n_layers: int = 2,
     n_heads: int = 4,
     dropout: float = 0.1,
-) -> TabularNet:
+) -> RecordNetwork:
     """Feature-tokenising transformer; slower than the MLP, rarely better on small tables."""
     hparams = {
         "name": "transformer",
@@ -206,26 +206,26 @@ def tabular_transformer(
     encoder = TransformerEncoder(
         n_continuous, cardinalities, d_token=d_token, n_layers=n_layers, n_heads=n_heads, dropout=dropout
     )
-    return TabularNet(encoder, num_classes, hparams)
+    return RecordNetwork(encoder, num_classes, hparams)
 
 
-TABULAR_MODELS: dict[str, Callable[..., TabularNet]] = {
-    "mlp": tabular_mlp,
-    "transformer": tabular_transformer,
+RECORD_MODELS: dict[str, Callable[..., RecordNetwork]] = {
+    "mlp": record_mlp,
+    "transformer": record_transformer,
 }
 
 
-def build_tabular_model(
+def build_record_model(
     name: str, *, n_continuous: int, cardinalities: Sequence[int], num_classes: int, **hparams: Any
-) -> TabularNet:
-    """Build a tabular network by name; ``build_tabular_model(**model.hparams)`` rebuilds one.
+) -> RecordNetwork:
+    """Build a record network by name; ``build_record_model(**model.hparams)`` rebuilds one.
 
     Raises:
         ConfigError: unknown name (with a suggestion) or unknown hyper-parameter.
     """
-    if name not in TABULAR_MODELS:
-        raise unknown_choice("tabular model", name, TABULAR_MODELS)
+    if name not in RECORD_MODELS:
+        raise unknown_choice("record model", name, RECORD_MODELS)
     try:
-        return TABULAR_MODELS[name](n_continuous, cardinalities, num_classes, **hparams)
+        return RECORD_MODELS[name](n_continuous, cardinalities, num_classes, **hparams)
     except TypeError as exc:
-        raise ConfigError(f"Bad hyper-parameters for tabular model '{name}': {exc}.") from None
+        raise ConfigError(f"Bad hyper-parameters for record model '{name}': {exc}.") from None

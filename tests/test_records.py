@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,13 +11,13 @@ import pytest
 import torch
 
 from medpredict.errors import ConfigError, DataError
-from medpredict.models.tabular import build_tabular_model
+from medpredict.models.records import build_record_model
 from medpredict.records.cleaning import TableCleaner
 from medpredict.training.clustering import cluster_embeddings, cluster_table
-from medpredict.training.record_fit import NetSettings
+from medpredict.training.record_fit import RECORD_TRAINING
 from medpredict.training.records import corrected_interval, cross_validate, load_table_data, train_table
 
-FAST = NetSettings(epochs=15)
+FAST = replace(RECORD_TRAINING, epochs=15)
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_train_table_writes_a_loadable_bundle(table, tmp_path):
     from medpredict.bundle.store import load_bundle
 
     run = train_table(
-        table, target="outcome", out=tmp_path / "run", settings=FAST, n_boot=100, progress=False
+        table, target="outcome", out=tmp_path / "run", train=FAST, n_boot=100, progress=False
     )
     bundle = load_bundle(run.run_dir)
     meta = bundle.meta
@@ -66,7 +67,7 @@ def test_train_table_writes_a_loadable_bundle(table, tmp_path):
     # the predictor's path: cleaner.json + model hparams rebuild the same outputs
     cleaner = TableCleaner.from_dict(bundle.read_json("cleaner.json"))
     hparams = {k: v for k, v in meta["model"].items() if k != "kind"}
-    model = build_tabular_model(**hparams)
+    model = build_record_model(**hparams)
     model.load_state_dict(bundle.state_dict)
     model.eval()
     x = cleaner.transform(run.data.frame.head(5))
@@ -78,7 +79,7 @@ def test_train_table_writes_a_loadable_bundle(table, tmp_path):
 
 def test_cross_validation_uses_same_folds_for_all_models(table):
     data = load_table_data(table, target="outcome")
-    result = cross_validate(data, n_splits=3, n_repeats=1, settings=FAST, progress=False)
+    result = cross_validate(data, n_splits=3, n_repeats=1, train=FAST, progress=False)
     models = result["models"]
     assert set(models) == {"mlp", "logistic", "boosting"}
     assert all(len(m["scores"]) == 3 for m in models.values())
@@ -91,7 +92,7 @@ def test_cross_validation_uses_same_folds_for_all_models(table):
 
 def test_regression_target(table, tmp_path):
     run = train_table(
-        table, target="length_of_stay", out=tmp_path / "reg", settings=FAST, n_boot=100, progress=False
+        table, target="length_of_stay", out=tmp_path / "reg", train=FAST, n_boot=100, progress=False
     )
     assert run.data.task == "regression" and run.data.labels == []
     test = run.metrics["models"]["mlp"]["test"]
@@ -104,7 +105,7 @@ def test_multiclass_target(table, tmp_path):
         table,
         target="stage",
         out=tmp_path / "multi",
-        settings=FAST,
+        train=FAST,
         baselines=False,
         n_boot=100,
         progress=False,
@@ -125,7 +126,7 @@ def test_target_rule_and_errors(table, tmp_path):
 
 
 def test_clustering_on_learned_embedding(table, tmp_path):
-    summary = cluster_table(table, target="outcome", out=tmp_path / "clusters", k=3)
+    summary = cluster_table(table, target="outcome", out=tmp_path / "clusters", k=3).found
     assert summary["k"] == 3 and sum(c["n"] for c in summary["clusters"]) == 120
     assert -1 <= summary["silhouette"] <= 1
     assert (tmp_path / "clusters" / "clusters.png").stat().st_size > 1000
@@ -152,7 +153,7 @@ def test_metrics_json_is_valid_json(table, tmp_path):
         table,
         target="outcome",
         out=tmp_path / "run",
-        settings=FAST,
+        train=FAST,
         baselines=False,
         n_boot=100,
         progress=False,

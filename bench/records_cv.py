@@ -1,16 +1,16 @@
 """Repeated cross-validation benchmark on the three shipped UCI tables.
 
 For each table: 10 x 5-fold repeated stratified CV (grouped by the id column when the
-table has one), the cleaner refitted on every training fold, and the tabular network,
+table has one), the cleaner refitted on every training fold, and the record network,
 logistic regression and gradient boosting trained on the very same folds. Reports the
 mean AUC with a 95% interval (Nadeau-Bengio corrected) and the network's difference
 from logistic regression with a corrected resampled t-test p-value.
 
-Writes ``bench/results/tabular_cv.md`` and ``bench/results/tabular_cv.json``.
+Writes ``bench/results/records_cv.md`` and ``bench/results/records_cv.json``.
 
-    nice python bench/tabular_cv.py                       # all three, 10 x 5
-    nice python bench/tabular_cv.py --repeats 2 --only heart
-    nice python bench/tabular_cv.py --models mlp transformer logistic boosting
+    nice python bench/records_cv.py                       # all three, 10 x 5
+    nice python bench/records_cv.py --repeats 2 --only heart
+    nice python bench/records_cv.py --models mlp transformer logistic boosting
 
 Data: UCI Heart Disease (Cleveland; Janosi, Steinbrunn, Pfisterer, Detrano), Wisconsin
 Breast Cancer original (Wolberg), Chronic Kidney Disease (Rubini, Soundarapandian,
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--only", nargs="*", choices=sorted(DATASETS), default=sorted(DATASETS))
     parser.add_argument("--models", nargs="*", default=["mlp", "logistic", "boosting"])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tabular_cv"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "records_cv"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)  # tiny tables: one thread is fastest and leaves the other core free
