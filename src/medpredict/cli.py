@@ -45,6 +45,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--force", action="store_true", help="move a run already in the folder aside (NAME.old-<time>)")
     p.set_defaults(handler=_train)
 
 
@@ -81,8 +82,9 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.out:
-        out = Path(args.out)
-        overrides["out_dir"], overrides["name"] = str(out.parent), out.name
+        from medpredict.config import run_location
+
+        overrides["out_dir"], overrides["name"] = run_location(args.out)
     overrides.update(_parse_set(args.set))
     return overrides
 
@@ -93,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
     from medpredict.training.image import train
 
     config = load_config(args.config, train_overrides(args))
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, force=args.force)
     if not Distributed.from_env().is_main:  # under torchrun, rank 0 reports
         return 0
     metrics = result.val_metrics
@@ -146,6 +148,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report by")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
+    p.add_argument("--force", action="store_true", help="move other results in --out aside instead of refusing")
+    p.add_argument("--allow-training-overlap", action="store_true",
+                   help="evaluate --data even when it holds rows or images the model was trained on (reported)")
     p.set_defaults(handler=_evaluate)
 
 
@@ -155,7 +160,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     subgroups = tuple(c.strip() for c in args.subgroups.split(",") if c.strip())
     result = evaluate(
         args.run, data=args.data, target=args.target, split=args.split, out=args.out,
-        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend,
+        lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend, force=args.force,
+        allow_training_overlap=args.allow_training_overlap,
     )
     print(result.summary())
     return 0
@@ -209,6 +215,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="predict even for DICOM inputs whose tags contradict the model's intended use")
+    p.add_argument("--force", action="store_true", help="move earlier predictions in --out aside (OUT.old-<time>)")
     p.set_defaults(handler=_predict)
 
 
@@ -217,7 +224,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     result = predict_files(
         args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend,
-        ignore_intended_use=args.ignore_intended_use,
+        ignore_intended_use=args.ignore_intended_use, force=args.force,
     )
     print(result.summary())
     return result.exit_code
@@ -352,7 +359,8 @@ def _table_check(args: argparse.Namespace) -> int:
 
 
 def _add_tabular(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tabular", help="clinical tables: train, cross-validate, cluster; MIMIC-IV demo task")
+    p = sub.add_parser("records", aliases=["tabular"],
+                       help="clinical tables: train, cross-validate, cluster; MIMIC-IV demo task")
     tab = p.add_subparsers(dest="tabular_command", required=True)
     for name, help_text in (
         ("train", "train + evaluate a tabular network (and baselines); writes a run folder with a bundle"),
@@ -369,6 +377,11 @@ def _add_tabular(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", default=f"runs/tabular_{name}")
         q.add_argument("--repeats", type=int, default=10 if name == "cv" else 0, help="CV repeats (5-fold)")
         q.add_argument("--k", type=int, help="clusters (default: chosen by silhouette)")
+        if name in ("train", "cluster"):
+            q.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
+        if name == "train":
+            q.add_argument("--allow-target-proxy", action="store_true",
+                           help="train even with a column that restates the target on its own (a leak)")
         q.set_defaults(handler=_tabular)
     m = tab.add_parser("mimic", help="the MIMIC-IV demo task end to end (patient-level split)")
     m.add_argument("root", help="MIMIC-IV demo folder holding hosp/ and icu/")
@@ -379,6 +392,7 @@ def _add_tabular(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--repeats", type=int, default=0, help="also run REPEATS x 5-fold CV")
     m.add_argument("--out", default="runs/mimic")
+    m.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
     m.set_defaults(handler=_tabular_mimic)
 
 
@@ -391,7 +405,7 @@ def _tabular(args: argparse.Namespace) -> int:
         from medpredict.training.clustering import cluster_table
 
         summary = cluster_table(args.table, target=args.target, schema=args.schema, out=args.out, k=args.k,
-                                model=args.model, seed=args.seed)
+                                model=args.model, seed=args.seed, force=args.force)
         print(f"k={summary['k']}, silhouette {summary['silhouette']:.3f}: {json.dumps(summary['clusters'])}")
         print(f"Map: {Path(args.out) / 'clusters.png'}")
         return 0
@@ -410,7 +424,8 @@ def _tabular(args: argparse.Namespace) -> int:
         return 0
     run = tabular.train_table(
         args.table, target=args.target, schema=args.schema, task=args.task, out=args.out,
-        model=args.model, seed=args.seed, cv_repeats=args.repeats,
+        model=args.model, seed=args.seed, cv_repeats=args.repeats, force=args.force,
+        allow_target_proxy=args.allow_target_proxy,
     )
     _print_table_run(run)
     return 0
@@ -420,7 +435,7 @@ def _tabular_mimic(args: argparse.Namespace) -> int:
     from medpredict.ehr.mimic import run_mimic_task
 
     run = run_mimic_task(args.root, out=args.out, task=args.task, model=args.model, seed=args.seed,
-                         cv_repeats=args.repeats)
+                         cv_repeats=args.repeats, force=args.force)
     _print_table_run(run)
     return 0
 
@@ -490,6 +505,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from medpredict.service.app import serve
 
+    if not 0 <= args.port <= 65535:  # before the model is loaded
+        raise ConfigError(f"--port {args.port} is not a TCP port; give one in 1-65535 (default 8000).")
     serve(args.run, host=args.host, port=args.port, api_key=args.api_key, max_upload_mb=args.max_upload_mb,
           audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend,
           ignore_intended_use=args.ignore_intended_use)
@@ -578,6 +595,9 @@ def _add_fusion(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--table-model", default="mlp", choices=("mlp", "transformer"))
     q.add_argument("--epochs", type=int)
     q.add_argument("--seed", type=int)
+    q.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
+    q.add_argument("--allow-target-proxy", action="store_true",
+                   help="train even with a clinical column that restates the target on its own (a leak)")
     q.set_defaults(handler=_fusion)
 
 
@@ -589,7 +609,8 @@ def _fusion(args: argparse.Namespace) -> int:
         args.manifest, target=args.target, clinical_columns=columns, out=args.out, image_model=args.image_model,
         image_size=args.image_size, channels=args.channels, mode=args.mode,
         modalities=tuple(m.strip() for m in args.modalities.split(",")), modality_dropout=args.modality_dropout,
-        table_model=args.table_model, epochs=args.epochs, seed=args.seed,
+        table_model=args.table_model, epochs=args.epochs, seed=args.seed, force=args.force,
+        allow_target_proxy=args.allow_target_proxy,
     )
     for view, splits in run.metrics["views"].items():
         result = splits.get("test") or splits.get("val") or {}

@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from medpredict.atomic import write_json, write_text
 from medpredict.data.fingerprints import average_hashes, content_hashes
-from medpredict.data.manifest import Manifest
+from medpredict.data.manifest import Manifest, label_variants
 from medpredict.data.splits import check_leakage
 from medpredict.errors import DataError
+from medpredict.records.proxies import target_proxies
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,26 @@ def check_images(manifest: Manifest, out_dir: str | Path, *, progress: bool = Tr
         warnings.append(
             f"{near_report.duplicate_groups_across_splits} groups of near-identical images cross splits"
         )
+    variants = label_variants(frame["label_name"])
+    report["label_variants"] = variants
+    for group in variants.values():
+        problems.append(
+            "labels that differ only in case or spaces would train as separate classes: "
+            + ", ".join(f"{v!r} ({int((frame['label_name'] == v).sum())} rows)" for v in group)
+            + " (merge them with data.label_map)"
+        )
+    if manifest.dropped.get("missing_target"):
+        warnings.append(f"{manifest.dropped['missing_target']} rows have no target value ('Unknown', 'N/A', empty ...) "
+                        "and are left out")
+    proxies = (
+        target_proxies(frame, frame["label_name"].to_numpy(), manifest.other_columns())
+        if manifest.task in ("binary", "multiclass")
+        else []
+    )
+    report["target_proxies"] = [p.to_dict() for p in proxies]
+    for proxy in proxies:
+        warnings.append(f"possible leakage: {proxy.describe(manifest.target_column or 'the target')}; "
+                        "do not use it as a clinical input")
     report["problems"], report["warnings"], report["ok"] = problems, warnings, not problems
     json_path = write_json(out_dir / "data_check.json", report)
     html_path = write_text(out_dir / "data_check.html", _html(report, balance))

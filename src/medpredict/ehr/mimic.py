@@ -212,6 +212,7 @@ def run_mimic_task(
     seed: int = 0,
     cv_repeats: int = 0,
     n_boot: int = 1000,
+    force: bool = False,
 ) -> Any:
     """Extract the cohort, then train and evaluate end to end with a patient-level split.
 
@@ -224,10 +225,11 @@ def run_mimic_task(
     """
     from medpredict.atomic import write_json, write_text
     from medpredict.records.tables import infer_schema
+    from medpredict.rundirs import claim_run_dir
     from medpredict.training.records import table_data_from_frame, train_table
 
+    out = claim_run_dir(out, force=force)  # a run there is refused (or, with force, moved aside) first
     cohort, info = build_cohort(root, task=task)
-    out = Path(out)
     write_text(out / "cohort.csv", cohort.to_csv(index=False))
     text = cohort.astype(object).where(cohort.notna(), None)  # the pipeline reads cells as written
     schema = infer_schema(text, overrides=info["schema"])

@@ -27,7 +27,15 @@ import numpy as np
 import pandas as pd
 
 from medpredict.records.cleaning import CleaningConfig, TableCleaner
-from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table, normalise_name
+from medpredict.records.proxies import Proxy, target_proxies
+from medpredict.records.tables import (
+    TableSchema,
+    apply_target_rule,
+    clean_target_token,
+    clean_token,
+    load_table,
+    normalise_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +134,25 @@ def build_report(
         "target": _target_summary(frame, schema),
         "duplicates": _duplicates(frame, schema, tokens),
         "columns_detail": columns,
+        "target_proxies": [p.to_dict() for p in _proxies(frame, schema)],
     }
     report["findings"] = _findings(report)
     return report
+
+
+def _proxies(frame: pd.DataFrame, schema: TableSchema) -> list[Proxy]:
+    """Feature columns that restate a class target (see :mod:`medpredict.records.proxies`)."""
+    column = schema.target
+    if column is None or column not in frame.columns:
+        return []
+    if schema.target_rule:
+        target = apply_target_rule(frame[column], schema.target_rule)
+    else:
+        target = frame[column].map(clean_target_token)
+        if _mostly_numeric(target) and target.nunique() > 10:
+            return []  # a continuous target: no classes to restate
+    keep = target.notna().to_numpy()
+    return target_proxies(frame.loc[keep], target[keep].astype(str).to_numpy(), schema.features())
 
 
 def _blank(value: object) -> bool:
@@ -149,7 +173,7 @@ def _target_summary(frame: pd.DataFrame, schema: TableSchema) -> dict[str, Any]:
         rule = f"{column}{schema.target_rule}"
         counts = {f"not {rule}": int((values == 0).sum()), rule: int((values == 1).sum())}
     else:
-        tokens = frame[column].map(clean_token).dropna()
+        tokens = frame[column].map(clean_target_token).dropna()
         if _mostly_numeric(tokens) and tokens.nunique() > 10:
             numbers = pd.to_numeric(tokens, errors="coerce")
             return {
@@ -212,6 +236,12 @@ def _findings(report: Mapping[str, Any]) -> list[str]:
                 f"The target is imbalanced: the smallest class is {target['minority_percent']}% of rows "
                 f"({target['counts']}). Report sensitivity and specificity, not only accuracy."
             )
+    for proxy in report.get("target_proxies") or []:
+        lines.append(
+            f"Possible leakage: column '{proxy['column']}' predicts the target almost perfectly on its own "
+            f"(balanced accuracy {proxy['balanced_accuracy']:.3f} in cross-validation). If it restates the outcome "
+            "or is only known after it, leave it out of the model (mark it 'ignore' in a schema)."
+        )
     dup = report["duplicates"]
     if dup["exact_rows"]:
         lines.append(

@@ -40,6 +40,12 @@ KINDS = ("numeric", "ordinal", "binary", "categorical", "date", "id", "ignore")
 FEATURE_KINDS = ("numeric", "ordinal", "binary", "categorical")
 # Tokens that mean "no value" in the tables hospitals and the UCI repository ship.
 MISSING_TOKENS = frozenset({"", "?", "na", "n/a", "nan", "null", "none", "-", "--", "missing", "."})
+# In a target column these words are never a class either: the outcome was not determined.
+# (In a feature, "unknown" may be an informative level, so the cleaner keeps it there.)
+TARGET_MISSING_TOKENS = MISSING_TOKENS | frozenset(
+    {"unknown", "unk", "not known", "not available", "n.a.", "#n/a", "undetermined", "not recorded",
+     "not applicable", "pending", "??"}
+)
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".data", ".arff", ".parquet", ".pq")
 _TARGET_ALIASES = ("target", "label", "class", "outcome", "diagnosis", "num", "y")
 _ID_NAME = re.compile(r"^(id|mrn|subject|patient|patient_no|hadm_id|stay_id)$|_id$|^id_|sample_code")
@@ -340,6 +346,27 @@ def clean_token(value: object) -> object:
     return value
 
 
+def clean_target_token(value: object) -> object:
+    """:func:`clean_token` for a target cell: also ``'Unknown'``, ``'unk'``, ``'pending'`` ... are ``None``."""
+    token = clean_token(value)
+    if isinstance(token, str) and token.lower() in TARGET_MISSING_TOKENS:
+        return None
+    return token
+
+
+def written_as(values: pd.Series, limit: int = 5) -> str:
+    """How missing cells were written, most frequent first: ``"'Unknown' x4, (empty) x2"``."""
+
+    def shown(value: object) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip():
+            return "(empty)"
+        return repr(str(value))
+
+    counts = values.astype(object).map(shown).value_counts()
+    text = ", ".join(f"{k} x{int(n)}" for k, n in counts.head(limit).items())
+    return text + (", ..." if len(counts) > limit else "")
+
+
 def _tokens(series: pd.Series) -> pd.Series:
     return series.map(clean_token).dropna()
 
@@ -438,7 +465,7 @@ def apply_target_rule(values: pd.Series, rule: str) -> pd.Series:
     if match is None:
         raise ConfigError(f"Target rule '{rule}' is not a comparison; write e.g. 'num>0' or 'class==4'.")
     op, raw = match.group(1), match.group(2).strip()
-    tokens = values.map(clean_token)
+    tokens = values.map(clean_target_token)
     number = _numeric(pd.Series([raw])).iloc[0]
     if not pd.isna(number):
         left = _numeric(tokens)

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 from medpredict.atomic import write_text
 from medpredict.config import TrainConfig
 from medpredict.data.datasets import ArrayDataset
-from medpredict.training.checkpoint import load_state, save_state
+from medpredict.errors import ConfigError
+from medpredict.training.checkpoint import (
+    check_fingerprint,
+    continue_schedule,
+    load_state,
+    load_weights_of_checkpoint,
+    save_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +88,50 @@ class FitResult:
     seconds: float = 0.0
 
 
+def learning_problem(result: FitResult, task: str) -> str | None:
+    """Why the weights ``fit`` kept are not a model that learned, or ``None`` when they are.
+
+    Refused: a validation score that was never finite (the kept weights are the untrained
+    ones), and a classifier that ran several epochs without ever scoring above its first
+    epoch while that first score was no better than chance (AUC 0.5).
+    """
+    scores = [float(h["val_score"]) for h in result.history]
+    if not scores:
+        return None
+    if not any(math.isfinite(s) for s in scores):
+        return (
+            f"the validation score was not a number in any of the {len(scores)} epochs, so the kept weights "
+            "are the untrained ones"
+        )
+    if result.best_epoch < 1:
+        return "no epoch improved the validation score, so the kept weights are the untrained ones"
+    first = scores[0]
+    later = [s for s in scores[1:] if math.isfinite(s)]
+    classifier = task in ("binary", "multiclass", "multilabel")
+    if classifier and later and math.isfinite(first) and first <= 0.5 and max(later) <= first:
+        return (
+            f"the validation AUC never rose above its first epoch's {first:.3f} (chance is 0.5) in "
+            f"{len(scores)} epochs: the model did not learn"
+        )
+    return None
+
+
 def resolve_device(name: str, dist: Distributed | None = None) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; under torchrun each rank takes its GPU."""
+    """``auto`` → CUDA when available, else CPU; under torchrun each rank takes its GPU.
+
+    Raises:
+        ConfigError: CUDA asked for where this PyTorch has none (a CPU build, or no GPU visible),
+            or a GPU index beyond the ones present.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        suffix = name.partition(":")[2]
+        index = int(suffix) if suffix.isdigit() else (0 if not suffix else -1)
+        if count == 0 or not 0 <= index < count:
+            why = "this PyTorch has no CUDA (a CPU build) or sees no GPU" if count == 0 else f"only {count} GPU(s)"
+            raise ConfigError(f"--device {name}: {why}. Use --device cpu, or auto to take a GPU when there is one.")
     if name == "cuda" and dist is not None and dist.enabled:
         return torch.device(f"cuda:{dist.local_rank}")
     return torch.device(name)
@@ -250,6 +297,7 @@ def fit(
     resume: bool = False,
     train_transform: BatchTransform | None = None,
     on_epoch: EpochCallback | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` and return the best weights by validation score.
 
@@ -259,13 +307,20 @@ def fit(
         run_dir: where the checkpoint, ``metrics.jsonl`` and ``curves.png`` go; ``None``
             trains without writing anything (cross-validation folds).
         class_counts: samples per class in the training set, for balanced weighting.
-        resume: continue from ``run_dir/checkpoint.safetensors`` if it exists.
+        resume: continue from ``run_dir/checkpoint.safetensors`` if it exists. More epochs
+            than the checkpoint's schedule stretch the schedule to the new length.
         train_transform: batch augmentation ``(inputs, generator) -> inputs``.
         on_epoch: called after every epoch (on every rank) with that epoch's record
             (``epoch``, ``train_loss``, ``val_loss``, ``val_score``, ``seconds``, ...) and the
             model holding that epoch's weights, after the checkpoint is written; an exception
             it raises (e.g. ``optuna.TrialPruned``) ends training. Its own time is not part
             of the epoch's ``seconds``.
+        fingerprint: what the run trains on (data, model, preprocessing; JSON values), stored
+            in the checkpoint; resuming refuses a checkpoint whose fingerprint differs
+            (:func:`medpredict.training.checkpoint.check_fingerprint`).
+
+    Raises:
+        ConfigError: resuming a checkpoint of other data, another model or preprocessing.
     """
     dist = Distributed.from_env()
     device = resolve_device(config.device, dist)
@@ -303,9 +358,10 @@ def fit(
     checkpoint_path = run_dir / CHECKPOINT if run_dir else None
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = load_state(checkpoint_path)
-        model.load_state_dict(state["model"])
+        check_fingerprint(state.get("fingerprint"), fingerprint, checkpoint_path)
+        load_weights_of_checkpoint(model, state["model"], checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        continue_schedule(scheduler, state["scheduler"])
         history, best_state = state["history"], state["best_model"]
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         start_epoch = state["epoch"] + 1
@@ -400,6 +456,7 @@ def fit(
                     "best_score": best_score,
                     "best_epoch": best_epoch,
                     "bad_epochs": bad_epochs,
+                    **({"fingerprint": fingerprint} if fingerprint is not None else {}),
                 },
             )
             with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:

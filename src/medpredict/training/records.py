@@ -34,10 +34,18 @@ import pandas as pd
 
 from medpredict.bundle.kinds import RecordInput, RecordNet
 from medpredict.bundle.schema import BundleMeta, write_bundle
-from medpredict.config import CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
+from medpredict.config import CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig, run_location
 from medpredict.errors import ConfigError, DataError, unknown_choice
 from medpredict.records.cleaning import TableCleaner, drop_duplicate_rows
-from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
+from medpredict.records.tables import (
+    TableSchema,
+    apply_target_rule,
+    clean_target_token,
+    clean_token,
+    load_table,
+    written_as,
+)
+from medpredict.rundirs import claim_run_dir
 from medpredict.training.postfit import fit_input_guard
 from medpredict.training.record_fit import BASELINES, NetSettings, fit_baseline, fit_network, new_network, score
 
@@ -98,13 +106,25 @@ def encode_target(
         raise DataError(
             f"The table has no target column '{column}'. Name the target with target=... or in the schema."
         )
+    if schema.kinds.get(column) == "id":
+        raise DataError(
+            f"The target column '{column}' holds identifiers (one value per patient or row), not an outcome. "
+            "Name the outcome column with --target."
+        )
     if schema.target_rule:
         values = apply_target_rule(frame[column], schema.target_rule)
         keep = values.notna().to_numpy()
         rule = f"{column}{schema.target_rule}"
         labels = [schema.labels.get("0", f"not {rule}"), schema.labels.get("1", rule)]
+        present = set(values[keep].astype(int))
+        if len(present) < 2:
+            only = labels[present.pop()] if present else "none"
+            raise DataError(
+                f"The target rule '{rule}' gives a single class ('{only}' for all {int(keep.sum())} rows with a "
+                f"value); a classifier needs both. Check the rule's threshold against the values of '{column}'."
+            )
         return values.to_numpy()[keep].astype(np.int64), labels, "binary", keep
-    tokens = frame[column].map(clean_token)
+    tokens = frame[column].map(clean_target_token)
     keep = tokens.notna().to_numpy()
     tokens = tokens[keep].map(lambda v: f"{float(v):g}" if _natural(str(v))[0] == 0 else str(v))
     distinct = sorted(tokens.unique(), key=_natural)
@@ -151,7 +171,8 @@ def table_data_from_frame(
     removed["missing_target"] = int((~keep).sum())
     if removed["missing_target"]:
         logger.warning(
-            "Dropped %d row(s) with no value in target '%s'.", removed["missing_target"], schema.target
+            "Dropped %d row(s) with no value in target '%s' (written as %s).", removed["missing_target"],
+            schema.target, written_as(frame[schema.target][~keep]),
         )
     frame = frame.loc[keep].reset_index(drop=True)
     id_column = schema.id_column()
@@ -424,6 +445,8 @@ def train_table(
     cv_repeats: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    force: bool = False,
+    allow_target_proxy: bool = False,
 ) -> TableRun:
     """Train a tabular network on a table and write a run folder with its bundle.
 
@@ -440,10 +463,14 @@ def train_table(
         cv_repeats: if > 0, also run ``cv_repeats`` x 5-fold cross-validation of all
             three models (on all rows) and store it in ``metrics.json``.
         n_boot: patient-bootstrap replicates for the metric intervals.
+        force: move a run already in ``out`` aside (``NAME.old-<time>``) instead of refusing.
+        allow_target_proxy: train even with a column that restates the target on its own
+            (:mod:`medpredict.records.proxies`); refused by default as a leak.
 
     Raises:
-        DataError: unreadable table, missing target, too few patients to split.
-        ConfigError: unknown model, task or option.
+        DataError: unreadable table, missing target, too few patients to split, a column that
+            restates the target.
+        ConfigError: unknown model, task or option; ``out`` holds a run (without ``force``).
     """
     from medpredict.atomic import write_json, write_text
     from medpredict.evaluation.metrics import classification_metrics, regression_metrics
@@ -451,19 +478,21 @@ def train_table(
     if model not in ("mlp", "transformer"):
         raise unknown_choice("tabular network", model, ("mlp", "transformer"))
     started = time.monotonic()
+    run_dir = Path(*run_location(out))
+    claim_run_dir(run_dir, force=force)
     data = (
         source
         if isinstance(source, TableData)
         else load_table_data(source, target=target, schema=schema, task=task)
     )
     settings = settings or NetSettings()
-    run_dir = Path(out)
     splits = split_rows(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     part = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
     if len(part["train"]) == 0 or len(part["val"]) == 0:
         raise DataError(
             f"The train or validation split of {data.source} is empty; give more rows or other fractions."
         )
+    refuse_target_proxies(data, part["train"], allowed=allow_target_proxy)
     cleaner = TableCleaner(data.schema, cleaning).fit(data.frame.iloc[part["train"]])
     x = {name: cleaner.transform(data.frame.iloc[rows]) for name, rows in part.items()}
     y = {name: data.y[rows] for name, rows in part.items()}
@@ -595,6 +624,34 @@ def train_table(
         data=data,
         splits=splits,
         model=net,
+    )
+
+
+def refuse_target_proxies(data: TableData, rows: np.ndarray, *, allowed: bool) -> None:
+    """Log the record columns a model reads; refuse one that restates the target (unless ``allowed``).
+
+    Raises:
+        DataError: names the column, its balanced accuracy alone, and how to leave it out or keep it.
+    """
+    from medpredict.records.proxies import target_proxies
+
+    features = data.schema.features()
+    logger.info("Record columns the model reads (%d): %s", len(features), ", ".join(features))
+    if data.task == "regression":
+        return
+    frame = data.frame.iloc[rows]
+    proxies = target_proxies(frame, np.asarray(data.labels, dtype=object)[data.y[rows]], features)
+    if not proxies:
+        return
+    found = "; ".join(p.describe(str(data.schema.target)) for p in proxies)
+    if allowed:
+        logger.warning("Training with a possible leak, as asked: %s.", found)
+        return
+    ignored = ", ".join(f"{p.column}: ignore" for p in proxies)
+    raise DataError(
+        f"Refusing to train on {data.source}: {found}. A model reading it learns nothing usable before the "
+        f"outcome is known. Leave it out (a --schema file with columns: {{{ignored}}}), or pass "
+        "--allow-target-proxy if it is truly known before the outcome."
     )
 
 
