@@ -308,7 +308,7 @@ def test_a_rewritten_checksum_list_is_refused_when_a_key_is_set(exported, tmp_pa
 def test_an_export_without_checksums_is_refused(exported, tmp_path):
     import shutil
 
-    from medpredict.inference.onnx import load_predictor
+    from medpredict.inference.loader import load_predictor
 
     run = tmp_path / "run"
     shutil.copytree(exported, run)
