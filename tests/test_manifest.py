@@ -244,7 +244,7 @@ def test_a_target_with_no_value_at_all_is_refused(tmp_path: Path) -> None:
 
 
 def test_label_map_merges_spellings_and_variants_are_found(tmp_path: Path) -> None:
-    from medpredict.data.manifest import label_variants
+    from medpredict.records.tables import label_variants
 
     labels = ["normal", "normal ", "Normal", "pneumonia", "pneumonia"]
     csv = write_csv(tmp_path / "m.csv", {"path": list("abcde"), "label": labels})

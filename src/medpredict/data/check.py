@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from medpredict.atomic import write_json, write_text
 from medpredict.data.fingerprints import average_hashes, content_hashes
-from medpredict.data.manifest import Manifest, label_variants
+from medpredict.data.manifest import Manifest
 from medpredict.data.splits import check_leakage
 from medpredict.errors import DataError
 from medpredict.records.proxies import target_proxies
+from medpredict.records.tables import label_variants
 
 log = logging.getLogger(__name__)
 

@@ -285,18 +285,6 @@ def _normalise_split(value: object) -> object:
     return SPLIT_ALIASES[key]
 
 
-def label_variants(values: pd.Series) -> dict[str, list[str]]:
-    """Spellings of one label that differ only in case or spaces: ``{"normal": ["Normal", "normal "]}``.
-
-    Keys are the spelling with spaces collapsed and lower-cased; only groups of two or more
-    distinct spellings are returned (each would otherwise become a class of its own).
-    """
-    groups: dict[str, set[str]] = {}
-    for value in values.dropna().astype(str).unique():
-        groups.setdefault(" ".join(value.split()).casefold(), set()).add(value)
-    return {key: sorted(spellings) for key, spellings in sorted(groups.items()) if len(spellings) > 1}
-
-
 def _encode_target(frame: pd.DataFrame, target: str, task: str, source: str) -> tuple[tuple[str, ...], str]:
     values = frame[target]
     if task == "regression" or (task == "auto" and _looks_continuous(values)):

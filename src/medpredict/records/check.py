@@ -33,6 +33,7 @@ from medpredict.records.tables import (
     apply_target_rule,
     clean_target_token,
     clean_token,
+    label_variants,
     load_table,
     normalise_name,
 )
@@ -230,6 +231,12 @@ def _findings(report: Mapping[str, Any]) -> list[str]:
         if target.get("missing"):
             lines.append(
                 f"{target['missing']} row(s) have no target value; they cannot be used for training."
+            )
+        for group in label_variants(pd.Series(list(target.get("counts") or {}))).values():
+            lines.append(
+                "Target values that differ only in case or spaces would be separate classes: "
+                + ", ".join(f"'{v}' ({target['counts'][v]} rows)" for v in group)
+                + ". Make them one spelling before training."
             )
         if target.get("minority_percent") is not None and target["minority_percent"] < 20:
             lines.append(

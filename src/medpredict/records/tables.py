@@ -354,6 +354,18 @@ def clean_target_token(value: object) -> object:
     return token
 
 
+def label_variants(values: pd.Series) -> dict[str, list[str]]:
+    """Spellings of one label that differ only in case or spaces: ``{"normal": ["Normal", "normal "]}``.
+
+    Keys are the spelling with spaces collapsed and lower-cased; only groups of two or more
+    distinct spellings are returned (each would otherwise become a class of its own).
+    """
+    groups: dict[str, set[str]] = {}
+    for value in values.dropna().astype(str).unique():
+        groups.setdefault(" ".join(value.split()).casefold(), set()).add(value)
+    return {key: sorted(spellings) for key, spellings in sorted(groups.items()) if len(spellings) > 1}
+
+
 def written_as(values: pd.Series, limit: int = 5) -> str:
     """How missing cells were written, most frequent first: ``"'Unknown' x4, (empty) x2"``."""
 

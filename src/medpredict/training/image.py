@@ -38,11 +38,12 @@ from medpredict.bundle.schema import BundleMeta, write_bundle
 from medpredict.config import RunConfig
 from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
 from medpredict.data.intended_use import declare
-from medpredict.data.manifest import Manifest, label_variants, load_manifest
+from medpredict.data.manifest import Manifest, load_manifest
 from medpredict.data.splits import assign_splits, require_no_leakage
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError
 from medpredict.evaluation.subgroups import reference_statistics
+from medpredict.records.tables import label_variants
 from medpredict.rundirs import claim_run_dir, removed_on_failure, set_aside_stale_results
 from medpredict.training.engine import (
     Distributed,
