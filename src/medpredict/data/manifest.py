@@ -355,8 +355,9 @@ def _medmnist_labels(
     if len(shape) < 3:
         raise DataError(f"{path}: '{image_key}' has shape {shape}; MedMNIST images are stacked (N, H, W) arrays.")
     if labels.ndim not in (1, 2) or len(labels) != shape[0]:
+        count = f"{len(labels)} labels (shape {labels.shape})" if labels.ndim else f"shape {labels.shape}"
         raise DataError(
-            f"{path}: {image_key} has {shape[0]} images but {label_key} has shape {labels.shape}; "
+            f"{path}: {image_key} has {shape[0]} images but {label_key} has {count}; "
             "give one label (or one row of labels) per image."
         )
     table = labels.reshape(len(labels), -1)

@@ -527,6 +527,8 @@ def export_run(
     if quant_method is not None and quant_method not in QUANT_METHODS:
         raise unknown_choice("quantisation method", quant_method, QUANT_METHODS)
     bundle_dir = resolve_bundle_dir(Path(run))
+    if not (bundle_dir / WEIGHTS).is_file():
+        raise ConfigError(f"{bundle_dir} holds no PyTorch weights ({WEIGHTS}): its model is an ONNX graph already.")
     predictor = Predictor.from_bundle(bundle_dir)
     info = predictor.bundle.info
     kind = info.entry

@@ -540,7 +540,7 @@ def evaluate(
     report_path = build_report(out_dir, evaluation, lang=lang)
     if got.cases:
         _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
-    if bundle is not None and not got.external and split == "test" and out_dir == bundle.path.parent:
+    if bundle is not None and not got.external and split == "test" and out is None:  # the card travels with the model
         add_files(
             bundle.path,
             json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
