@@ -186,6 +186,7 @@ def _add_adopt(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--body-part", action="append", default=[], help="intended BodyPartExamined (repeatable)")
     p.add_argument("--view", action="append", default=[], help="intended ViewPosition, e.g. PA (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
     p.set_defaults(handler=_adopt)
 
 
@@ -196,7 +197,7 @@ def _adopt(args: argparse.Namespace) -> int:
                 "views": args.view}
     result = adopt(
         args.descriptor, args.data, args.out, split=args.split, target=args.target, intended_use=intended,
-        threshold_from=args.threshold_from, seed=args.seed,
+        threshold_from=args.threshold_from, seed=args.seed, force=args.force,
     )
     print(result.summary())
     return 0

@@ -175,7 +175,8 @@ def verify(folder: Path, *, required: tuple[str, ...] | None = None, what: str =
         what: how messages name the folder (``bundle``, ``ONNX export``).
 
     Returns:
-        The parsed ``checksums.json`` (``files``, and ``bound_to`` when written with it).
+        The checksum of every file (``checksums.json``'s ``files``; its ``bound_to``, when
+        written with one, is covered by the HMAC too).
 
     Raises:
         BundleError: a file changed, missing, unlisted, or not signed with the key.
@@ -225,7 +226,7 @@ def verify(folder: Path, *, required: tuple[str, ...] | None = None, what: str =
             raise BundleError(
                 f"The {what} {folder} is not signed with the key in {KEY_ENV}; refusing to load it."
             )
-    return sums
+    return files
 
 
 def load_bundle(path: str | Path) -> Bundle:
