@@ -1,17 +1,21 @@
-"""A long fuzzing campaign over every reader and the service's upload path.
+"""A long fuzzing campaign over every reader, the service's upload path and the CLI's file arguments.
 
-Runs the hypothesis properties of ``tests/test_fuzz_readers.py`` and
-``tests/test_fuzz_service.py`` (uploads, file names, content types, routes and keys, and on a
-record model odd and deeply nested JSON records: NaN, infinities, overflowing numbers,
+Runs the hypothesis properties of ``tests/test_fuzz_readers.py``, ``tests/test_fuzz_service.py``
+and ``tests/test_fuzz_cli.py``: uploads, file names, content types, routes and keys, and on a
+record model odd and deeply nested JSON records (NaN, infinities, overflowing numbers,
 booleans, numeric and missing-value text, unknown fields, nesting up to 100,000 levels, each
-answered 200 or 422 naming the field and audited) in rounds with fresh random seeds and many more examples,
-until the time budget is spent; then, when ``atheris`` is installed, a coverage-guided run
-of ``read_image`` / ``load_table`` over mutated seed files (PNG, JPEG, DICOM, NIfTI, npz,
-CSV, ARFF). Writes ``bench/results/fuzz_campaign.json``: inputs tried per property, time,
-and every failure signature (exception type, message, where it was raised).
+answered 200 or 422 naming the field and audited); generated tables, manifests, npz archives
+and images given to ``data check``, ``predict``, ``evaluate --data`` and ``records train``
+(exit status 0, 1 or 2, never a traceback; slow properties included). It runs them in rounds
+with fresh random seeds and many more examples until the time budget is spent; then, when
+``atheris`` is installed, a coverage-guided run of ``read_image`` / ``load_table`` over mutated
+seed files (PNG, JPEG, DICOM, NIfTI, npz, CSV, ARFF). Writes ``bench/results/fuzz_campaign.json``:
+inputs tried per property, time, and every failure signature (exception type, message, where
+it was raised).
 
     python bench/fuzz_campaign.py --minutes 10            # half hypothesis, half atheris
     python bench/fuzz_campaign.py --minutes 30 --no-atheris
+    python bench/fuzz_campaign.py --minutes 3 --only cli --no-atheris --examples 40
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
-FUZZ_FILES = ("tests/test_fuzz_readers.py", "tests/test_fuzz_service.py")
+FUZZ_FILES = {
+    "readers": "tests/test_fuzz_readers.py",
+    "service": "tests/test_fuzz_service.py",
+    "cli": "tests/test_fuzz_cli.py",
+}
 _STATS = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid")
 _TEST = re.compile(r"^(tests/\S+::\S+):", re.MULTILINE)
 
 
-def hypothesis_rounds(seconds: float, examples: int) -> dict[str, object]:
+def hypothesis_rounds(seconds: float, examples: int, files: tuple[str, ...] = tuple(FUZZ_FILES.values())
+                      ) -> dict[str, object]:
     """Repeat the fuzz test files with random seeds until ``seconds`` are spent."""
     passing: collections.Counter[str] = collections.Counter()
     failing: collections.Counter[str] = collections.Counter()
@@ -65,7 +74,9 @@ def hypothesis_rounds(seconds: float, examples: int) -> dict[str, object]:
                 "--hypothesis-show-statistics",
                 "-k",
                 "not xfail",
-                *FUZZ_FILES,
+                "-m",
+                "slow or not slow",  # the CLI's training properties are marked slow in the default suite
+                *files,
             ],
             cwd=ROOT,
             env=env,
@@ -243,13 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="total time budget")
     parser.add_argument("--examples", type=int, default=300, help="hypothesis examples per property per round")
     parser.add_argument("--no-atheris", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=sorted(FUZZ_FILES), default=sorted(FUZZ_FILES),
+                        help="which hypothesis files to run (default all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     budget = args.minutes * 60
     use_atheris = not args.no_atheris
-    summary: dict[str, object] = {"minutes": args.minutes}
-    summary["hypothesis"] = hypothesis_rounds(budget / 2 if use_atheris else budget, args.examples)
+    summary: dict[str, object] = {"minutes": args.minutes, "files": [FUZZ_FILES[k] for k in args.only]}
+    summary["hypothesis"] = hypothesis_rounds(
+        budget / 2 if use_atheris else budget, args.examples, tuple(FUZZ_FILES[k] for k in args.only)
+    )
     if use_atheris:
         summary["atheris"] = atheris_run(int(budget / 2), args.out)
     (args.out / "fuzz_campaign.json").write_text(json.dumps(summary, indent=2) + "\n")

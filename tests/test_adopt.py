@@ -277,3 +277,17 @@ def test_predict_files_and_the_service_answer_with_the_adopted_bundle(adopted, t
     answer = res.json()["prediction"]
     assert answer["decision"] == "1" and answer["prediction_set"] == row["prediction_set"]
     assert answer["probabilities"] == pytest.approx(row["probabilities"], abs=1e-6)
+
+
+def test_adopt_into_a_folder_holding_a_run_is_refused_and_force_moves_it_aside(adopted, square_graph, square_npz,
+                                                                              tmp_path):
+    import shutil
+
+    from medpredict.workflows.adopt import adopt
+
+    run = tmp_path / "run"
+    shutil.copytree(adopted[0], run)
+    with pytest.raises(ConfigError, match="already holds an image model.*--force"):
+        adopt(_descriptor(square_graph), square_npz, run, progress=False)
+    adopt(_descriptor(square_graph), square_npz, run, progress=False, force=True)
+    assert (run / "model" / "bundle.json").is_file() and len(list(tmp_path.glob("run.old-*"))) == 1

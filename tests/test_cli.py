@@ -279,3 +279,86 @@ def test_image_model_names_in_help_come_from_the_model_table(capsys: pytest.Capt
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in MODELS) and "brief-cnn" not in text
+
+
+# --------------------------------------------------------------------------- issue 13: one line, exit 2
+
+
+def _npz_bytes(kind: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    labels = (np.arange(8) % 2).reshape(-1, 1).astype(np.uint8)
+    np.savez_compressed(buffer, train_images=np.zeros((8, 8, 8), np.uint8), train_labels=labels)
+    data = buffer.getvalue()
+    if kind == "empty":
+        return b""
+    if kind == "truncated":
+        return data[: len(data) // 2]
+    return data[:120] + bytes(b ^ 0x5A for b in data[120:240]) + data[240:]  # corrupt compressed members
+
+
+@pytest.fixture
+def files(tmp_path: Path, tiny_run: Path) -> dict[str, str]:
+    (tmp_path / "a_file").write_text("x")
+    for kind in ("empty", "truncated", "corrupt"):
+        (tmp_path / f"{kind}.npz").write_bytes(_npz_bytes(kind))
+    rows = ["patient_id,age,num"] + [f"p{i},{40 + i},{i % 3}" for i in range(40)]
+    (tmp_path / "table.csv").write_text("\n".join(rows) + "\n")
+    write_png(tmp_path / "x.png", blocks(1))
+    return {"tmp": str(tmp_path), "run": str(tiny_run), "file": str(tmp_path / "a_file"),
+            "table": str(tmp_path / "table.csv"), "png": str(tmp_path / "x.png")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["data", "check", "{tmp}/empty.npz"], "empty, truncated or not an npz"),  # EOFError before
+        (["data", "check", "{tmp}/truncated.npz"], "empty, truncated or not an npz"),  # BadZipFile before
+        (["data", "check", "{tmp}/corrupt.npz"], "empty, truncated or not an npz"),  # zlib.error before
+        (["train", "--data", "{tmp}/truncated.npz", "--out", "{tmp}/r"], "empty, truncated or not an npz"),
+        (["train", "--data", "{tmp}/empty.npz", "--out", "{file}"], "is a file, not a folder"),  # --out a file
+        (["train", "--data", "{tmp}/empty.npz", "--out", "{file}/run"], "cannot be created: .* is a file"),
+        (["evaluate", "{run}", "--out", "{file}"], "is a file, not a folder"),
+        (["predict", "{run}", "{png}", "--out", "{file}"], "is a file, not a folder"),
+        (["export", "{run}", "--out", "{file}"], "is a file, not a folder"),
+        (["train", "--data", "{tmp}/empty.npz", "--device", "cuda", "--out", "{tmp}/r"], "--device cuda: "),
+        (["serve", "{run}", "--port", "99999"], "--port 99999 is not a TCP port"),
+        (["records", "train", "{table}", "--target", "num>10", "--out", "{tmp}/r"], "gives a single class"),
+        (["tabular", "train", "{table}", "--target", "patient_id", "--out", "{tmp}/r"], "holds identifiers"),
+        (["evaluate", "{run}", "--lang", "fr"], "Unknown report language 'fr'"),
+        (["records", "cluster", "{table}", "--target", "num", "--k", "1", "--out", "{tmp}/c"], "--k 1: k-means"),
+        (["export", "{run}", "--atol", "0"], "--atol 0.0: give a positive parity bound"),
+        (["tune", "--data", "{tmp}/empty.npz", "--trials", "0", "--out", "{tmp}/t"], "--trials 0"),
+        (["train", "--data", "{tmp}/empty.npz", "--set", "name=../../..", "--out", "{tmp}/r"], "plain folder name"),
+        (["train", "--data", "{tmp}/empty.npz", "--resume", "--out", "{tmp}/r"], "--resume: .* holds no checkpoint"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(
+    files: dict[str, str], argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    if argv[0] == "tune":
+        pytest.importorskip("optuna")
+    code = main(["-q", *(a.format(**files) for a in argv)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("medpredict: error: "), err
+    assert re.search(message, err), err
+    assert not (Path(files["tmp"]) / "r").exists()  # a refused run leaves no folder behind
+
+
+def test_the_already_holds_a_run_message_names_flags_that_exist(tiny_run: Path, capsys) -> None:
+    import re
+
+    from medpredict.cli import build_parser
+
+    code = main(["-q", "train", "--data", "unused.npz", "--out", str(tiny_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds an image model" in err
+    named = set(re.findall(r"--[a-z][a-z-]+", err))
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    known = {option for action in train_parser._actions for option in action.option_strings}
+    assert named and named <= known, named - known  # the issue: it suggested a --name flag that does not exist

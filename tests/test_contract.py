@@ -204,7 +204,9 @@ def test_evaluate_of_a_fused_run(runs: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "fused"
     shutil.copytree(runs["fused"], run)
     assert main(["evaluate", str(run), "--n-boot", "0"]) == 0
-    report = json.loads((run / "metrics.json").read_text())
+    # the run's own metrics.json (its views compared) stays; the evaluation has a folder of its own
+    assert "views" in json.loads((run / "metrics.json").read_text())
+    report = json.loads((run / "evaluation-own-test" / "metrics.json").read_text())
     assert report["metrics"]["n"] == json.loads((run / "model" / "bundle.json").read_text())["data"]["rows"]["test"]
     assert (run / "model" / "model_card.md").is_file()
 

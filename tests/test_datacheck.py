@@ -134,3 +134,19 @@ def test_real_kermany_exact_duplicates(shared_data: Path, tmp_path: Path) -> Non
     assert report["exact_duplicates"]["groups_across_splits"] == 0
     assert report["missing_files"] == [] and report["unreadable_files"] == []
     assert report["ok"]
+
+
+def test_label_spellings_and_missing_targets_are_reported(tmp_path: Path, capsys) -> None:
+    # The issue: five labels read 'normal ' (trailing space) and data check said nothing.
+    from medpredict.cli import main
+
+    for i in range(8):
+        write_png(tmp_path / f"{i}.png", blocks(20 + i))
+    labels = ["normal", "normal ", "normal ", "pneumonia", "Pneumonia", "pneumonia", "Unknown", "N/A"]
+    pd.DataFrame({"path": [f"{i}.png" for i in range(8)], "label": labels}).to_csv(tmp_path / "m.csv", index=False)
+    result = check_images(load_manifest(tmp_path / "m.csv"), tmp_path / "report", progress=False)
+    assert result.report["label_variants"] == {"normal": ["normal", "normal "], "pneumonia": ["Pneumonia", "pneumonia"]}
+    assert not result.ok and sum("differ only in case or spaces" in p for p in result.report["problems"]) == 2
+    assert any("2 rows have no target value" in w for w in result.report["warnings"])
+    assert main(["-q", "data", "check", str(tmp_path / "m.csv"), "--out", str(tmp_path / "cli")]) == 1
+    assert "PROBLEM: labels that differ only in case or spaces" in capsys.readouterr().out

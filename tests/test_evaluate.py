@@ -111,15 +111,110 @@ def test_pneumoniamnist_and_uci_heart_reports_render_in_chromium(shared_data: Pa
     ).run_dir
     heart = shared_data / "tabular" / "uci_heart_disease" / "processed.cleveland.data"
     table_run = train_table(heart, target="num>0", out=tmp_path / "heart").run_dir
+    reports = []  # a record run keeps its model comparison: its evaluation goes to a sub-folder
     for run in (image_run, table_run):
-        evaluate(run, n_boot=100, progress=False)
+        report = evaluate(run, n_boot=100, progress=False).out_dir
         shot = tmp_path / f"{run.name}.png"
-        assert _render(run / "report.html", shot) == list(SECTIONS)
+        assert _render(report / "report.html", shot) == list(SECTIONS)
         pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
         assert pixels.shape[0] > 2000 and pixels.std() > 20
-    heart_report = json.loads((table_run / "metrics.json").read_text())
+        reports.append(report)
+    heart_report = json.loads((reports[1] / "metrics.json").read_text())
     assert heart_report["explanations"]["feature_importance"]  # permutation importance for records
-    for run in (image_run, table_run):  # both compare test with the validation split they were tuned on
-        rows = json.loads((run / "metrics.json").read_text())["agreement"]["rows"]
+    for report in reports:  # both compare test with the validation split they were tuned on
+        rows = json.loads((report / "metrics.json").read_text())["agreement"]["rows"]
         assert {"auc", "sensitivity", "specificity"} <= {r["metric"] for r in rows}
-        assert "Validation vs test" in (run / "report.html").read_text(encoding="utf-8")
+        assert "Validation vs test" in (report / "report.html").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- issue 13: overlap and output folders
+
+
+def test_external_data_holding_training_images_is_refused_then_reported(tiny_run: Path, square_npz: Path,
+                                                                        tmp_path: Path) -> None:
+    # The run was trained on square_npz's train split: evaluating that split as "external" data overlaps fully.
+    with pytest.raises(DataError, match=r"96 of 96 rows of .* were in the model's training data .*"
+                                        r"--allow-training-overlap"):
+        evaluate(tiny_run, data=str(square_npz), split="train", out=tmp_path / "x", n_boot=0, progress=False)
+    assert not (tmp_path / "x" / "metrics.json").exists()
+    evaluate(tiny_run, data=str(square_npz), split="train", out=tmp_path / "x", n_boot=0, progress=False,
+             allow_training_overlap=True)
+    report = json.loads((tmp_path / "x" / "metrics.json").read_text())
+    assert report["training_overlap"]["rows"] == 96 and report["training_overlap"]["of"] == 96
+    assert any("were in the model's training data" in w for w in report["warnings"])
+    from medpredict.config import from_dict
+    from medpredict.data.manifest import load_manifest
+    from medpredict.workflows.overlap import training_overlap
+
+    config = from_dict(json.loads((tiny_run / "model" / "bundle.json").read_text())["config"])
+    test_rows = load_manifest(square_npz).split("test")
+    assert training_overlap(config, test_rows)["rows"] == 0  # the held-out split does not overlap
+
+
+def test_evaluate_out_holding_other_results_is_refused_or_moved_aside(tiny_run: Path, square_npz: Path,
+                                                                      tmp_path: Path) -> None:
+    from medpredict.errors import ConfigError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"models": {"mlp": {}}}')  # e.g. a record run's comparison
+    with pytest.raises(ConfigError, match="already holds other results .*--force"):
+        evaluate(tiny_run, data=str(square_npz), out=out, n_boot=0, progress=False)
+    assert (out / "metrics.json").read_text() == '{"models": {"mlp": {}}}'
+    evaluate(tiny_run, data=str(square_npz), out=out, n_boot=0, progress=False, force=True)
+    (aside,) = tmp_path.glob("out.old-*")
+    assert json.loads((aside / "metrics.json").read_text()) == {"models": {"mlp": {}}}
+    assert json.loads((out / "metrics.json").read_text())["run"]["evaluated"]["split"] == "test"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lang": "fr"}, "Unknown report language 'fr'"),  # was found only after the whole evaluation
+        ({"n_boot": -5}, "--n-boot -5"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from medpredict.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        evaluate(tmp_path / "no-run-needed", progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def record_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small record run (its metrics.json compares three models)."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from medpredict.training.record_fit import RECORD_TRAINING
+    from medpredict.training.records import train_table
+
+    root = tmp_path_factory.mktemp("record_run")
+    rng = np.random.default_rng(0)
+    age = rng.normal(60, 10, 160).round()
+    frame = pd.DataFrame({"patient_id": [f"p{i}" for i in range(160)], "age": age, "sex": rng.choice(["M", "F"], 160),
+                          "outcome": (age + rng.normal(0, 6, 160) > 60).astype(int)})
+    frame.to_csv(root / "table.csv", index=False)
+    train_table(root / "table.csv", target="outcome", out=root / "run", train=replace(RECORD_TRAINING, epochs=5),
+                n_boot=0, progress=False)
+    return root / "run"
+
+
+def test_evaluate_on_a_record_run_keeps_its_model_comparison(record_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(record_run, run)
+    comparison = (run / "metrics.json").read_text()
+    first = evaluate(run, n_boot=0, progress=False)
+    assert (run / "metrics.json").read_text() == comparison  # the three-model comparison stays
+    assert first.out_dir == run / "evaluation-own-test"
+    assert json.loads((first.out_dir / "metrics.json").read_text())["metrics"]["n"] > 0
+    again = evaluate(run, n_boot=0, progress=False)  # the same evaluation again: the same sub-folder
+    assert again.out_dir == first.out_dir and not (run / "evaluation-own-test-2").exists()
+
+
+def test_evaluate_with_the_training_table_as_external_data_is_refused(record_run: Path, tmp_path: Path) -> None:
+    table = record_run.parent / "table.csv"
+    with pytest.raises(DataError, match=r"rows of table.csv were in the model's training data .*model inputs"):
+        evaluate(record_run, data=str(table), out=tmp_path / "x", n_boot=0, progress=False)

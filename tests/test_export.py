@@ -232,3 +232,130 @@ def test_cli_export_int8_prints_the_validation_auc_change(run_copy, capsys):
     assert main(["export", str(run_copy), "--int8", "--int8-method", "dynamic", "--exporter", "torchscript",
                  "--out", str(run_copy / "onnx-dyn")]) == 0
     assert "int8 model (dynamic)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- issue 13: integrity of the export
+
+
+def _change_a_weight(path) -> None:
+    """Edit one value of the largest initializer and save: a valid ONNX file with other weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] = values.flat[1] if values.flat[0] != values.flat[1] else values.flat[0] // 2 + 1
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(proto, str(path))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, run_copy):
+    """A copy of the run with an fp32 and an int8 export, written once for these tests."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("onnx*"))
+    export.export_run(run, quantize=True, exporter="torchscript")
+    return run
+
+
+@pytest.mark.parametrize(("name", "int8"), [("model.onnx", False), ("model.int8.onnx", True)])
+def test_a_changed_weight_inside_the_onnx_file_is_refused(exported, tmp_path, name, int8):
+    import json
+    import shutil
+
+    from medpredict.inference.onnx import OnnxBundlePredictor
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    sums = json.loads((run / "onnx" / "checksums.json").read_text())
+    assert {"model.onnx", "model.int8.onnx", "export.json"} <= set(sums["files"])
+    assert sums["bound_to"]["weights.safetensors"] == json.loads(
+        (run / "model" / "checksums.json").read_text())["files"]["weights.safetensors"]
+    OnnxBundlePredictor.from_run(run, int8=int8)  # loads before the change
+    _change_a_weight(run / "onnx" / name)
+    with pytest.raises(BundleError, match=f"{name} does not match its checksum: the ONNX export was modified"):
+        OnnxBundlePredictor.from_run(run, int8=int8)
+
+
+def test_a_rewritten_checksum_list_is_refused_when_a_key_is_set(exported, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from medpredict.bundle.store import load_bundle, save_bundle, write_checksums
+    from medpredict.inference.loader import load_predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    bundle = load_bundle(run / "model")  # re-sign the bundle itself with the key, as a deployment would
+    extra = {p.name: json.loads(p.read_text()) for p in (run / "model").glob("*.json")
+             if p.name not in ("bundle.json", "checksums.json")}
+    monkeypatch.setenv("MEDPREDICT_BUNDLE_KEY", "hospital-secret")
+    save_bundle(run / "model", state_dict=bundle.state_dict, meta=bundle.meta, json_files=extra)
+    weights = json.loads((run / "model" / "checksums.json").read_text())["files"]["weights.safetensors"]
+    write_checksums(run / "onnx", bound_to={"weights.safetensors": weights})  # signed with the key
+    load_predictor(run, backend="onnx")
+    _change_a_weight(run / "onnx" / "model.onnx")
+    monkeypatch.setenv("MEDPREDICT_BUNDLE_KEY", "attacker-key")
+    write_checksums(run / "onnx", bound_to={"weights.safetensors": weights})  # consistent sums, wrong key
+    monkeypatch.setenv("MEDPREDICT_BUNDLE_KEY", "hospital-secret")
+    with pytest.raises(BundleError, match="ONNX export .* is not signed with the key"):
+        load_predictor(run, backend="onnx")
+
+
+def test_an_export_without_checksums_is_refused(exported, tmp_path):
+    import shutil
+
+    from medpredict.inference.loader import load_predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    (run / "onnx" / "checksums.json").unlink()
+    with pytest.raises(BundleError, match="has no checksums.json .* export again"):
+        load_predictor(run, backend="onnx")
+
+
+def test_an_export_failing_parity_leaves_nothing_behind(exported, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    before = {p.name: p.read_bytes() for p in (run / "onnx").iterdir()}
+    fresh = tmp_path / "fresh"
+    shutil.copytree(exported, fresh, ignore=shutil.ignore_patterns("onnx"))
+    monkeypatch.setattr(export, "parity_max_abs_diff", lambda *args, **kwargs: 0.5)
+    for target in (run, fresh):
+        with pytest.raises(BundleError, match="differs from PyTorch by 0.5 .* nothing was written"):
+            export.export_run(target, exporter="torchscript")
+    assert {p.name: p.read_bytes() for p in (run / "onnx").iterdir()} == before  # the previous export, intact
+    assert not (fresh / "onnx").exists()  # no model.onnx for --backend onnx to pick up
+    assert not [p for p in tmp_path.rglob(".*tmp*")]  # no temporary left either
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("model", "inside .*model|a model bundle"),  # --out RUN/model would replace the bundle
+        ("file.txt", "is a file, not a folder"),
+        ("other", "already holds other files"),
+    ],
+)
+def test_export_out_that_cannot_take_an_export_is_refused(exported, tmp_path, out, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    (run / "file.txt").write_text("x")
+    (run / "other").mkdir()
+    (run / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=message):
+        export.export_run(run, out_dir=run / out, exporter="torchscript")
+    assert (run / "model" / "bundle.json").is_file() and (run / "other" / "notes.txt").is_file()
+
+
+@pytest.mark.parametrize("atol", [0.0, -1.0, float("nan")])
+def test_a_bad_atol_is_refused_before_any_work(exported, atol):
+    with pytest.raises(ConfigError, match="--atol"):
+        export.export_run(exported, atol=atol)

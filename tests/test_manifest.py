@@ -211,10 +211,54 @@ def test_given_column_that_is_absent_is_refused(tmp_path: Path) -> None:
         load_manifest(csv, image_column="paths")
 
 
-def test_nan_target_is_refused(tmp_path: Path) -> None:
-    csv = write_csv(tmp_path / "m.csv", {"path": ["a", "b", "c"], "label": [0, None, 1]})
-    with pytest.raises(DataError, match="1 rows .* no value in the target column 'label'"):
+@pytest.mark.parametrize(
+    "no_value",
+    [
+        None,  # an empty cell
+        "Unknown",  # the case: it became a class the model predicted for everyone
+        "UNKNOWN",  # case does not matter
+        "N/A",
+        "unk",
+        "?",
+        " not known ",  # surrounding spaces do not matter either
+    ],
+)
+def test_a_target_without_a_value_drops_its_row_and_counts_it(
+    tmp_path: Path, no_value: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    csv = write_csv(
+        tmp_path / "m.csv",
+        {"path": ["a", "b", "c", "d", "e"], "label": ["normal", no_value, "pneumonia", no_value, "normal"]},
+    )
+    manifest = load_manifest(csv)
+    assert manifest.labels == ("normal", "pneumonia")  # never a class of its own
+    assert len(manifest.frame) == 3
+    assert manifest.dropped == {"missing_target": 2}
+    assert "2 row(s) have no value in the target column 'label'" in caplog.text
+
+
+def test_a_target_with_no_value_at_all_is_refused(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "m.csv", {"path": ["a", "b"], "label": ["Unknown", "n/a"]})
+    with pytest.raises(DataError, match="No row .* has a value in the target column 'label'"):
         load_manifest(csv)
+
+
+def test_label_map_merges_spellings_and_variants_are_found(tmp_path: Path) -> None:
+    from medpredict.records.tables import label_variants
+
+    labels = ["normal", "normal ", "Normal", "pneumonia", "pneumonia"]
+    csv = write_csv(tmp_path / "m.csv", {"path": list("abcde"), "label": labels})
+    assert label_variants(load_manifest(csv).frame["label_name"]) == {"normal": ["Normal", "normal", "normal "]}
+    merged = load_manifest(csv, label_map={"normal ": "normal", "Normal": "normal"})
+    assert merged.labels == ("normal", "pneumonia")
+    assert label_variants(merged.frame["label_name"]) == {}
+
+
+@pytest.mark.parametrize("target", ["patient_id", "path"])
+def test_an_identifier_as_target_is_refused(tmp_path: Path, target: str) -> None:
+    csv = write_csv(tmp_path / "m.csv", {"path": list("abcd"), "patient_id": list("wxyz"), "label": [0, 1, 0, 1]})
+    with pytest.raises(DataError, match=f"target column '{target}' .* identifies .* not an outcome"):
+        load_manifest(csv, target=target)
 
 
 def test_single_class_is_refused(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def mimic(tmp_path):
                     "hospital_expire_flag": int(rng.random() < 0.2),
                 }
             )
-            creat = 1.0 + (los > 7) * 1.5 + rng.normal(0, 0.3)
+            creat = 1.0 + (los > 7) * 0.6 + rng.normal(0, 0.3)  # predictive, not a restatement of the target
             labs.append(
                 {
                     "subject_id": s,

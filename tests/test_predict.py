@@ -113,3 +113,62 @@ def test_predictions_carry_model_version_and_time_and_no_local_paths(tiny_run: P
     for name in ("predictions.csv", "predictions.json"):
         text = (tmp_path / "out" / name).read_text()
         assert "Jane-Doe" not in text and str(tmp_path) not in text
+
+
+# --------------------------------------------------------------------------- issue 13: exit codes and output folders
+
+
+def test_predict_exits_2_when_no_input_succeeds(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    from medpredict.cli import main
+
+    bad = [tmp_path / f"bad{i}.png" for i in range(3)]
+    for path in bad:
+        path.write_text("not an image")
+    code = main(["-q", "predict", str(tiny_run), *map(str, bad), "--out", str(tmp_path / "out"), "--no-overlays"])
+    assert code == 2
+    assert "Predicted 0 of 3 inputs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "Cannot read the manifest .*No columns to parse"),  # an empty file: pandas' EmptyDataError before
+        ("image_path\n", "has no rows"),  # a header only
+    ],
+)
+def test_predict_on_an_empty_manifest_is_one_line(tiny_run: Path, tmp_path: Path, capsys, content, message) -> None:
+    from medpredict.cli import main
+
+    manifest = tmp_path / "empty.csv"
+    manifest.write_text(content)
+    code = main(["-q", "predict", str(tiny_run), str(manifest), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_predict_out_inside_the_bundle_is_refused_and_the_bundle_still_loads(tiny_run: Path, tmp_path: Path) -> None:
+    from medpredict.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    good = _square_png(tmp_path / "pos.png", True)
+    with pytest.raises(ConfigError, match="inside .*model.*break its checksums"):
+        predict_files(run, [good], run / "model", progress=False)
+    Predictor.from_bundle(run)  # the checksums still hold
+
+
+def test_predict_does_not_overwrite_earlier_predictions_without_force(tiny_run: Path, tmp_path: Path) -> None:
+    from medpredict.errors import ConfigError
+
+    good = _square_png(tmp_path / "pos.png", True)
+    out = tmp_path / "out"
+    predict_files(tiny_run, [good], out, overlays=False, progress=False)
+    first = (out / "predictions.csv").read_text()
+    with pytest.raises(ConfigError, match="already holds results .*predictions.csv.*--force"):
+        predict_files(tiny_run, [good], out, overlays=False, progress=False)
+    predict_files(tiny_run, [good], out, overlays=False, progress=False, force=True)
+    (aside,) = tmp_path.glob("out.old-*")
+    assert (aside / "predictions.csv").read_text() == first

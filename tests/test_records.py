@@ -159,3 +159,16 @@ def test_metrics_json_is_valid_json(table, tmp_path):
         progress=False,
     )
     assert json.loads((run.run_dir / "metrics.json").read_text())["task"] == "binary"
+
+
+def test_no_value_words_in_a_record_target_are_dropped_and_counted(table, tmp_path, caplog):
+    # The issue: 'Unknown' became a class the model predicted for everyone; 'N/A' was dropped.
+    frame = pd.read_csv(table, dtype=str)
+    frame.loc[:9, "outcome"] = ["Unknown", "UNKNOWN", "N/A", "unk", "?", "pending", "not known", "Unknown", "", "n/a"]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    data = load_table_data(tmp_path / "t.csv", target="outcome")
+    assert data.labels == ["0", "1"] and data.task == "binary"
+    assert data.removed["missing_target"] == 10 and len(data.y) == 110
+    assert "written as 'Unknown' x2" in caplog.text
+    ruled = load_table_data(tmp_path / "t.csv", target="outcome==1")  # a rule leaves them missing too
+    assert ruled.removed["missing_target"] == 10

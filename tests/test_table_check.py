@@ -69,3 +69,15 @@ def test_missing_target_is_a_clear_error(tmp_path):
     path.write_text(CSV)
     with pytest.raises(DataError, match="Did you mean 'outcome'"):
         check_table(path, target="outcomes")
+
+
+def test_target_words_and_spellings_are_reported(tmp_path):
+    # 'Unknown' is no class (the issue: it became one, predicted for everyone); 'Yes'/'yes' would be two.
+    rows = ["patient_id,age,outcome"] + [f"p{i},{40 + i},{v}" for i, v in enumerate(
+        ["yes", "no", "Unknown", "Yes", "no", "yes", "N/A", "no", "unk", "yes", "no", "yes"])]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(rows) + "\n")
+    report = check_table(path, target="outcome")
+    assert report["target"]["counts"] == {"yes": 4, "no": 4, "Yes": 1} and report["target"]["missing"] == 3
+    assert any(line.startswith("Target values that differ only in case or spaces") and "'Yes' (1 rows)" in line
+               for line in report["findings"])

@@ -119,3 +119,167 @@ def test_training_killed_mid_run_resumes_to_the_same_result(square_npz: Path, tm
     killed_weights = load_file(str(run_dir / "model" / "weights.safetensors"))
     straight_weights = load_file(str(uninterrupted.bundle_dir / "weights.safetensors"))
     assert all(bool((killed_weights[k] == straight_weights[k]).all()) for k in straight_weights)
+
+
+# --------------------------------------------------------------------------- issue 13: no silent wrong model
+
+
+def png_manifest(folder: Path, labels: list[str], splits: list[str] | None = None) -> Path:
+    """A manifest of 16-px PNGs (class 'pneumonia'/'b' rows carry a bright corner), one patient per row."""
+    import numpy as np
+
+    from fixtures_images import write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = ["image_path,patient_id,label" + (",split" if splits else "")]
+    for i, label in enumerate(labels):
+        image = rng.integers(0, 150, (16, 16))
+        if label.strip().lower() not in ("normal", "a"):
+            image[1:6, 1:6] += 90
+        write_png(folder / f"{i}.png", image.astype(np.uint8))
+        rows.append(f"{i}.png,p{i},{label}" + (f",{splits[i]}" if splits else ""))
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_labels_differing_by_a_space_are_refused_until_mapped(tmp_path: Path) -> None:
+    # The issue: five labels read 'normal ' (trailing space); a third class, NaN AUC, a random model saved.
+    labels = ["normal ", *(["normal", "pneumonia"] * 20)][:40]
+    labels[1:5] = ["normal "] * 4
+    manifest = png_manifest(tmp_path / "data", labels)
+    with pytest.raises(DataError, match=r"differ only in case or spaces: 'normal' \(\d+ rows\) / 'normal ' \(5 rows\)"
+                       r".*--set 'data.label_map=\{\"normal \": \"normal\"\}'"):
+        train(tiny_config(manifest, tmp_path / "runs", name="variants"), progress=False)
+    assert not (tmp_path / "runs" / "variants").exists()  # nothing left behind
+    result = train(tiny_config(manifest, tmp_path / "runs", name="mapped", **{"data.label_map": {"normal ": "normal"}}),
+                   progress=False)
+    assert json.loads((result.bundle_dir / "bundle.json").read_text())["labels"] == ["normal", "pneumonia"]
+
+
+def test_a_model_whose_validation_score_never_became_finite_is_not_saved(tmp_path: Path, capsys) -> None:
+    from medpredict.cli import main
+
+    # Class 'c' has training rows only: the multi-class validation AUC is NaN in every epoch.
+    labels = ["a", "b"] * 12 + ["c"] * 6
+    splits = (["train"] * 16 + ["val"] * 8) + ["train"] * 6
+    manifest = png_manifest(tmp_path / "data", labels, splits)
+    run = tmp_path / "runs" / "nan"
+    code = main(["-q", "train", "--data", str(manifest), "--model", "brief-cnn", "--image-size", "16", "--epochs", "2",
+                 "--set", "train.threads=1", "--set", "data.test_fraction=0", "--out", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    err = err.splitlines()[-1]  # above it: progress bars only
+    assert err.startswith("medpredict: error: No model was saved") and "not a number in any of the 2 epochs" in err
+    assert "class 'c' has 6 training and 0 validation rows" in err
+    assert not (run / "model").exists()
+
+
+def test_learning_problem_reads_the_history() -> None:
+    from medpredict.training.engine import FitResult, learning_problem
+
+    def result(scores: list[float], best: int) -> FitResult:
+        return FitResult(best_state={}, best_epoch=best, best_score=max(scores),
+                         history=[{"val_score": s} for s in scores])
+
+    assert "not a number" in learning_problem(result([float("nan")] * 3, 0), "binary")
+    assert "never rose above its first epoch's 0.500" in learning_problem(result([0.5, 0.5, 0.49], 1), "binary")
+    assert learning_problem(result([0.5, 0.7, 0.8], 3), "binary") is None  # it learned
+    assert learning_problem(result([0.9, 0.85], 1), "binary") is None  # best at epoch 1, far above chance
+    assert learning_problem(result([0.5], 1), "binary") is None  # one epoch: nothing to compare
+
+
+def test_unknown_targets_are_left_out_of_training(tmp_path: Path) -> None:
+    labels = (["normal", "pneumonia"] * 20)
+    labels[:6] = ["Unknown", "unknown", "N/A", "?", "unk", "UNKNOWN"]
+    result = train(tiny_config(png_manifest(tmp_path / "data", labels), tmp_path / "runs", **{"train.epochs": 1}),
+                   progress=False)
+    meta = json.loads((result.bundle_dir / "bundle.json").read_text())
+    assert meta["labels"] == ["normal", "pneumonia"]  # 'Unknown' never becomes a class
+    assert sum(meta["data"]["rows"].values()) == 34
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    run = tmp_path / "runs" / "copy"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "changed"),
+    [
+        ({"preprocess.image_size": 20}, "preprocess.image_size: 16 in the checkpoint, 20 now"),  # the issue: 64 vs 128
+        ({"model.name": "tiny-resnet"}, "model.name: 'small-cnn' in the checkpoint, 'tiny-resnet' now"),
+        ({"data.max_per_split": 40}, "data.rows.train: 96 in the checkpoint, 40 now"),  # other rows
+    ],
+)
+def test_resume_refuses_another_run_naming_what_changed(
+    tiny_run: Path, square_npz: Path, tmp_path: Path, overrides: dict, changed: str
+) -> None:
+    run = _copy_run(tiny_run, tmp_path)
+    before = (run / "model" / "weights.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="--resume: the checkpoint .* was made for another run") as info:
+        train(tiny_config(square_npz, run.parent, name=run.name, **overrides), resume=True, progress=False)
+    assert changed in str(info.value)
+    assert (run / "model" / "weights.safetensors").read_bytes() == before
+
+
+def test_resume_with_other_data_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    from conftest import make_square_npz
+
+    other = make_square_npz(tmp_path / "other.npz", n=(96, 48, 48), seed=1)  # same shape, other images/labels
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "model").rename(run / "model.keep")  # the data check comes before anything is written
+    with pytest.raises(ConfigError, match="data.content_of_rows_splits_and_targets"):
+        train(tiny_config(other, run.parent, name=run.name), resume=True, progress=False)
+
+
+def test_resume_with_more_epochs_extends_the_schedule(tiny_run: Path, square_npz: Path, tmp_path: Path) -> None:
+    # The issue: 'ValueError: Tried to step 31 times' and no bundle.
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "report.html").write_text("evaluation of the 3-epoch model")
+    result = train(tiny_config(square_npz, run.parent, name=run.name, **{"train.epochs": 5}), resume=True,
+                   progress=False)
+    assert [h["epoch"] for h in result.fit.history] == [1, 2, 3, 4, 5]
+    assert json.loads((result.bundle_dir / "bundle.json").read_text())["training"]["epochs_run"] == 5
+    assert not (run / "report.html").exists()  # the old model's results went aside, not beside the new model
+    assert [p.name for p in run.glob("evaluation.old-*/report.html")] == ["report.html"]
+
+
+def test_resume_without_a_checkpoint_is_refused(square_npz: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--resume: .* holds no checkpoint"):
+        train(tiny_config(square_npz, tmp_path, name="fresh"), resume=True, progress=False)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_train_into_a_record_run_is_refused_and_force_moves_it_aside(square_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "record"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "bundle.json").write_text('{"input_kind": "table"}')
+    (run / "metrics.json").write_text('{"models": {}}')
+    with pytest.raises(ConfigError, match="already holds a record model"):
+        train(tiny_config(square_npz, tmp_path, name="record", **{"train.epochs": 1}), progress=False)
+    result = train(tiny_config(square_npz, tmp_path, name="record", **{"train.epochs": 1}), force=True, progress=False)
+    assert json.loads((result.bundle_dir / "bundle.json").read_text())["input_kind"] == "image"
+    (aside,) = tmp_path.glob("record.old-*")
+    assert (aside / "metrics.json").read_text() == '{"models": {}}'
+    assert not (run / "metrics.json").exists()  # no stale results beside the new model
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", "a/b"])
+def test_a_run_name_cannot_leave_the_runs_folder(square_npz: Path, tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="not a plain folder name"):
+        train(tiny_config(square_npz, tmp_path / "runs", name=name), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cuda_on_a_cpu_torch_is_one_clear_error(square_npz: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="--device cuda: this PyTorch has no CUDA"):
+        train(tiny_config(square_npz, tmp_path, name="gpu", **{"train.device": "cuda"}), progress=False)
+    assert not (tmp_path / "gpu").exists()

@@ -74,6 +74,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--force", action="store_true", help="move a run already in the folder aside (NAME.old-<time>)")
     p.set_defaults(handler=_train)
 
 
@@ -110,8 +111,9 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.out:
-        out = Path(args.out)
-        overrides["out_dir"], overrides["name"] = str(out.parent), out.name
+        from medpredict.config import run_location
+
+        overrides["out_dir"], overrides["name"] = run_location(args.out)
     overrides.update(_parse_set(args.set))
     return overrides
 
@@ -121,7 +123,7 @@ def _train(args: argparse.Namespace) -> int:
     from medpredict.training.engine import Distributed
     from medpredict.training.image import train
 
-    result = train(load_config(args.config, train_overrides(args)), resume=args.resume)
+    result = train(load_config(args.config, train_overrides(args)), resume=args.resume, force=args.force)
     return _done(result) if Distributed.from_env().is_main else 0  # under torchrun, rank 0 reports
 
 
@@ -168,6 +170,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "citation, intended_use, intended_users, population, setting, out_of_scope, modality, data_origin, "
         "ethical_considerations, monitoring, caveats",
     )
+    p.add_argument("--force", action="store_true", help="move other results in --out aside instead of refusing")
+    p.add_argument("--allow-training-overlap", action="store_true",
+                   help="evaluate --data even when it holds rows or images the model was trained on (reported)")
     p.set_defaults(handler=_evaluate)
 
 
@@ -177,7 +182,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return _done(evaluate(
         args.run, data=args.data, target=args.target, split=args.split, out=args.out, lang=args.lang,
         n_boot=args.n_boot, subgroups=tuple(c.strip() for c in args.subgroups.split(",") if c.strip()),
-        backend=args.backend, card=args.card,
+        backend=args.backend, card=args.card, force=args.force, allow_training_overlap=args.allow_training_overlap,
     ))
 
 
@@ -200,6 +205,7 @@ def _add_adopt(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--body-part", action="append", default=[], help="intended BodyPartExamined (repeatable)")
     p.add_argument("--view", action="append", default=[], help="intended ViewPosition, e.g. PA (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
     p.set_defaults(handler=_adopt)
 
 
@@ -210,7 +216,7 @@ def _adopt(args: argparse.Namespace) -> int:
                 "views": args.view}
     return _done(adopt(
         args.descriptor, args.data, args.out, split=args.split, target=args.target, intended_use=intended,
-        threshold_from=args.threshold_from, seed=args.seed,
+        threshold_from=args.threshold_from, seed=args.seed, force=args.force,
     ))
 
 
@@ -224,6 +230,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="predict even for DICOM inputs whose tags contradict the model's intended use")
+    p.add_argument("--force", action="store_true", help="move earlier predictions in --out aside (OUT.old-<time>)")
     p.set_defaults(handler=_predict)
 
 
@@ -232,7 +239,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     return _done(predict_files(
         args.run, args.inputs, args.out, overlays=not args.no_overlays, backend=args.backend,
-        ignore_intended_use=args.ignore_intended_use,
+        ignore_intended_use=args.ignore_intended_use, force=args.force,
     ))
 
 
@@ -352,6 +359,11 @@ def _add_record_commands(rec: argparse._SubParsersAction) -> None:
             q.add_argument("--repeats", type=int, default=default, help=f"5-fold CV repeats (default {default})")
         else:
             q.add_argument("--k", type=int, help="clusters (default: chosen by silhouette)")
+        if name in ("train", "cluster"):
+            q.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
+        if name == "train":
+            q.add_argument("--allow-target-proxy", action="store_true",
+                           help="train even with a column that restates the target on its own (a leak)")
         q.set_defaults(handler=handler)
     from medpredict.ehr.mimic import MIMIC_TASKS
 
@@ -362,6 +374,7 @@ def _add_record_commands(rec: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--repeats", type=int, default=0, help="also run REPEATS x 5-fold CV")
     m.add_argument("--out", default="runs/mimic")
+    m.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
     m.set_defaults(handler=_records_mimic)
 
 
@@ -370,7 +383,7 @@ def _records_train(args: argparse.Namespace) -> int:
 
     return _done(train_table(
         args.table, target=args.target, schema=args.schema, task=args.task, out=args.out, model=args.model,
-        seed=args.seed, cv_repeats=args.repeats,
+        seed=args.seed, cv_repeats=args.repeats, force=args.force, allow_target_proxy=args.allow_target_proxy,
     ))
 
 
@@ -387,7 +400,8 @@ def _records_cluster(args: argparse.Namespace) -> int:
     from medpredict.training.clustering import cluster_table
 
     return _done(cluster_table(
-        args.table, target=args.target, schema=args.schema, out=args.out, k=args.k, model=args.model, seed=args.seed
+        args.table, target=args.target, schema=args.schema, out=args.out, k=args.k, model=args.model, seed=args.seed,
+        force=args.force,
     ))
 
 
@@ -395,7 +409,8 @@ def _records_mimic(args: argparse.Namespace) -> int:
     from medpredict.workflows.mimic import run_mimic_task
 
     return _done(run_mimic_task(
-        args.root, out=args.out, task=args.task, model=args.model, seed=args.seed, cv_repeats=args.repeats
+        args.root, out=args.out, task=args.task, model=args.model, seed=args.seed, cv_repeats=args.repeats,
+        force=args.force,
     ))
 
 
@@ -451,6 +466,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from medpredict.service.app import serve
 
+    if not 0 <= args.port <= 65535:  # before the model is loaded
+        raise ConfigError(f"--port {args.port} is not a TCP port; give one in 1-65535 (default 8000).")
     serve(args.run, host=args.host, port=args.port, api_key=args.api_key, max_upload_mb=args.max_upload_mb,
           audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend,
           ignore_intended_use=args.ignore_intended_use, workers=args.workers, queue=args.queue,
@@ -539,6 +556,9 @@ def _add_fusion(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--table-model", default="mlp", choices=_record_models(), help="the record network")
     q.add_argument("--epochs", type=int)
     q.add_argument("--seed", type=int)
+    q.add_argument("--force", action="store_true", help="move a run already in --out aside (NAME.old-<time>)")
+    q.add_argument("--allow-target-proxy", action="store_true",
+                   help="train even with a clinical column that restates the target on its own (a leak)")
     q.set_defaults(handler=_fusion)
 
 
@@ -550,7 +570,8 @@ def _fusion(args: argparse.Namespace) -> int:
         args.manifest, target=args.target, clinical_columns=columns, out=args.out, image_model=args.image_model,
         image_size=args.image_size, channels=args.channels, mode=args.mode,
         modalities=tuple(m.strip() for m in args.modalities.split(",")), modality_dropout=args.modality_dropout,
-        table_model=args.table_model, epochs=args.epochs, seed=args.seed,
+        table_model=args.table_model, epochs=args.epochs, seed=args.seed, force=args.force,
+        allow_target_proxy=args.allow_target_proxy,
     ))
 
 

@@ -60,6 +60,9 @@ class DataConfig:
         max_per_split: keep at most this many rows per split (quick checks); ``None`` keeps all.
         positive: the class a binary model's threshold, sensitivity and PPV refer to (a label
             name); ``None`` takes the second class (label 1).
+        label_map: target values renamed before the classes are formed, e.g.
+            ``{"normal ": "normal", "Normal": "normal"}`` to merge spellings of one class
+            (training refuses labels that differ only in case or spaces until they are mapped).
     """
 
     source: str = ""
@@ -73,9 +76,13 @@ class DataConfig:
     clinical_columns: tuple[str, ...] = ()
     max_per_split: int | None = None
     positive: str | None = None
+    label_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("data.task", self.task, TASKS)
+        for raw, name in self.label_map.items():
+            if not isinstance(name, str) or not str(name).strip():
+                raise ConfigError(f"data.label_map maps {raw!r} to {name!r}; map each value to a class name (text).")
         _range("data.val_fraction", self.val_fraction, 0.0, 0.9)
         _range("data.test_fraction", self.test_fraction, 0.0, 0.9)
         _choice("data.channels", self.channels, (1, 3))
@@ -316,6 +323,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, RUN_KINDS)
+        _folder_name("name", self.name)
 
     @property
     def run_dir(self) -> Path:
@@ -332,6 +340,14 @@ class RunConfig:
         return from_dict(merge_overrides(self.to_dict(), overrides))
 
 
+def run_location(out: str | Path) -> tuple[str, str]:
+    """``(out_dir, name)`` of a run folder given as a path (``--out``); ``.`` and ``..`` are resolved first."""
+    path = Path(out).expanduser()
+    if path.name in ("", ".", ".."):
+        path = path.resolve()
+    return str(path.parent), path.name
+
+
 def _to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _to_plain(v) for k, v in obj.items()}
@@ -345,6 +361,15 @@ def _range(key: str, value: Any, low: float, high: float) -> None:
         return
     if not low <= value <= high:
         raise ConfigError(f"{key} = {value!r} is out of range; expected a value in [{low}, {high}].")
+
+
+def _folder_name(key: str, value: str) -> None:
+    """Refuse a run name that is not one plain folder name (``../x`` would write outside ``out_dir``)."""
+    if not value or value in (".", "..") or any(sep in value for sep in ("/", "\\", "\0")):
+        raise ConfigError(
+            f"{key} = {value!r} is not a plain folder name: a run's name may not be empty, '.' or '..', "
+            "nor contain '/' or '\\'. Give a name such as 'pneumonia-v2' (or --out DIR for another place)."
+        )
 
 
 def _choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -49,29 +49,54 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 
-def find_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``--data-dir``, then ``$MEDPREDICT_DATA_DIR``, then ``../shared/data`` beside the checkout.
+def find_data_dir(data_dir: str | os.PathLike[str] | None = None, *, fetch_missing: bool = False) -> Path:
+    """``--data-dir``, else ``$MEDPREDICT_DATA_DIR``, else ``../shared/data`` beside the checkout.
+
+    A folder named by ``--data-dir`` or the environment must hold the file: other data is
+    never used in its place. With neither, and no shipped data beside the checkout,
+    ``fetch_missing`` downloads PneumoniaMNIST (MD5-verified, :func:`medpredict.data.fetch.fetch`)
+    into the user's cache folder (``$XDG_CACHE_HOME/medpredict/data``, default ``~/.cache/...``).
 
     Raises:
-        DataError: none of them holds ``medmnist/pneumoniamnist.npz``; says how to get it.
+        DataError: the named folder lacks ``medmnist/pneumoniamnist.npz``, or nothing holds it and it
+            could not be downloaded; says how to get it.
     """
-    candidates: list[Path] = []
-    if data_dir:
-        candidates.append(Path(data_dir))
-    if os.environ.get(DATA_ENV):
-        candidates.append(Path(os.environ[DATA_ENV]))
-    candidates += [
-        Path.cwd().parent / "shared" / "data",
-        Path(__file__).resolve().parents[3] / "shared" / "data",
-    ]
+    how = f"download it with: medpredict data fetch pneumoniamnist --dest DIR/{NPZ.parent}"
+    for named, what in ((data_dir, "--data-dir"), (os.environ.get(DATA_ENV), f"${DATA_ENV}")):
+        if named:
+            folder = Path(named).expanduser()
+            if not (folder / NPZ).is_file():
+                raise DataError(f"{what} {folder} holds no {NPZ}. Give the folder that holds it, or {how}.")
+            return folder.resolve()
+    cache = cache_dir()
+    candidates = [*shipped_data_dirs(), cache]
     for candidate in candidates:
         if (candidate / NPZ).is_file():
             return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise DataError(
-        f"PneumoniaMNIST not found (looked for {NPZ} in: {tried}). Pass --data-dir, set {DATA_ENV}, "
-        "or download it with: medpredict data fetch pneumoniamnist --dest DIR/medmnist"
-    )
+    if not fetch_missing:
+        tried = ", ".join(str(c) for c in candidates)
+        raise DataError(f"PneumoniaMNIST not found (looked for {NPZ} in: {tried}). Pass --data-dir, set {DATA_ENV}, "
+                        f"or {how}")
+    from medpredict.data.fetch import fetch
+
+    log.warning("PneumoniaMNIST is not on this machine; downloading it (4.2 MB, MD5-verified) into %s.", cache)
+    try:
+        fetch("pneumoniamnist", cache / NPZ.parent)
+    except DataError as exc:
+        raise DataError(f"PneumoniaMNIST is not on this machine and could not be downloaded: {exc} "
+                        f"Pass --data-dir, set {DATA_ENV}, or {how}") from None
+    return cache.resolve()
+
+
+def shipped_data_dirs() -> list[Path]:
+    """Where the shipped data sits beside a checkout: ``../shared/data`` of the working folder or the source."""
+    return [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+
+
+def cache_dir() -> Path:
+    """Where downloaded data goes: ``$XDG_CACHE_HOME/medpredict/data`` (default ``~/.cache/medpredict/data``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medpredict" / "data"
 
 
 @dataclass(frozen=True)
@@ -154,7 +179,7 @@ def run_demo(
     from medpredict.workflows.evaluate import evaluate
 
     started = time.monotonic()
-    root = find_data_dir(data_dir)
+    root = find_data_dir(data_dir, fetch_missing=True)
     out = Path(out)
     settings = dict(DEMO_SETTINGS)
     if epochs is not None:
@@ -165,7 +190,8 @@ def run_demo(
     result = train(config, resume=resume, progress=progress)
     evaluation = evaluate(result.run_dir, split="test", progress=progress)
     examples = _example_inputs(root)
-    predictions = predict_files(result.run_dir, examples, out / "predictions", progress=progress)
+    # A demo run again resumes its run; the earlier predictions are moved aside, not overwritten.
+    predictions = predict_files(result.run_dir, examples, out / "predictions", progress=progress, force=True)
     return DemoResult(
         run_dir=result.run_dir,
         metrics=evaluation.metrics,

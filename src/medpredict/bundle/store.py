@@ -69,18 +69,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _signature(files: dict[str, str], key: str) -> str:
-    message = json.dumps(files, sort_keys=True).encode()
+def _signature(files: dict[str, str], key: str, bound_to: dict[str, str] | None = None) -> str:
+    signed: Any = files if bound_to is None else {"files": files, "bound_to": bound_to}
+    message = json.dumps(signed, sort_keys=True).encode()
     return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
 
 
-def write_checksums(folder: Path) -> None:
-    """(Re)write ``checksums.json`` for every file in ``folder``; signs it if a key is set."""
+def write_checksums(folder: Path, *, bound_to: dict[str, str] | None = None) -> None:
+    """(Re)write ``checksums.json`` for every file in ``folder``; signs it if a key is set.
+
+    ``bound_to`` ties the folder to another one (an ONNX export to its bundle's weights:
+    ``{"weights.safetensors": SHA-256}``); it is stored and covered by the HMAC.
+    """
     files = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
     manifest: dict[str, Any] = {"algorithm": "sha256", "files": files}
+    if bound_to is not None:
+        manifest["bound_to"] = dict(bound_to)
     key = os.environ.get(KEY_ENV)
     if key:
-        manifest["hmac_sha256"] = _signature(files, key)
+        manifest["hmac_sha256"] = _signature(files, key, bound_to)
     write_json(folder / CHECKSUMS, manifest)
 
 
@@ -158,47 +165,66 @@ def resolve_bundle_dir(path: str | Path) -> Path:
     )
 
 
-def verify(folder: Path) -> dict[str, Any]:
-    """Check every file against ``checksums.json`` (and the HMAC when a key is set)."""
+def verify(folder: Path, *, required: tuple[str, ...] | None = None, what: str = "bundle") -> dict[str, Any]:
+    """Check every file against ``checksums.json`` (and the HMAC when a key is set).
+
+    Args:
+        folder: the bundle (or ONNX export) folder.
+        required: files the checksum list must name; ``None`` for a model bundle (its metadata,
+            and weights or the ONNX graph it wraps).
+        what: how messages name the folder (``bundle``, ``ONNX export``).
+
+    Returns:
+        The checksum of every file (``checksums.json``'s ``files``; its ``bound_to``, when
+        written with one, is covered by the HMAC too).
+
+    Raises:
+        BundleError: a file changed, missing, unlisted, or not signed with the key.
+    """
     sums_path = folder / CHECKSUMS
     if not sums_path.exists():
         raise BundleError(
-            f"The bundle {folder} has no {CHECKSUMS}; it is incomplete or not a medpredict bundle."
+            f"The {what} {folder} has no {CHECKSUMS}; it is incomplete, altered, or not written by medpredict."
         )
     try:
         sums = json.loads(sums_path.read_text(encoding="utf-8"))
         files: dict[str, str] = sums["files"]
+        bound_to = sums.get("bound_to")
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{sums_path} is unreadable ({exc}); the bundle is damaged.") from exc
-    if META not in files:
-        raise BundleError(f"{sums_path} does not list {META}; the bundle is damaged or was altered.")
-    if WEIGHTS not in files and ONNX_MODEL not in files:
-        raise BundleError(
-            f"{sums_path} lists neither {WEIGHTS} nor {ONNX_MODEL}; the bundle is damaged or was altered."
-        )
+        raise BundleError(f"{sums_path} is unreadable ({exc}); the {what} is damaged.") from exc
+    if required is None:  # a model bundle: its metadata, and weights or the ONNX graph it wraps
+        if META not in files:
+            raise BundleError(f"{sums_path} does not list {META}; the bundle is damaged or was altered.")
+        if WEIGHTS not in files and ONNX_MODEL not in files:
+            raise BundleError(
+                f"{sums_path} lists neither {WEIGHTS} nor {ONNX_MODEL}; the bundle is damaged or was altered."
+            )
+    for name in required or ():
+        if name not in files:
+            raise BundleError(f"{sums_path} does not list {name}; the {what} is damaged or was altered.")
     unlisted = sorted(
         p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS and p.name not in files
     )
     if unlisted:
         raise BundleError(
-            f"The bundle {folder} holds files its checksums do not cover: {unlisted}. "
-            "Remove them or restore the original bundle."
+            f"The {what} {folder} holds files its checksums do not cover: {unlisted}. "
+            f"Remove them or restore the original {what}."
         )
     for name, expected in files.items():
         file = folder / name
         if Path(name).name != name or not file.is_file():
-            raise BundleError(f"The bundle {folder} is missing {name}; restore it or train again.")
+            raise BundleError(f"The {what} {folder} is missing {name}; restore it or write it again.")
         if _sha256(file) != expected:
             raise BundleError(
-                f"{file} does not match its checksum: the bundle was modified after it was written. "
-                "Refusing to load it; restore the original bundle."
+                f"{file} does not match its checksum: the {what} was modified after it was written. "
+                f"Refusing to load it; restore the original {what}."
             )
     key = os.environ.get(KEY_ENV)
     if key:
         signature = sums.get("hmac_sha256")
-        if not signature or not hmac.compare_digest(signature, _signature(files, key)):
+        if not signature or not hmac.compare_digest(signature, _signature(files, key, bound_to)):
             raise BundleError(
-                f"The bundle {folder} is not signed with the key in {KEY_ENV}; refusing to load it."
+                f"The {what} {folder} is not signed with the key in {KEY_ENV}; refusing to load it."
             )
     return files
 

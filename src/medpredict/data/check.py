@@ -19,7 +19,9 @@ import torch
 from medpredict.atomic import write_json, write_text
 from medpredict.data.fingerprints import average_hashes, content_hashes
 from medpredict.data.manifest import Manifest
+from medpredict.data.proxies import target_proxies
 from medpredict.data.splits import check_leakage
+from medpredict.data.tokens import label_variants
 from medpredict.errors import DataError
 from medpredict.progress import progress_bar
 from medpredict.report.i18n import Translator, translator
@@ -153,6 +155,18 @@ def check_images(
         },
         "intensity": {"mean": float(thumbs.mean()), "std": float(thumbs.std())},
     }
+    variants = label_variants(frame["label_name"])
+    report["label_variants"] = variants
+    report["label_variant_rows"] = {v: int((frame["label_name"] == v).sum()) for g in variants.values() for v in g}
+    report["rows_without_target"] = int(manifest.dropped.get("missing_target", 0))
+    proxies = (
+        target_proxies(frame, frame["label_name"].to_numpy(), manifest.other_columns())
+        if manifest.task in ("binary", "multiclass")
+        else []
+    )
+    report["target_proxies"] = [
+        {**proxy.to_dict(), "description": proxy.describe(manifest.target_column or "the target")} for proxy in proxies
+    ]
     english = translator("en")
     problems = [english(key, **fields) for key, fields in _problem_items(report)]
     warnings = [english(key, **fields) for key, fields in _warning_items(report)]
@@ -173,6 +187,9 @@ def _problem_items(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         items.append(("check.problem_patients", {"n": report["patients_across_splits"]}))
     if report["exact_duplicates"]["groups_across_splits"]:
         items.append(("check.problem_identical", {"n": report["exact_duplicates"]["groups_across_splits"]}))
+    for group in report.get("label_variants", {}).values():
+        values = ", ".join(f"{value!r} ({report['label_variant_rows'][value]})" for value in group)
+        items.append(("check.problem_label_variants", {"values": values}))
     return items
 
 
@@ -184,6 +201,10 @@ def _warning_items(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         items.append(("check.warning_identical", {"n": exact["groups"], "redundant": exact["redundant_files"]}))
     if report["near_duplicates"]["groups_across_splits"]:
         items.append(("check.warning_near", {"n": report["near_duplicates"]["groups_across_splits"]}))
+    if report.get("rows_without_target"):
+        items.append(("check.warning_no_target", {"n": report["rows_without_target"]}))
+    for proxy in report.get("target_proxies", []):
+        items.append(("check.warning_proxy", {"description": proxy["description"]}))
     return items
 
 

@@ -8,6 +8,8 @@ small network on them, so images are decoded once (with a progress bar) into
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -62,8 +64,11 @@ def target_tensor(targets: Sequence[object], task: str) -> torch.Tensor:
 
 @lru_cache(maxsize=4)
 def _npz_array(path: str, key: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
-        return npz[key]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[key]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"Cannot read the array '{key}' of {path}: the npz file is damaged ({exc}).") from None
 
 
 def _to_unit(array: np.ndarray) -> np.ndarray:

@@ -13,12 +13,15 @@ sub-folder per class (optionally below ``train``/``val``/``test`` folders).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import zipfile
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medpredict.data.tokens import clean_target_token, written_as
 from medpredict.errors import DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,9 @@ class Manifest:
             manifests without a patient column): each image then counts as its own
             "patient", so splits, counts and confidence intervals are image-level, and
             one real patient's images may fall on both sides of a split.
+        dropped: rows left out of ``frame`` and why, e.g. ``{"missing_target": 6}`` (a target
+            cell empty or written as 'Unknown', 'N/A', '?' ...).
+        target_column: the source's column the target came from (``None`` for npz and folders).
     """
 
     frame: pd.DataFrame
@@ -92,6 +98,14 @@ class Manifest:
     task: str
     source: str
     has_patients: bool = True
+    dropped: dict[str, int] = field(default_factory=dict)
+    target_column: str | None = None
+
+    def other_columns(self) -> list[str]:
+        """The source's own columns besides image, patient, target and split (clinical values, subgroups ...)."""
+        reserved = {"image_path", "patient_id", "target", "label_name", "split", "sha256", self.target_column}
+        aliases = {a.lower() for a in (*IMAGE_COLUMN_ALIASES, *PATIENT_COLUMN_ALIASES)}
+        return [str(c) for c in self.frame.columns if c not in reserved and str(c).lower() not in aliases]
 
     @property
     def units(self) -> str:
@@ -123,8 +137,11 @@ def load_manifest(
     image_column: str | None = None,
     patient_column: str | None = None,
     task: str = "auto",
+    label_map: dict[str, str] | None = None,
 ) -> Manifest:
     """Read any supported source into a :class:`Manifest`.
+
+    ``label_map`` renames target values before the classes are formed (manifests only).
 
     Raises:
         DataError: the source does not exist, is of an unknown kind, or lacks a column.
@@ -149,6 +166,7 @@ def load_manifest(
             image_column=image_column,
             patient_column=patient_column,
             task=task,
+            label_map=label_map,
         )
     raise DataError(
         f"Cannot read {path}: unknown data source type '{suffix}'. "
@@ -191,11 +209,14 @@ def from_frame(
     image_column: str | None = None,
     patient_column: str | None = None,
     task: str = "auto",
+    label_map: dict[str, str] | None = None,
 ) -> Manifest:
     """Normalise a user frame into a manifest: resolve columns, paths, splits and the target.
 
     A patient column whose name ends in ``_within_split`` (as in the Kermany manifest,
     where numbering restarts in every split) is made unique by prefixing the split.
+    Rows whose target is empty or a no-value word ('Unknown', 'N/A', '?', 'unk' ...) are
+    dropped and counted in :attr:`Manifest.dropped`; ``label_map`` renames target values first.
     """
     frame = frame.copy()
     if target not in frame.columns:
@@ -203,6 +224,19 @@ def from_frame(
             f"The target column '{target}' is not in {source}.{did_you_mean(target, frame.columns)} "
             f"Columns: {list(frame.columns)}. Name it with --target."
         )
+    if label_map:
+        mapping = {str(k): str(v) for k, v in label_map.items()}
+        frame[target] = frame[target].map(lambda v: mapping.get(str(v), v) if not pd.isna(v) else v)
+    no_target = frame[target].map(clean_target_token).isna()
+    dropped = {"missing_target": int(no_target.sum())} if no_target.any() else {}
+    if no_target.any():
+        log.warning(
+            "%s: %d row(s) have no value in the target column '%s' (written as %s); they are left out.",
+            source, int(no_target.sum()), target, written_as(frame.loc[no_target, target]),
+        )
+        frame = frame.loc[~no_target]
+        if frame.empty:
+            raise DataError(f"No row of {source} has a value in the target column '{target}'. Name it with --target.")
     image_col = _pick_column(frame, image_column, IMAGE_COLUMN_ALIASES, "image", source)
     if image_col is not None:
         paths = frame[image_col]
@@ -220,9 +254,16 @@ def from_frame(
         if patient_col.endswith("_within_split") and "split" in frame.columns:
             ids = frame["split"].astype(str) + "/" + ids
         frame["patient_id"] = ids
+    if target in (image_col, patient_col, "image_path", "patient_id"):
+        what = "images" if target in (image_col, "image_path") else "patients"
+        raise DataError(
+            f"The target column '{target}' of {source} identifies {what}; it is not an outcome. "
+            "Name the outcome column with --target (e.g. --target label)."
+        )
     labels, resolved_task = _encode_target(frame, target, task, source)
     return Manifest(
-        frame=frame, labels=labels, task=resolved_task, source=source, has_patients=patient_col is not None
+        frame=frame, labels=labels, task=resolved_task, source=source, has_patients=patient_col is not None,
+        dropped=dropped, target_column=target,
     )
 
 
@@ -246,11 +287,6 @@ def _normalise_split(value: object) -> object:
 
 def _encode_target(frame: pd.DataFrame, target: str, task: str, source: str) -> tuple[tuple[str, ...], str]:
     values = frame[target]
-    if values.isna().any():
-        bad = int(values.isna().sum())
-        raise DataError(
-            f"{bad} rows of {source} have no value in the target column '{target}'. Fill or drop them."
-        )
     if task == "regression" or (task == "auto" and _looks_continuous(values)):
         frame["target"] = pd.to_numeric(values, errors="raise").astype(float)
         frame["label_name"] = values.astype(str)
@@ -307,14 +343,44 @@ def _from_folder(root: Path, task: str) -> Manifest:
     return from_frame(frame, source=str(root), target="label", task=task)
 
 
+def _medmnist_labels(
+    path: Path, image_key: str, shape: tuple[int, ...], label_key: str, labels: np.ndarray
+) -> np.ndarray:
+    """One split's labels as ``(N, K)`` non-negative int64, checked against its images ``(N, H, W[, C])``.
+
+    Raises:
+        DataError: images that are not a stack of images, or labels that are not class numbers
+            for each of them.
+    """
+    if len(shape) < 3:
+        raise DataError(f"{path}: '{image_key}' has shape {shape}; MedMNIST images are stacked (N, H, W) arrays.")
+    if labels.ndim not in (1, 2) or len(labels) != shape[0]:
+        count = f"{len(labels)} labels (shape {labels.shape})" if labels.ndim else f"shape {labels.shape}"
+        raise DataError(
+            f"{path}: {image_key} has {shape[0]} images but {label_key} has {count}; "
+            "give one label (or one row of labels) per image."
+        )
+    table = labels.reshape(len(labels), -1)
+    if table.shape[1] == 0:
+        raise DataError(f"{path}: {label_key} has shape {labels.shape}: no label for its images.")
+    if table.dtype.kind not in "biuf" or (table.dtype.kind == "f" and not np.all(np.isfinite(table))):
+        raise DataError(f"{path}: {label_key} holds {table.dtype} values; labels are class numbers 0, 1, 2 ...")
+    if table.size and (table.min() < 0 or not np.all(table == np.round(table)) or table.max() > 10_000):
+        raise DataError(f"{path}: {label_key} holds values that are not class numbers 0, 1, 2 ...")
+    return table.astype(np.int64)
+
+
 def _from_medmnist(path: Path) -> Manifest:
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = list(npz.keys())
             label_arrays = {k: npz[k] for k in keys if k.endswith("_labels")}
             image_shapes = {k: npz[k].shape for k in keys if k.endswith("_images")}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"Cannot read {path} as a MedMNIST .npz file: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(
+            f"Cannot read {path} as a MedMNIST .npz file: it is empty, truncated or not an npz (zip) archive of "
+            f"arrays ({type(exc).__name__}: {str(exc).split('. ')[0]}). Download it again (medpredict data fetch)."
+        ) from None
     if not image_shapes:
         raise DataError(
             f"{path} holds no '<split>_images' arrays (found keys {keys}); it is not a MedMNIST file."
@@ -329,11 +395,7 @@ def _from_medmnist(path: Path) -> Manifest:
         label_key = f"{split}_labels"
         if label_key not in label_arrays:
             raise DataError(f"{path} has '{image_key}' but no '{label_key}'.")
-        labels = label_arrays[label_key]
-        if len(labels) != shape[0]:
-            raise DataError(
-                f"{path}: {image_key} has {shape[0]} images but {label_key} has {len(labels)} labels."
-            )
+        labels = _medmnist_labels(path, image_key, shape, label_key, label_arrays[label_key])
         part = pd.DataFrame(
             {
                 "image_path": [f"{path.resolve()}::{image_key}/{i}" for i in range(shape[0])],
@@ -343,11 +405,14 @@ def _from_medmnist(path: Path) -> Manifest:
             }
         )
         if multilabel:
-            part["target"] = [list(map(int, row)) for row in labels.reshape(len(labels), -1)]
+            part["target"] = [list(map(int, row)) for row in labels]
         else:
-            part["target"] = labels.reshape(-1).astype(int)
+            part["target"] = labels[:, 0]
         frames.append(part)
     frame = pd.concat(frames, ignore_index=True)
+    widths = {a.reshape(len(a), -1).shape[1] for a in label_arrays.values() if a.ndim in (1, 2) and len(a)}
+    if frame.empty or (multilabel and len({len(t) for t in frame["target"]}) > 1) or len(widths) > 1:
+        raise DataError(f"{path} holds no images, or label arrays of different widths {sorted(widths)}.")
     if multilabel:
         width = len(frame["target"].iloc[0])
         names = MEDMNIST_LABELS.get(stem, tuple(f"label_{i}" for i in range(width)))
@@ -358,6 +423,8 @@ def _from_medmnist(path: Path) -> Manifest:
             frame=frame, labels=tuple(names), task="multilabel", source=str(path), has_patients=False
         )
     n_classes = int(frame["target"].max()) + 1
+    if frame["target"].nunique() < 2:
+        raise DataError(f"{path} holds a single class ({n_classes - 1}); a classifier needs at least two.")
     names = MEDMNIST_LABELS.get(stem, tuple(str(i) for i in range(n_classes)))
     if len(names) != n_classes:
         names = tuple(str(i) for i in range(n_classes))

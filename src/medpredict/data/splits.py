@@ -73,7 +73,15 @@ def _carve(frame: pd.DataFrame, groups: np.ndarray, fraction: float, task: str, 
             "Give a 'split' column or more data."
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(frame)), _strata(frame, task), groups))
+    strata = _strata(frame, task)
+    try:
+        _, held = next(splitter.split(np.zeros(len(frame)), strata, groups))
+    except ValueError as exc:  # every class smaller than the number of folds
+        raise DataError(
+            f"Cannot hold out {fraction:.0%} of the patients class by class: the {len(np.unique(strata))} classes "
+            f"have at most {int(pd.Series(strata).value_counts().max())} row(s) each ({exc}). Check that the "
+            "target names an outcome, not an identifier, or give a 'split' column."
+        ) from None
     mask = np.zeros(len(frame), dtype=bool)
     mask[held] = True
     return mask

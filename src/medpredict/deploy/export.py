@@ -9,10 +9,14 @@ image networks, dynamic for record models) and reports how far the outputs (and,
 labels, the accuracy and AUC) moved.
 
 :func:`export_run` does the whole job for a training run folder and writes
-``RUN/onnx/model.onnx``, optionally ``RUN/onnx/model.int8.onnx``, and the figures as
-``RUN/onnx/export.json``. The bundle in ``RUN/model/`` is left untouched, so its checksum
-manifest stays valid; the ONNX file carries the bundle's weight checksum in its metadata
-so that a stale export can be recognised.
+``RUN/onnx/model.onnx``, optionally ``RUN/onnx/model.int8.onnx``, the figures as
+``RUN/onnx/export.json`` and ``RUN/onnx/checksums.json``: the SHA-256 of every file, bound
+to the bundle's weights and signed like the bundle when ``MEDPREDICT_BUNDLE_KEY`` is set,
+so a changed weight inside an ONNX file is refused on load
+(:meth:`medpredict.inference.onnx.OnnxBundlePredictor.from_run`). The folder is written
+whole or not at all: an export that fails its parity check leaves nothing behind. The
+bundle in ``RUN/model/`` is left untouched, so its checksum manifest stays valid; the ONNX
+file also carries the bundle's weight checksum in its metadata.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medpredict.atomic import write_bytes, write_json
+from medpredict.atomic import atomic_dir, write_bytes, write_json
 from medpredict.bundle.schema import BundleMeta
+from medpredict.bundle.store import CHECKSUMS, WEIGHTS, write_checksums
 from medpredict.errors import BundleError, ConfigError, DataError, require_extra, unknown_choice
 
 if TYPE_CHECKING:
@@ -44,6 +49,9 @@ EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
 OUTPUT_NAME = "logits"
 QUANT_METHODS = ("static", "dynamic")
+#: The files of an export folder (``RUN/onnx``), covered by its ``checksums.json``.
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 
 
 @dataclass(frozen=True)
@@ -208,15 +216,24 @@ def export_onnx(
     finally:
         model.train(was_training)
     data = _with_metadata(data, {"producer": "medpredict", **(metadata or {})})
-    write_bytes(path, data)
-
     parity = list(parity_inputs) if parity_inputs is not None else list(example_inputs)
-    diff = parity_max_abs_diff(model, path, parity)
-    if not np.isfinite(diff) or diff > atol:
-        raise BundleError(
-            f"The ONNX export {path} differs from PyTorch by {diff:.3g} (allowed {atol:.3g}). "
-            "Try exporter='torchscript' or another opset, or report the model as unsupported."
-        )
+    # Checked as a temporary file and renamed only after the parity check passes: a graph that
+    # fails it never lies where a loader would find it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        diff = parity_max_abs_diff(model, tmp, parity)
+        if not np.isfinite(diff) or diff > atol:
+            raise BundleError(
+                f"The ONNX export {path} differs from PyTorch by {diff:.3g} (allowed {atol:.3g}); nothing was "
+                "written. Try exporter='torchscript' or another opset, or report the model as unsupported."
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("Exported %s with %s exporter; max |ONNX - PyTorch| = %.3g", path, used, diff)
     return ExportReport(
         path=str(path),
@@ -519,7 +536,15 @@ def export_run(
     from medpredict.bundle.store import resolve_bundle_dir
     from medpredict.inference.predictor import Predictor
 
+    if not (np.isfinite(atol) and atol > 0):  # before the export's minutes of work
+        raise ConfigError(f"--atol {atol}: give a positive parity bound such as 1e-4 (|ONNX - PyTorch| logits).")
+    if exporter not in EXPORTERS:
+        raise unknown_choice("ONNX exporter", exporter, EXPORTERS)
+    if quant_method is not None and quant_method not in QUANT_METHODS:
+        raise unknown_choice("quantisation method", quant_method, QUANT_METHODS)
     bundle_dir = resolve_bundle_dir(Path(run))
+    if not (bundle_dir / WEIGHTS).is_file():
+        raise ConfigError(f"{bundle_dir} holds no PyTorch weights ({WEIGHTS}): its model is an ONNX graph already.")
     predictor = Predictor.from_bundle(bundle_dir)
     info = predictor.bundle.info
     kind = info.entry
@@ -535,35 +560,65 @@ def export_run(
         else:
             checks = example_inputs(info, rng, rows=16)
     out = Path(out_dir) if out_dir is not None else bundle_dir.parent / "onnx"
-    weights = bundle_dir / "weights.safetensors"
+    _claim_export_dir(out)
+    weights_sha256 = _sha256(bundle_dir / WEIGHTS)
     meta = {
         "medpredict.version": predictor.version,
         "medpredict.labels": ",".join(info.labels),
         "medpredict.task": info.task,
         "medpredict.input_kind": kind.stored,
-        "medpredict.weights_sha256": _sha256(weights) if weights.is_file() else "",
+        "medpredict.weights_sha256": weights_sha256,
     }
     exported, outputs = _with_features(predictor.model, kind.name)
-    report = export_onnx(
-        exported, out / "model.onnx", example, parity_inputs=checks, atol=atol, exporter=exporter,
-        metadata=meta, input_names=kind.graph_inputs, output_names=outputs,
-    )
-    if quantize:
-        activation = "sigmoid" if info.task == "multilabel" else "softmax"
-        method = quant_method or ("static" if kind.name == "image" else "dynamic")
-        if method == "static" and calibration is None and check_inputs is None:
-            logger.warning("The run's images could not be read: static int8 scales come from random inputs and "
-                           "may cost accuracy. Pass check_inputs (preprocessed images) for real scales.")
-        q = quantize_int8(
-            out / "model.onnx", out / "model.int8.onnx", checks, labels=check_labels, activation=activation,
-            method=method, calibration_inputs=calibration,
+    # The whole export (models, figures, checksums) is written into a temporary folder that
+    # replaces ``out`` only when every check passed; a failed export leaves the previous one.
+    with atomic_dir(out) as tmp:
+        report = export_onnx(
+            exported, tmp / ONNX_FILE, example, parity_inputs=checks, atol=atol, exporter=exporter,
+            metadata=meta, input_names=kind.graph_inputs, output_names=outputs,
         )
-        report = dataclasses.replace(report, quantized=q)
-    summary = report.to_dict()
-    if report.quantized is not None:
-        summary["quantized"] = report.quantized.to_dict()
-    write_json(out / "export.json", summary)
+        if quantize:
+            activation = "sigmoid" if info.task == "multilabel" else "softmax"
+            method = quant_method or ("static" if kind.name == "image" else "dynamic")
+            if method == "static" and calibration is None and check_inputs is None:
+                logger.warning("The run's images could not be read: static int8 scales come from random inputs "
+                               "and may cost accuracy. Pass check_inputs (preprocessed images) for real scales.")
+            q = quantize_int8(
+                tmp / ONNX_FILE, tmp / INT8_FILE, checks, labels=check_labels, activation=activation,
+                method=method, calibration_inputs=calibration,
+            )
+            report = dataclasses.replace(report, quantized=q)
+        report = _located(report, tmp, out)
+        summary = report.to_dict()
+        if report.quantized is not None:
+            summary["quantized"] = report.quantized.to_dict()
+        write_json(tmp / "export.json", summary)
+        write_checksums(tmp, bound_to={WEIGHTS: weights_sha256})
     return report
+
+
+def _located(report: ExportReport, tmp: Path, out: Path) -> ExportReport:
+    """The report with the paths the files have once the temporary folder became ``out``."""
+    quantized = report.quantized
+    if quantized is not None:
+        quantized = dataclasses.replace(quantized, path=str(out / Path(quantized.path).relative_to(tmp)))
+    return dataclasses.replace(report, path=str(out / Path(report.path).relative_to(tmp)), quantized=quantized)
+
+
+def _claim_export_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, unwritable, inside a bundle, or a folder of something else
+    (the export replaces the folder whole); a previous export there is replaced."""
+    from medpredict.rundirs import check_writable, sealed_folder
+
+    check_writable(out)
+    sealed = sealed_folder(out)
+    if (out / "bundle.json").is_file() or (sealed is not None and sealed != out.absolute()):
+        raise ConfigError(f"--out {out} is inside {sealed}, a model bundle or export; give a folder of its own.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file() and not (out / CHECKSUMS).is_file():
+        raise ConfigError(
+            f"--out {out} already holds other files, and an export replaces its folder whole. Give an empty or "
+            "new folder (the default is RUN/onnx)."
+        )
 
 
 def _with_features(model: torch.nn.Module, input_kind: str) -> tuple[torch.nn.Module, tuple[str, ...]]:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medpredict.atomic import write_json, write_text
@@ -100,19 +101,37 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
                 raise DataError(f"No images found in the folder {path}.")
             paths.extend(found)
         elif path.suffix.lower() in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+            frame = _read_manifest(path)
             lowered = {str(c).lower(): c for c in frame.columns}
             column = next((lowered[a] for a in IMAGE_COLUMN_ALIASES if a in lowered), None)
             if column is None:
                 raise DataError(
                     f"The manifest {path} has no image column; name one of {IMAGE_COLUMN_ALIASES}."
                 )
-            paths.extend(
-                str(p if Path(p).is_absolute() else (path.parent / p)) for p in frame[column].astype(str)
-            )
+            cells = frame[column].astype(object)
+            empty = cells.isna() | (cells.astype(str).str.strip() == "")
+            if empty.any():
+                rows = [int(i) + 2 for i in np.flatnonzero(empty.to_numpy())[:5]]  # file lines, header = line 1
+                raise DataError(
+                    f"The manifest {path} has {int(empty.sum())} row(s) without an image path in '{column}' "
+                    f"(lines {rows}); fill or remove them."
+                )
+            paths.extend(str(p if Path(p).is_absolute() else (path.parent / p)) for p in cells.astype(str))
         else:
             paths.append(str(path))
     return paths
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest of inputs, or a :class:`DataError` naming the file when it is empty or not a table."""
+    try:
+        frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"Cannot read the manifest {path}: {str(exc).splitlines()[0] if str(exc) else exc}. "
+                        "Give a CSV with an image_path column.") from None
+    if frame.empty:
+        raise DataError(f"The manifest {path} has no rows; give a CSV with one image per row.")
+    return frame
 
 
 def _display_image(path: str, spatial_dims: int) -> Any:
@@ -139,15 +158,25 @@ def predict_files(
     progress: bool = True,
     backend: str = "torch",
     ignore_intended_use: bool = False,
+    force: bool = False,
 ) -> PredictResult:
     """Predict for every input and write the CSV, JSON and overlays into ``out``.
 
     ``run`` is a run folder, or a bring-your-own ONNX model's YAML descriptor;
     ``backend="onnx"`` runs a run's exported ONNX model (see ``medpredict export``).
+    ``out`` must be a folder of its own: not a run folder, nothing inside a bundle, and
+    without earlier predictions unless ``force`` moves them aside
+    (:func:`medpredict.rundirs.claim_output_dir`).
+
+    Raises:
+        ConfigError: ``out`` is a file, unwritable, a run or bundle folder, or holds predictions.
+        DataError: an input does not exist, or a manifest is empty or has no image column.
     """
     from medpredict.explain.maps import save_overlay_png
     from medpredict.inference.loader import load_predictor
+    from medpredict.rundirs import PREDICTION_FILES, claim_output_dir
 
+    claim_output_dir(out, PREDICTION_FILES, force=force)
     predictor = load_predictor(run, backend=backend)
     paths = expand_inputs(inputs)
     out = Path(out)

@@ -760,6 +760,8 @@ class OnnxBundlePredictor(Predictor):
             raise BundleError(
                 f"int8 model not found: {onnx_file}. Write it with 'medpredict export RUN --int8'."
             )
+        if onnx_file.is_file():
+            verify_export(onnx_file, bundle, required=onnx_path is None)
         backend = OnnxBackend(onnx_file, threads=threads)
         exported_from = backend.metadata.get("medpredict.weights_sha256", "")
         sums = bundle.read_json("checksums.json") or {}
@@ -804,3 +806,38 @@ class OnnxBundlePredictor(Predictor):
             spatial_dims=self.spatial_dims,
             progress=False,
         )
+
+
+def verify_export(onnx_file: Path, bundle: Any, *, required: bool = True) -> None:
+    """Check an exported ONNX file against its folder's ``checksums.json`` and the bundle's weights.
+
+    ``export`` writes the SHA-256 of every file of ``RUN/onnx`` there, bound to the bundle's
+    weights (and signed when ``MEDPREDICT_BUNDLE_KEY`` is set). A file elsewhere without a
+    checksum list (``required=False``, an explicit path) is loaded with a warning.
+
+    Raises:
+        BundleError: a changed, unlisted or unsigned file; an export of other weights.
+    """
+    from medpredict.bundle.store import CHECKSUMS, WEIGHTS, verify
+
+    folder = onnx_file.parent
+    if not (folder / CHECKSUMS).is_file() and not required:
+        logger.warning("%s has no %s beside it: its integrity is not checked.", onnx_file, CHECKSUMS)
+        return
+    if not (folder / CHECKSUMS).is_file():
+        raise BundleError(
+            f"The ONNX export {folder} has no {CHECKSUMS} (written by an older medpredict, or altered); "
+            "export again with 'medpredict export RUN'."
+        )
+    verify(folder, required=(onnx_file.name,), what="ONNX export")  # files, and bound_to under the HMAC
+    import json
+
+    bound_to = json.loads((folder / CHECKSUMS).read_text(encoding="utf-8")).get("bound_to") or {}
+    exported_from = bound_to.get(WEIGHTS)
+    current = (bundle.read_json(CHECKSUMS) or {}).get("files", {}).get(WEIGHTS)
+    if exported_from != current:
+        raise BundleError(
+            f"{onnx_file} was exported from other weights than the bundle in {bundle.path}; "
+            "export again with 'medpredict export RUN'."
+        )
+

@@ -26,8 +26,17 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
+from medpredict.data.proxies import Proxy, target_proxies
 from medpredict.records.cleaning import CleaningConfig, TableCleaner
-from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table, normalise_name
+from medpredict.records.tables import (
+    TableSchema,
+    apply_target_rule,
+    clean_target_token,
+    clean_token,
+    label_variants,
+    load_table,
+    normalise_name,
+)
 from medpredict.report.i18n import Translator, translator
 from medpredict.report.plots import Look, look_for, to_base64
 from medpredict.report.render import bullets, data, fig, figs, h3, p, render_page, rich, table
@@ -133,6 +142,7 @@ def build_report(
         "target": _target_summary(frame, schema),
         "duplicates": _duplicates(frame, schema, tokens),
         "columns_detail": columns,
+        "target_proxies": [p.to_dict() for p in _proxies(frame, schema)],
     }
     report["findings"] = _findings(report)
     report["problems"] = _problems(report)
@@ -148,6 +158,10 @@ def _problems(report: Mapping[str, Any]) -> list[str]:
         problems.append(f"the target column '{target['column']}' is not in the table")
     elif target.get("kind") == "classes" and len(target.get("counts") or {}) < 2:
         problems.append(f"the target '{target['column']}' has fewer than two classes")
+    counts = target.get("counts") or {}
+    for group in label_variants(pd.Series(list(counts), dtype=object)).values():
+        problems.append("target values that differ only in case or spaces would train as separate classes: "
+                        + ", ".join(f"'{v}' ({counts[v]} rows)" for v in group))
     usable = [
         c for c in report["columns_detail"]
         if c["kind"] not in ("target", "id", "ignore") and not c.get("dropped") and c["distinct"] > 1
@@ -182,6 +196,21 @@ class TableCheckResult:
         return "\n".join(lines)
 
 
+def _proxies(frame: pd.DataFrame, schema: TableSchema) -> list[Proxy]:
+    """Feature columns that restate a class target (see :mod:`medpredict.data.proxies`)."""
+    column = schema.target
+    if column is None or column not in frame.columns:
+        return []
+    if schema.target_rule:
+        target = apply_target_rule(frame[column], schema.target_rule)
+    else:
+        target = frame[column].map(clean_target_token)
+        if _mostly_numeric(target) and target.nunique() > 10:
+            return []  # a continuous target: no classes to restate
+    keep = target.notna().to_numpy()
+    return target_proxies(frame.loc[keep], target[keep].astype(str).to_numpy(), schema.features())
+
+
 def _blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
 
@@ -200,7 +229,7 @@ def _target_summary(frame: pd.DataFrame, schema: TableSchema) -> dict[str, Any]:
         rule = f"{column}{schema.target_rule}"
         counts = {f"not {rule}": int((values == 0).sum()), rule: int((values == 1).sum())}
     else:
-        tokens = frame[column].map(clean_token).dropna()
+        tokens = frame[column].map(clean_target_token).dropna()
         if _mostly_numeric(tokens) and tokens.nunique() > 10:
             numbers = pd.to_numeric(tokens, errors="coerce")
             return {
@@ -269,9 +298,15 @@ def _finding_items(report: Mapping[str, Any]) -> list[Finding]:
     elif target.get("kind") == "classes":
         if target.get("missing"):
             items.append(("table.target_missing", {"n": target["missing"]}, {}))
+        counts = target.get("counts") or {}
+        for group in label_variants(pd.Series(list(counts))).values():
+            values = ", ".join(f"'{v}' ({counts[v]} rows)" for v in group)
+            items.append(("table.label_variants", {}, {"values": values}))
         if target.get("minority_percent") is not None and target["minority_percent"] < 20:
             items.append(("table.imbalanced", {"percent": target["minority_percent"]},
                           {"counts": str(target["counts"])}))
+    for proxy in report.get("target_proxies") or []:
+        items.append(("table.proxy", {"score": f"{proxy['balanced_accuracy']:.3f}"}, {"column": proxy["column"]}))
     dup = report["duplicates"]
     if dup["exact_rows"]:
         items.append(("table.exact_rows", {"n": dup["exact_rows"]}, {}))

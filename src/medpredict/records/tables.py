@@ -32,14 +32,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medpredict.data.tokens import (  # noqa: F401  (re-exported: the table reader's vocabulary)
+    MISSING_TOKENS,
+    TARGET_MISSING_TOKENS,
+    clean_target_token,
+    clean_token,
+    label_variants,
+    written_as,
+)
 from medpredict.errors import ConfigError, DataError, did_you_mean, unknown_choice
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("numeric", "ordinal", "binary", "categorical", "date", "id", "ignore")
 FEATURE_KINDS = ("numeric", "ordinal", "binary", "categorical")
-# Tokens that mean "no value" in the tables hospitals and the UCI repository ship.
-MISSING_TOKENS = frozenset({"", "?", "na", "n/a", "nan", "null", "none", "-", "--", "missing", "."})
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".data", ".arff", ".parquet", ".pq")
 _TARGET_ALIASES = ("target", "label", "class", "outcome", "diagnosis", "num", "y")
 _ID_NAME = re.compile(r"^(id|mrn|subject|patient|patient_no|hadm_id|stay_id)$|_id$|^id_|sample_code")
@@ -330,16 +336,6 @@ def _names_beside(path: Path, width: int) -> list[str] | None:
 # --------------------------------------------------------------------------- schema
 
 
-def clean_token(value: object) -> object:
-    """Strip whitespace (tabs included) and turn a missing-value token into ``None``."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, str):
-        token = value.strip().strip("'\"").strip()
-        return None if token.lower() in MISSING_TOKENS else token
-    return value
-
-
 def _tokens(series: pd.Series) -> pd.Series:
     return series.map(clean_token).dropna()
 
@@ -438,7 +434,7 @@ def apply_target_rule(values: pd.Series, rule: str) -> pd.Series:
     if match is None:
         raise ConfigError(f"Target rule '{rule}' is not a comparison; write e.g. 'num>0' or 'class==4'.")
     op, raw = match.group(1), match.group(2).strip()
-    tokens = values.map(clean_token)
+    tokens = values.map(clean_target_token)
     number = _numeric(pd.Series([raw])).iloc[0]
     if not pd.isna(number):
         left = _numeric(tokens)

@@ -153,6 +153,7 @@ def cluster_table(
     model: str = "mlp",
     schema: str | Path | Mapping[str, Any] | None = None,
     seed: int = 0,
+    force: bool = False,
 ) -> Clustering:
     """Train the network on a table, cluster every row in its embedding, write the map.
 
@@ -166,6 +167,8 @@ def cluster_table(
     from medpredict.atomic import write_bytes, write_json, write_text
     from medpredict.training.records import train_table
 
+    if k is not None and k < 2:  # before any training
+        raise ConfigError(f"--k {k}: k-means needs at least 2 clusters; give --k 2 or more, or leave it out.")
     out = Path(out)
     run = train_table(
         source,
@@ -177,6 +180,7 @@ def cluster_table(
         baselines=False,
         n_boot=200,
         progress=False,
+        force=force,
     )
     data = run.data
     z = embed(run.model, run.cleaner.transform(data.frame))

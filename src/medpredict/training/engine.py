@@ -28,9 +28,16 @@ from torch import nn
 from medpredict.atomic import write_text
 from medpredict.config import TrainConfig
 from medpredict.data.datasets import ArrayDataset
+from medpredict.errors import ConfigError
 from medpredict.progress import progress_bar
 from medpredict.training import policy
-from medpredict.training.checkpoint import load_state, save_state
+from medpredict.training.checkpoint import (
+    check_fingerprint,
+    continue_schedule,
+    load_state,
+    load_weights_of_checkpoint,
+    save_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +90,50 @@ class FitResult:
     seconds: float = 0.0
 
 
+def learning_problem(result: FitResult, task: str) -> str | None:
+    """Why the weights ``fit`` kept are not a model that learned, or ``None`` when they are.
+
+    Refused: a validation score that was never finite (the kept weights are the untrained
+    ones), and a classifier that ran several epochs without ever scoring above its first
+    epoch while that first score was no better than chance (AUC 0.5).
+    """
+    scores = [float(h["val_score"]) for h in result.history]
+    if not scores:
+        return None
+    if not any(math.isfinite(s) for s in scores):
+        return (
+            f"the validation score was not a number in any of the {len(scores)} epochs, so the kept weights "
+            "are the untrained ones"
+        )
+    if result.best_epoch < 1:
+        return "no epoch improved the validation score, so the kept weights are the untrained ones"
+    first = scores[0]
+    later = [s for s in scores[1:] if math.isfinite(s)]
+    classifier = task in ("binary", "multiclass", "multilabel")
+    if classifier and later and math.isfinite(first) and first <= 0.5 and max(later) <= first:
+        return (
+            f"the validation AUC never rose above its first epoch's {first:.3f} (chance is 0.5) in "
+            f"{len(scores)} epochs: the model did not learn"
+        )
+    return None
+
+
 def resolve_device(name: str, dist: Distributed | None = None) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; under torchrun each rank takes its GPU."""
+    """``auto`` → CUDA when available, else CPU; under torchrun each rank takes its GPU.
+
+    Raises:
+        ConfigError: CUDA asked for where this PyTorch has none (a CPU build, or no GPU visible),
+            or a GPU index beyond the ones present.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        suffix = name.partition(":")[2]
+        index = int(suffix) if suffix.isdigit() else (0 if not suffix else -1)
+        if count == 0 or not 0 <= index < count:
+            why = "this PyTorch has no CUDA (a CPU build) or sees no GPU" if count == 0 else f"only {count} GPU(s)"
+            raise ConfigError(f"--device {name}: {why}. Use --device cpu, or auto to take a GPU when there is one.")
     if name == "cuda" and dist is not None and dist.enabled:
         return torch.device(f"cuda:{dist.local_rank}")
     return torch.device(name)
@@ -244,14 +291,18 @@ def _setup(
     )
 
 
-def _resume(model: nn.Module, setup: _Setup, path: Path | None, resume: bool, epochs: int) -> _State:
+def _resume(
+    model: nn.Module, setup: _Setup, path: Path | None, resume: bool, epochs: int, fingerprint: dict[str, Any] | None
+) -> _State:
+    """The state to start from: fresh, or the checkpoint's when resuming one of the same run."""
     state = _State(history=[], best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     if not (resume and path is not None and path.exists()):
         return state
     saved = load_state(path)
-    model.load_state_dict(saved["model"])
+    check_fingerprint(saved.get("fingerprint"), fingerprint, path)
+    load_weights_of_checkpoint(model, saved["model"], path)
     setup.optimizer.load_state_dict(saved["optimizer"])
-    setup.scheduler.load_state_dict(saved["scheduler"])
+    continue_schedule(setup.scheduler, saved["scheduler"])
     state = _State(
         history=saved["history"],
         best_state=saved["best_model"],
@@ -341,7 +392,14 @@ def _improved(state: _State, config: TrainConfig, val_loss: float, score: float,
 
 
 def _checkpoint(
-    model: nn.Module, setup: _Setup, state: _State, epoch: int, record: dict[str, Any], run_dir: Path, last_plot: float
+    model: nn.Module,
+    setup: _Setup,
+    state: _State,
+    epoch: int,
+    record: dict[str, Any],
+    run_dir: Path,
+    last_plot: float,
+    fingerprint: dict[str, Any] | None,
 ) -> float:
     """Write the checkpoint, the metrics line and (at most every CURVE_EVERY_S) the curves."""
     save_state(
@@ -357,6 +415,7 @@ def _checkpoint(
             "best_monitored": state.best_monitored,
             "best_epoch": state.best_epoch,
             "bad_epochs": state.bad_epochs,
+            **({"fingerprint": fingerprint} if fingerprint is not None else {}),
         },
     )
     with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
@@ -380,6 +439,7 @@ def fit(
     resume: bool = False,
     train_transform: BatchTransform | None = None,
     on_epoch: EpochCallback | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` (image, record or fused network) and keep the best epoch's weights.
 
@@ -396,13 +456,20 @@ def fit(
             trains without writing anything (cross-validation folds).
         class_counts: samples per class in the training set, for balanced weighting
             (:func:`medpredict.training.policy.class_counts`).
-        resume: continue from ``run_dir/checkpoint.safetensors`` if it exists.
+        resume: continue from ``run_dir/checkpoint.safetensors`` if it exists. More epochs
+            than the checkpoint's schedule stretch the schedule to the new length.
         train_transform: batch augmentation ``(inputs, generator) -> inputs``.
         on_epoch: called after every epoch (on every rank) with that epoch's record
             (``epoch``, ``train_loss``, ``val_loss``, ``val_score``, ``seconds``, ...) and the
             model holding that epoch's weights, after the checkpoint is written; an exception
             it raises (e.g. ``optuna.TrialPruned``) ends training. Its own time is not part
             of the epoch's ``seconds``.
+        fingerprint: what the run trains on (data, model, preprocessing; JSON values), stored
+            in the checkpoint; resuming refuses a checkpoint whose fingerprint differs
+            (:func:`medpredict.training.checkpoint.check_fingerprint`).
+
+    Raises:
+        ConfigError: resuming a checkpoint of other data, another model or preprocessing.
     """
     threads = torch.get_num_threads()
     if config.threads:
@@ -412,7 +479,7 @@ def fit(
             torch.manual_seed(config.seed)
             return _fit(model, train_set, val_set, task=task, config=config, run_dir=run_dir,
                         class_counts=class_counts, progress=progress, resume=resume,
-                        train_transform=train_transform, on_epoch=on_epoch)
+                        train_transform=train_transform, on_epoch=on_epoch, fingerprint=fingerprint)
     finally:
         torch.set_num_threads(threads)
 
@@ -430,11 +497,12 @@ def _fit(
     resume: bool,
     train_transform: BatchTransform | None,
     on_epoch: EpochCallback | None,
+    fingerprint: dict[str, Any] | None,
 ) -> FitResult:
     run_dir = Path(run_dir) if run_dir is not None else None
     setup = _setup(model, train_set, task, config, class_counts)
     writes = run_dir is not None and setup.dist.is_main
-    state = _resume(model, setup, run_dir / CHECKPOINT if run_dir else None, resume, config.epochs)
+    state = _resume(model, setup, run_dir / CHECKPOINT if run_dir else None, resume, config.epochs, fingerprint)
     if writes and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / METRICS_LOG, "".join(json.dumps(h) + "\n" for h in state.history))
@@ -460,7 +528,7 @@ def _fit(
         say("epoch %d/%d  train loss %.4f  val loss %.4f  val score %.4f%s", epoch + 1, config.epochs, train_loss,
             val_loss, score, "  (best)" if improved else "")
         if writes and run_dir is not None:
-            last_plot = _checkpoint(model, setup, state, epoch, record, run_dir, last_plot)
+            last_plot = _checkpoint(model, setup, state, epoch, record, run_dir, last_plot, fingerprint)
         if on_epoch is not None:
             on_epoch(record, model)
         if state.bad_epochs >= config.patience:

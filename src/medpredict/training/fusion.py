@@ -52,9 +52,11 @@ from medpredict.config import (
     RecordModelConfig,
     RunConfig,
     TrainConfig,
+    run_location,
 )
 from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
 from medpredict.data.manifest import IMAGE_COLUMN_ALIASES, PATIENT_COLUMN_ALIASES, from_frame
+from medpredict.data.proxies import target_proxies
 from medpredict.data.splits import assign_splits, require_no_leakage
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import DataError, unknown_choice
@@ -65,8 +67,9 @@ from medpredict.models.normalised import InputNormalised
 from medpredict.models.records import RECORD_MODELS, build_record_model
 from medpredict.records.cleaning import TableCleaner
 from medpredict.records.tables import clean_token, infer_schema
+from medpredict.rundirs import claim_run_dir, removed_on_failure
 from medpredict.training import policy
-from medpredict.training.engine import FitResult, fit, predict_logits
+from medpredict.training.engine import FitResult, fit, learning_problem, predict_logits
 from medpredict.training.image import training_summary
 from medpredict.training.postfit import post_fit
 
@@ -197,10 +200,10 @@ def fused_config(
     """
     train = train or TrainConfig(batch_size=64)
     train = replace(train, epochs=train.epochs if epochs is None else epochs, seed=train.seed if seed is None else seed)
-    out = Path(out)
+    out_dir, name = run_location(out)
     return RunConfig(
-        name=out.name,
-        out_dir=str(out.parent),
+        name=name,
+        out_dir=out_dir,
         kind="fused",
         data=DataConfig(
             source=str(Path(manifest_path).expanduser()),
@@ -377,23 +380,63 @@ class _Arrays:
         return ArrayDataset((self.images[index], self.records[index], shown), self.target[index])
 
 
-def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True) -> FusionRun:
+def train_fused(
+    config: RunConfig,
+    *,
+    n_boot: int = 1000,
+    progress: bool = True,
+    force: bool = False,
+    allow_target_proxy: bool = False,
+) -> FusionRun:
     """Train an image + record fusion classifier as configured and write its run folder.
 
     Args:
         config: a :class:`~medpredict.config.RunConfig` of kind ``fused`` (see
             :func:`fused_config` for the keyword form).
         n_boot: patient-bootstrap replicates for the metric intervals.
+        force: move a run already in the run folder aside instead of refusing.
+        allow_target_proxy: train even with a clinical column that restates the target.
 
     Raises:
-        DataError: unreadable manifest, missing columns, a regression target, too few patients.
-        ConfigError: an unknown model or record model, or an image size below the model's minimum.
+        DataError: unreadable manifest, missing columns, a regression target, too few patients,
+            a clinical column that restates the target, a model that did not learn.
+        ConfigError: an unknown model or record model, an image size below the model's minimum,
+            or a run folder that already holds a run.
     """
     started = time.monotonic()
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read
     if config.record_model.name not in RECORD_MODELS:
         raise unknown_choice("record model", config.record_model.name, RECORD_MODELS)
+    claim_run_dir(config.run_dir, force=force)
+    with removed_on_failure(config.run_dir, keep=()):
+        return _train_fused(config, n_boot=n_boot, progress=progress, allow_target_proxy=allow_target_proxy,
+                            started=started)
+
+
+def _refuse_proxies(data: FusedData, target: str, *, allowed: bool) -> None:
+    """Log the clinical columns the model reads; refuse one that restates the target (unless ``allowed``)."""
+    log.info("Clinical columns the model reads (%d): %s", len(data.columns), ", ".join(data.columns))
+    rows = data.part["train"][data.has_record[data.part["train"]]]
+    proxies = target_proxies(data.frame.iloc[rows], data.frame["label_name"].to_numpy()[rows], data.columns)
+    if not proxies:
+        return
+    found = "; ".join(p.describe(target) for p in proxies)
+    if allowed:
+        log.warning("Training with a possible leak, as asked: %s.", found)
+        return
+    kept = [c for c in data.columns if c not in {p.column for p in proxies}]
+    raise DataError(
+        f"Refusing to train: {found}. A model reading it learns nothing usable before the outcome is known. "
+        + (f"Leave it out with --clinical-columns {','.join(kept)}, " if kept else "Leave it out, ")
+        + "or pass --allow-target-proxy if it is truly known before the outcome."
+    )
+
+
+def _train_fused(
+    config: RunConfig, *, n_boot: int, progress: bool, allow_target_proxy: bool, started: float
+) -> FusionRun:
     data = load_fused_data(config)
+    _refuse_proxies(data, config.data.target, allowed=allow_target_proxy)
     cleaner = _fit_cleaner(data, config)
     records = cleaner.transform(data.frame[data.columns].astype(object)).astype(np.float32)
     records[~data.has_record] = 0.0
@@ -416,6 +459,10 @@ def train_fused(config: RunConfig, *, n_boot: int = 1000, progress: bool = True)
     ))  # resolved: what evaluation reads back to find the same rows
     model, record_hparams = _network(config, cleaner, normalisation, len(data.labels))
     result = _fit(model, arrays, data, config, progress)
+    problem = learning_problem(result, data.task)
+    if problem is not None:
+        raise DataError(f"No model was saved from {config.data.source}: {problem}. Check that every class has "
+                        "training and validation rows.")
     val_set = arrays.dataset(data.part["val"])
     counts = np.bincount(arrays.dataset(data.part["train"]).target.numpy(), minlength=len(data.labels))
     fields, _ = post_fit(
@@ -570,9 +617,11 @@ def train_fusion(manifest_path: str | Path, *, n_boot: int = 1000, progress: boo
             and (recommended) a patient column; an optional ``split`` column is respected.
         n_boot: patient-bootstrap replicates for the metric intervals.
         settings: the keywords of :func:`fused_config` (``target``, ``clinical_columns``,
-            ``out``, ``image_model``, ``image_size``, ``mode``, ``modalities``, ``epochs``, ...).
+            ``out``, ``image_model``, ``image_size``, ``mode``, ``modalities``, ``epochs``, ...),
+            and ``force`` / ``allow_target_proxy`` of :func:`train_fused`.
     """
-    return train_fused(fused_config(manifest_path, **settings), n_boot=n_boot, progress=progress)
+    flags = {key: bool(settings.pop(key)) for key in ("force", "allow_target_proxy") if key in settings}
+    return train_fused(fused_config(manifest_path, **settings), n_boot=n_boot, progress=progress, **flags)
 
 
 def _headline(metrics: Mapping[str, Any]) -> str:

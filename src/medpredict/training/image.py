@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -42,13 +44,17 @@ from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError
 from medpredict.evaluation.metrics import classification_metrics
 from medpredict.evaluation.subgroups import reference_statistics
+from medpredict.records.tables import label_variants
+from medpredict.rundirs import claim_run_dir, removed_on_failure, set_aside_stale_results
 from medpredict.training import policy
 from medpredict.training.engine import (
     Distributed,
     EpochCallback,
     FitResult,
     fit,
+    learning_problem,
     predict_logits,
+    resolve_device,
     validation_score,
 )
 from medpredict.training.postfit import fit_input_guard, pooled_features, post_fit, resolve_positive
@@ -91,6 +97,7 @@ def load_data(config: RunConfig) -> Manifest:
         image_column=data.image_column,
         patient_column=data.patient_column,
         task=data.task,
+        label_map=data.label_map,
     )
     if not manifest.has_images:
         raise DataError(
@@ -184,11 +191,23 @@ def _log_to(path: Path) -> Iterator[None]:
 
 
 def train(
-    config: RunConfig, *, resume: bool = False, progress: bool = True, on_epoch: EpochCallback | None = None
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train one model as configured and write its run folder (see the module docstring).
 
     ``on_epoch`` is passed to :func:`medpredict.training.engine.fit` (called after every epoch).
+    A run folder that already holds a run is refused (:func:`medpredict.rundirs.claim_run_dir`)
+    unless ``resume`` continues its checkpoint or ``force`` moves it aside; a run that fails
+    before its first checkpoint leaves no folder behind.
+
+    Raises:
+        ConfigError: the folder holds a run, or ``resume`` finds no checkpoint or another run's.
+        DataError: unusable data, or a model that did not learn (no bundle is written).
     """
     from medpredict.models import check_input_size
 
@@ -197,14 +216,14 @@ def train(
         raise ConfigError(f"This config is for a {config.kind} run, not an image run; train it with '{command}'.")
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read or file written
     dist = Distributed.from_env()
+    resolve_device(config.train.device, dist)  # a GPU asked for where there is none: refused now
     run_dir = config.run_dir
-    if not resume and dist.is_main and (run_dir / "checkpoint.safetensors").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run. Use --resume to continue it, or another --name/--out."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(run_dir / "train.log") if dist.is_main else contextlib.nullcontext():
-        return _train(config, run_dir, resume=resume, progress=progress, dist=dist, on_epoch=on_epoch)
+    if dist.is_main:
+        claim_run_dir(run_dir, force=force, resume=resume, can_resume=True)
+    with removed_on_failure(run_dir) if dist.is_main else contextlib.nullcontext():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with _log_to(run_dir / "train.log") if dist.is_main else contextlib.nullcontext():
+            return _train(config, run_dir, resume=resume, progress=progress, dist=dist, on_epoch=on_epoch)
 
 
 def _train(
@@ -215,6 +234,7 @@ def _train(
     if dist.is_main:
         write_text(run_dir / "config.yaml", config.to_yaml())
     manifest = load_data(config)
+    refuse_label_variants(manifest)
     frame, task = manifest.frame, manifest.task
     parts = {name: frame[frame["split"] == name] for name in ("train", "val", "test")}
     for name in ("train", "val"):
@@ -255,7 +275,11 @@ def _train(
         resume=resume,
         train_transform=lambda inputs, g: (augment(inputs[0], g),),
         on_epoch=on_epoch,
+        fingerprint=run_fingerprint(frame, config, manifest.labels),
     )
+    problem = learning_problem(result, task)
+    if problem is not None:
+        raise DataError(f"No model was saved from {config.data.source}: {problem}. {class_coverage(parts, manifest)}")
     val_logits = predict_logits(model, val_set)
     y_val = val_set.target.numpy()
     single_label = task in ("binary", "multiclass")
@@ -301,6 +325,8 @@ def _train(
     )
     bundle_dir = run_dir / "model"
     if dist.is_main:
+        if resume:
+            set_aside_stale_results(run_dir)
         write_bundle(bundle_dir, meta, state_dict=model.state_dict(), guard=guard)
         _write_val_predictions(run_dir, parts["val"], val_probs, manifest.labels, task)
         log.info(
@@ -312,6 +338,68 @@ def _train(
     return TrainResult(
         run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result, model_name=config.model.name
     )
+
+
+def refuse_label_variants(manifest: Manifest) -> None:
+    """Refuse labels that differ only in case or spaces: each would be trained as a class of its own.
+
+    Raises:
+        DataError: names the spellings, their row counts and the ``data.label_map`` that merges them.
+    """
+    variants = label_variants(manifest.frame["label_name"])
+    if not variants:
+        return
+    counts = manifest.frame["label_name"].astype(str).value_counts()
+    shown = "; ".join(" / ".join(f"{v!r} ({int(counts.get(v, 0))} rows)" for v in group) for group in variants.values())
+    mapping = {v: max(group, key=lambda g: int(counts.get(g, 0))) for group in variants.values() for v in group}
+    mapping = {k: v for k, v in mapping.items() if k != v}
+    flow = "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
+    raise DataError(
+        f"Labels of {manifest.source} differ only in case or spaces: {shown}. Each would become a class of its "
+        f"own. Merge them with --set 'data.label_map={flow}' (or data.label_map in the config), or correct the "
+        "manifest."
+    )
+
+
+def run_fingerprint(frame: pd.DataFrame, config: RunConfig, labels: tuple[str, ...]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the rows and their splits and targets, the network,
+    and the preprocessing (see :func:`medpredict.training.checkpoint.check_fingerprint`).
+
+    Rows are identified by their image file name (or npz reference) and hashed patient id, so a
+    moved data folder still matches; patient ids never appear in the checkpoint.
+    """
+    names = frame["image_path"].astype(str).map(lambda p: Path(p.split("::")[0]).name + "::" + p.partition("::")[2])
+    table = pd.DataFrame({
+        "image": names.to_numpy(), "patient": frame["patient_id"].astype(str).to_numpy(),
+        "split": frame["split"].astype(str).to_numpy(), "target": frame["target"].astype(str).to_numpy(),
+    })
+    digest = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+    rows = {name: int((table["split"] == name).sum()) for name in ("train", "val", "test")}
+    return {
+        "data": {"rows": rows, "content_of_rows_splits_and_targets": digest, "labels": list(labels)},
+        "model": {"name": config.model.name, "dropout": config.model.dropout, "weights": config.model.weights},
+        "preprocess": {
+            "image_size": config.preprocess.image_size, "spatial_dims": config.preprocess.spatial_dims,
+            "channels": config.data.channels, "normalize": config.preprocess.normalize,
+        },
+    }
+
+
+def class_coverage(parts: dict[str, pd.DataFrame], manifest: Manifest) -> str:
+    """The data problem behind a model that did not learn, in words: classes a split lacks, or none found."""
+    if manifest.task not in ("binary", "multiclass"):
+        return "Check the target values and the split."
+    lacking = []
+    for label in manifest.labels:
+        counts = {name: int((part["label_name"].astype(str) == label).sum()) for name, part in parts.items()}
+        if counts["train"] == 0 or counts["val"] == 0:
+            lacking.append(f"class {label!r} has {counts['train']} training and {counts['val']} validation rows")
+    if lacking:
+        return (
+            "The data is why: " + "; ".join(lacking) + ". Every class needs rows in both splits (check the labels "
+            "for misspellings and the split column), then train again."
+        )
+    return "Every class has training and validation rows; check the labels, the learning rate and the images."
 
 
 def _input_guard(

@@ -38,7 +38,15 @@ from medpredict.atomic import write_json, write_text
 from medpredict.bundle.kinds import RecordInput, RecordNet
 from medpredict.bundle.schema import BundleMeta, write_bundle
 from medpredict.calibration.posthoc import load_calibration
-from medpredict.config import RECORD_TASKS, CleaningConfig, DataConfig, RecordModelConfig, RunConfig, TrainConfig
+from medpredict.config import (
+    RECORD_TASKS,
+    CleaningConfig,
+    DataConfig,
+    RecordModelConfig,
+    RunConfig,
+    TrainConfig,
+    run_location,
+)
 from medpredict.data.manifest import Manifest
 from medpredict.data.splits import assign_splits
 from medpredict.errors import ConfigError, DataError, unknown_choice
@@ -46,7 +54,15 @@ from medpredict.evaluation.metrics import classification_metrics, regression_met
 from medpredict.models.records import RECORD_MODELS
 from medpredict.progress import progress_bar
 from medpredict.records.cleaning import TableCleaner, drop_duplicate_rows
-from medpredict.records.tables import TableSchema, apply_target_rule, clean_token, load_table
+from medpredict.records.tables import (
+    TableSchema,
+    apply_target_rule,
+    clean_target_token,
+    clean_token,
+    load_table,
+    written_as,
+)
+from medpredict.rundirs import claim_run_dir
 from medpredict.training import policy
 from medpredict.training.postfit import fit_input_guard, post_fit
 from medpredict.training.record_fit import (
@@ -114,13 +130,25 @@ def encode_target(
         raise DataError(
             f"The table has no target column '{column}'. Name the target with target=... or in the schema."
         )
+    if schema.kinds.get(column) == "id":
+        raise DataError(
+            f"The target column '{column}' holds identifiers (one value per patient or row), not an outcome. "
+            "Name the outcome column with --target."
+        )
     if schema.target_rule:
         values = apply_target_rule(frame[column], schema.target_rule)
         keep = values.notna().to_numpy()
         rule = f"{column}{schema.target_rule}"
         labels = [schema.labels.get("0", f"not {rule}"), schema.labels.get("1", rule)]
+        present = set(values[keep].astype(int))
+        if len(present) < 2:
+            only = labels[present.pop()] if present else "none"
+            raise DataError(
+                f"The target rule '{rule}' gives a single class ('{only}' for all {int(keep.sum())} rows with a "
+                f"value); a classifier needs both. Check the rule's threshold against the values of '{column}'."
+            )
         return values.to_numpy()[keep].astype(np.int64), labels, "binary", keep
-    tokens = frame[column].map(clean_token)
+    tokens = frame[column].map(clean_target_token)
     keep = tokens.notna().to_numpy()
     tokens = tokens[keep].map(lambda v: f"{float(v):g}" if _natural(str(v))[0] == 0 else str(v))
     distinct = sorted(tokens.unique(), key=_natural)
@@ -167,7 +195,8 @@ def table_data_from_frame(
     removed["missing_target"] = int((~keep).sum())
     if removed["missing_target"]:
         logger.warning(
-            "Dropped %d row(s) with no value in target '%s'.", removed["missing_target"], schema.target
+            "Dropped %d row(s) with no value in target '%s' (written as %s).", removed["missing_target"],
+            schema.target, written_as(frame[schema.target][~keep]),
         )
     frame = frame.loc[keep].reset_index(drop=True)
     id_column = schema.id_column()
@@ -491,6 +520,8 @@ def train_table(
     cv_repeats: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    force: bool = False,
+    allow_target_proxy: bool = False,
 ) -> TableRun:
     """Train a record network on a table and write a run folder with its bundle.
 
@@ -509,20 +540,25 @@ def train_table(
         cv_repeats: if > 0, also run ``cv_repeats`` x 5-fold cross-validation of all
             three models (on all rows) and store it in ``metrics.json``.
         n_boot: patient-bootstrap replicates for the metric intervals.
+        force: move a run already in ``out`` aside (``NAME.old-<time>``) instead of refusing.
+        allow_target_proxy: train even with a column that restates the target on its own
+            (:mod:`medpredict.data.proxies`); refused by default as a leak.
 
     Raises:
-        DataError: unreadable table, missing target, too few patients to split.
-        ConfigError: unknown model, task or option.
+        DataError: unreadable table, missing target, too few patients to split, a column that
+            restates the target.
+        ConfigError: unknown model, task or option; ``out`` holds a run (without ``force``).
     """
     if model not in RECORD_MODELS:
         raise unknown_choice("record network", model, RECORD_MODELS)
     started = time.monotonic()
+    run_dir = Path(*run_location(out))
+    claim_run_dir(run_dir, force=force)
     data = (
         source
         if isinstance(source, TableData)
         else load_table_data(source, target=target, schema=schema, task=task)
     )
-    run_dir = Path(out)
     config = RunConfig(
         name=run_dir.name,
         out_dir=str(run_dir.parent),
@@ -544,6 +580,7 @@ def train_table(
         raise DataError(
             f"The train or validation split of {data.source} is empty; give more rows or other fractions."
         )
+    refuse_target_proxies(data, part["train"], allowed=allow_target_proxy)
     cleaner = TableCleaner(data.schema, config.cleaning).fit(data.frame.iloc[part["train"]])
     x = {name: cleaner.transform(data.frame.iloc[rows]) for name, rows in part.items()}
     net = new_network(
@@ -658,6 +695,34 @@ def _record_bundle_meta(
             "patients": {k: int(len(np.unique(data.groups[v]))) for k, v in part.items()},
             "removed": data.removed,
         },
+    )
+
+
+def refuse_target_proxies(data: TableData, rows: np.ndarray, *, allowed: bool) -> None:
+    """Log the record columns a model reads; refuse one that restates the target (unless ``allowed``).
+
+    Raises:
+        DataError: names the column, its balanced accuracy alone, and how to leave it out or keep it.
+    """
+    from medpredict.data.proxies import target_proxies
+
+    features = data.schema.features()
+    logger.info("Record columns the model reads (%d): %s", len(features), ", ".join(features))
+    if data.task == "regression":
+        return
+    frame = data.frame.iloc[rows]
+    proxies = target_proxies(frame, np.asarray(data.labels, dtype=object)[data.y[rows]], features)
+    if not proxies:
+        return
+    found = "; ".join(p.describe(str(data.schema.target)) for p in proxies)
+    if allowed:
+        logger.warning("Training with a possible leak, as asked: %s.", found)
+        return
+    ignored = ", ".join(f"{p.column}: ignore" for p in proxies)
+    raise DataError(
+        f"Refusing to train on {data.source}: {found}. A model reading it learns nothing usable before the "
+        f"outcome is known. Leave it out (a --schema file with columns: {{{ignored}}}), or pass "
+        "--allow-target-proxy if it is truly known before the outcome."
     )
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from medpredict.errors import ConfigError, DataError
+from medpredict.rundirs import claim_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def adopt(
     alpha: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    force: bool = False,
 ) -> AdoptResult:
     """Fit calibration, threshold, prediction sets, input guard and intended use; write a verified bundle.
 
@@ -137,9 +139,11 @@ def adopt(
         threshold_from: ``validation`` (fit Youden's J) or ``descriptor`` (keep its threshold).
         alpha: conformal miss rate (default :data:`medpredict.training.postfit.ALPHA`).
         seed: seed of the calibrator's folds and the input guard's half split.
+        force: move a run already in ``out`` aside (``NAME.old-<time>``) instead of refusing.
 
     Raises:
-        ConfigError: the descriptor is invalid or contradicts the graph (e.g. ``output.activation``).
+        ConfigError: the descriptor is invalid or contradicts the graph (e.g. ``output.activation``),
+            or ``out`` already holds a run.
         DataError: the data has no such split, one class only, or labels the descriptor lacks.
     """
     from medpredict.bundle.store import GUARD, save_bundle
@@ -155,6 +159,7 @@ def adopt(
         from medpredict.errors import unknown_choice
 
         raise unknown_choice("threshold source", threshold_from, THRESHOLD_SOURCES)
+    claim_run_dir(out, force=force)  # a run already there is refused (or, with force, moved aside) first
     d = load_descriptor(descriptor)
     if d.task not in ("binary", "multiclass"):
         raise ConfigError(f"medpredict adopt covers binary and multiclass models; {d.path} declares task {d.task}.")

@@ -30,7 +30,7 @@ from medpredict.calibration.scalers import calibration_summary
 from medpredict.config import PreprocessConfig, RunConfig, from_dict
 from medpredict.data.datasets import load_images
 from medpredict.data.manifest import load_manifest
-from medpredict.errors import DataError
+from medpredict.errors import ConfigError, DataError
 from medpredict.evaluation.subgroups import shift_diagnostics
 from medpredict.explain.checks import (
     explanation_sanity,
@@ -47,9 +47,11 @@ from medpredict.report import assemble_evaluation, build_report
 from medpredict.report.card_info import load_card_info
 from medpredict.report.evaluation import evaluation_to_json
 from medpredict.report.i18n import translator
+from medpredict.rundirs import check_writable, contents, refuse_sealed, set_aside, set_aside_stale_results
 from medpredict.training.fusion import FusedData, load_fused_data
 from medpredict.training.image import load_data
 from medpredict.training.records import load_table_data, split_rows
+from medpredict.workflows.overlap import training_overlap
 
 log = logging.getLogger(__name__)
 
@@ -483,18 +485,30 @@ def evaluate(
     progress: bool = True,
     backend: str = "torch",
     card: str | os.PathLike[str] | dict[str, Any] | None = None,
+    force: bool = False,
+    allow_training_overlap: bool = False,
 ) -> EvaluationResult:
     """Evaluate a run's bundle (image, record or fused model) and write the report (see the module docstring).
 
     ``card`` is the model owner's card file (YAML) or mapping: owner, contact, licence ...
     (:mod:`medpredict.report.card_info`); it is checked before any prediction is made.
 
+    Results never replace other results silently: without ``out`` they go to the run folder
+    when it holds none or holds this same evaluation (same data and split), else to a new
+    ``RUN/evaluation-<data>-<split>/`` sub-folder (a record run's model comparison stays);
+    an ``out`` holding other results is refused unless ``force`` moves them aside.
+    Rows of ``data`` whose content was in the model's training or validation data are
+    reported and, unless ``allow_training_overlap``, refused.
+
     Raises:
-        DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
-        ConfigError: an unknown language or card key.
+        ConfigError: an unknown language or card key, a bad ``n_boot`` or output folder.
+        DataError: the split is empty, labels do not match the model, a subgroup column is
+            missing, or ``data`` holds training rows (without ``allow_training_overlap``).
     """
     translator(lang)  # a bad language or card file is refused before minutes of prediction
     card_info = load_card_info(card)
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot {n_boot}: give 0 (no intervals) or a positive number of bootstrap resamples.")
     loaded = load_predictor(run, backend=backend)
     if not callable(getattr(type(loaded), "cases", None)):  # the class, not the instance: no property runs
         raise DataError(f"{run} loads as a {type(loaded).__name__}, which cannot be evaluated in batches.")
@@ -510,7 +524,11 @@ def evaluate(
     kind = kind_of(predictor.input_kind).name
     if kind != "image" and not isinstance(predictor, Predictor):
         raise DataError(f"{run} is a {kind} model outside a medpredict bundle; only bundles of that kind evaluate.")
+    bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
+    signature = {"data": str(Path(data).expanduser().resolve()) if data else None, "split": split}
+    out_dir = _output_dir(bundle.path.parent if bundle is not None else None, out, signature, force=force)
     got = COLLECTORS[kind](predictor, data, target, split, progress)  # type: ignore[arg-type]
+    overlap = check_training_overlap(predictor, got, allowed=allow_training_overlap) if got.external else None
     missing = [c for c in subgroups if c not in got.frame.columns]
     if missing:
         raise DataError(
@@ -518,18 +536,19 @@ def evaluate(
         )
     labels = _positive_last(got, predictor)
     evaluation = _assemble(predictor, got, labels, split=split, subgroups=subgroups, n_boot=n_boot)
+    evaluation["run"]["evaluated"] = signature
+    if overlap is not None:
+        evaluation["training_overlap"] = overlap
+        if overlap["rows"]:
+            evaluation["warnings"].append(
+                f"{overlap['rows']} of {overlap['of']} evaluated rows were in the model's training data "
+                "(evaluated anyway, as asked): these figures overstate performance on new patients."
+            )
     _add_point_of_care(evaluation, predictor, got)
-    bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
-    if out is not None:
-        out_dir = Path(out)
-    elif bundle is not None:
-        out_dir = bundle.path.parent
-    else:
-        raise DataError("Give --out: a bring-your-own model has no run folder to write the report into.")
     report_path = build_report(out_dir, evaluation, lang=lang, card=card_info)
     if got.cases:
         _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
-    if bundle is not None and not got.external and split == "test" and out is None:
+    if bundle is not None and not got.external and split == "test" and out is None:  # the card travels with the model
         add_files(
             bundle.path,
             json_files={"model_card.json": _read_json(out_dir / "model_card.json")},
@@ -540,6 +559,80 @@ def evaluate(
         metrics=metrics, out_dir=out_dir, report_path=report_path, metrics_path=out_dir / "metrics.json",
         threshold_source=_threshold_words(evaluation.get("threshold"), evaluation["run"]["provenance"]),
     )
+
+
+def check_training_overlap(predictor: Scorer, got: _Collected, *, allowed: bool) -> dict[str, Any] | None:
+    """Rows of an external set that were in the model's training data (:mod:`.overlap`); refused unless allowed.
+
+    Raises:
+        DataError: some rows were, and ``allowed`` is false.
+    """
+    config = _run_config(predictor)
+    if config is None:  # a model trained elsewhere: its training data is unknown here
+        return None
+    overlap = training_overlap(config, got.frame, getattr(predictor, "input_columns", None) or ())
+    if overlap["rows"]:
+        log.warning("%d of %d evaluated rows were in the model's training data (%s).", overlap["rows"],
+                    overlap["of"], overlap["by"])
+        if not allowed:
+            raise DataError(
+                f"{overlap['rows']} of {overlap['of']} rows of {got.dataset} were in the model's training data "
+                f"({overlap['checked_against']}; same {overlap['by'].removeprefix('SHA-256 of ')}), e.g. rows "
+                f"{overlap['examples'][:5]}. Scored as external data they would overstate the model. Remove them, "
+                "or pass --allow-training-overlap to evaluate anyway (the overlap is then reported)."
+            )
+    return overlap
+
+
+def _same_evaluation(folder: Path, signature: dict[str, Any]) -> bool | None:
+    """Whether ``folder`` holds this evaluation's results (``None``: it holds no results at all)."""
+    if not any((folder / name).exists() for name in ("metrics.json", "report.html")):
+        return None
+    try:
+        stored = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    run = stored.get("run") if isinstance(stored, dict) else None
+    if not isinstance(run, dict):
+        return False  # results of another kind, e.g. a record run's model comparison
+    if "evaluated" in run:
+        return bool(run["evaluated"] == signature)
+    # written before the signature was stored: the same split of the run's own data
+    return signature["data"] is None and run.get("evaluated_split") == signature["split"] and not run.get("external")
+
+
+def _output_dir(run_dir: Path | None, out: str | os.PathLike[str] | None, signature: dict[str, Any], *,
+                force: bool) -> Path:
+    """Where this evaluation's files go, decided before any work (see :func:`evaluate`)."""
+    if out is not None:
+        folder = check_writable(out)
+        refuse_sealed(folder)
+        own_run = run_dir is not None and folder.resolve() == run_dir.resolve()
+        if not own_run and (folder / "model" / "bundle.json").is_file():
+            raise ConfigError(f"--out {folder} holds another run ({contents(folder)}); give a folder of its own.")
+        if _same_evaluation(folder, signature) is False:
+            if not force:
+                raise ConfigError(
+                    f"--out {folder} already holds other results ({contents(folder)}). Use --force to move them "
+                    "aside, or give another --out."
+                )
+            if own_run:
+                set_aside_stale_results(folder)
+            else:
+                set_aside(folder)
+        return folder
+    if run_dir is None:
+        raise ConfigError("Give --out: a bring-your-own model has no run folder to write the report into.")
+    stem = Path(signature["data"]).stem if signature["data"] else "own"
+    name = f"evaluation-{stem}-{signature['split']}"
+    candidates = [run_dir, *(run_dir / (name + (f"-{i}" if i > 1 else "")) for i in range(1, 100))]
+    for folder in candidates:
+        if _same_evaluation(folder, signature) is not False:
+            if folder != run_dir:
+                log.warning("%s holds other results (%s); this evaluation goes to %s.", run_dir, contents(run_dir),
+                            folder)
+            return Path(folder)
+    raise ConfigError(f"{run_dir} holds 100 evaluations of {stem}; give --out.")
 
 
 def _assemble(

@@ -10,6 +10,7 @@ from medpredict.atomic import write_json, write_text
 from medpredict.ehr.mimic import build_cohort
 from medpredict.errors import DataError
 from medpredict.records.tables import infer_schema
+from medpredict.rundirs import claim_run_dir
 from medpredict.training.records import TableRun, table_data_from_frame, train_table
 
 
@@ -22,6 +23,7 @@ def run_mimic_task(
     seed: int = 0,
     cv_repeats: int = 0,
     n_boot: int = 1000,
+    force: bool = False,
 ) -> TableRun:
     """Extract the cohort, then train and evaluate end to end with a patient-level split.
 
@@ -32,8 +34,8 @@ def run_mimic_task(
     Returns:
         The :class:`medpredict.training.records.TableRun`.
     """
+    out = claim_run_dir(out, force=force)  # a run there is refused (or, with force, moved aside) first
     cohort, info = build_cohort(root, task=task)
-    out = Path(out)
     write_text(out / "cohort.csv", cohort.to_csv(index=False))
     text = cohort.astype(object).where(cohort.notna(), None)  # the pipeline reads cells as written
     schema = infer_schema(text, overrides=info["schema"])

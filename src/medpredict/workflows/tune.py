@@ -225,6 +225,10 @@ def tune(
 
     if budget_minutes <= 0:
         raise ConfigError(f"budget_minutes = {budget_minutes!r}; give a positive number of minutes.")
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError(f"--trials {n_trials}: give 1 or more trials, or leave it out to search until the budget.")
+    if ensemble_top < 0 or ensemble_top == 1:
+        raise ConfigError(f"--ensemble-top {ensemble_top}: give 0 (none) or 2 or more trials to average.")
     out = Path(out)
     if (out / "best").exists() and any((out / "best").iterdir()):
         raise ConfigError(f"{out / 'best'} already holds a run; choose another --out for this search.")
