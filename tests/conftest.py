@@ -81,6 +81,8 @@ def tiny_config(source: Path, out_dir: Path, name: str = "tiny", **overrides: ob
         "train.lr": 0.01,
         "train.patience": 10,
         "train.threads": 1,
+        # the synthetic validation splits are small: tests of small-data mode turn it on themselves
+        "train.small_data": "off",
     }
     settings.update(overrides)
     return load_config(None, settings)

@@ -146,6 +146,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report by")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default), onnx or int8 (after 'medpredict export', with --int8 for int8)")
+    p.add_argument("--robustness", action="store_true",
+                   help="also score the model under MedMNIST-C corruptions at 5 severities (image models)")
     p.set_defaults(handler=_evaluate)
 
 
@@ -156,6 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.run, data=args.data, target=args.target, split=args.split, out=args.out,
         lang=args.lang, n_boot=args.n_boot, subgroups=subgroups, backend=args.backend,
+        robustness=args.robustness,
     )
     print(result.summary())
     return 0

@@ -291,6 +291,18 @@ def _shift(ev: dict[str, Any], t: Callable[..., str]) -> str:
     return agreement + _table([t("metric"), t("value")], rows) + f'<ul class="flags">{text}</ul>'
 
 
+def _robustness(ev: dict[str, Any], t: Callable[..., str]) -> str:
+    """The corruption table of ``evaluate --robustness`` (nothing when it was not run)."""
+    robust = ev.get("robustness")
+    if not robust or not robust.get("corruptions"):
+        return ""
+    rows = [[r["name"], r["severity"], _fmt(r["auc"]), _fmt(r["accuracy"], pct=True)] for r in robust["corruptions"]]
+    rows += [[u["name"], "-", "n/a", u["reason"]] for u in robust.get("unavailable") or []]
+    lead = t("robustness_lead", clean=robust["clean"]["auc"], drop=robust["mean_auc_drop"])
+    return (f"<h3>{_e(t('robustness_title'))}</h3><p>{_e(lead)}</p>"
+            + _table(["corruption", "severity", "AUC", t("accuracy")], rows))
+
+
 def _example_images(examples: list[dict[str, Any]], t: Callable[..., str]) -> str:
     figs = []
     grid = plots.heatmap_grid(examples)
@@ -371,7 +383,7 @@ def render_html(evaluation: dict[str, Any], *, lang: str = "en") -> str:
         "performance": _performance(evaluation, t), "calibration": _calibration(evaluation, t),
         "threshold": _threshold(evaluation, t), "decision": _decision(evaluation, t),
         "uncertainty": _uncertainty(evaluation, t), "subgroups": _subgroups(evaluation, t),
-        "shift": _shift(evaluation, t), "explanations": _explanations(evaluation, t),
+        "shift": _shift(evaluation, t) + _robustness(evaluation, t), "explanations": _explanations(evaluation, t),
         "training": _training(evaluation, t), "limitations": _limitations(evaluation, t),
         "tripod": _tripod(evaluation, t, lang),
     }

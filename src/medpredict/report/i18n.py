@@ -112,6 +112,9 @@ EN: dict[str, str] = {
     "status_too_few": "too few cases",
     "status_one_class": "one class only",
     "shift_none": "No external-validation diagnostics were run.",
+    "robustness_title": "Robustness to image corruptions (MedMNIST-C)",
+    "robustness_lead": "Test AUC and accuracy (locked threshold) with every image corrupted; clean AUC {clean:.3f}, "
+                       "mean AUC drop {drop:.3f}.",
     "shift_ok": "No notable shift against the development data.",
     "agreement_title": "Validation vs test",
     "agreement_lead": "Calibration, the threshold and the prediction sets were fitted on validation data; they "
@@ -248,6 +251,9 @@ ZH: dict[str, str] = {
     "status_too_few": "病例过少",
     "status_one_class": "仅含单一类别",
     "shift_none": "未进行外部验证诊断。",
+    "robustness_title": "图像退化下的稳健性（MedMNIST-C）",
+    "robustness_lead": "所有图像加入退化后的测试 AUC 与准确率（锁定阈值）；"
+                       "原始 AUC {clean:.3f}，AUC 平均下降 {drop:.3f}。",
     "shift_ok": "与开发数据相比未见明显偏移。",
     "agreement_title": "验证集与测试集对比",
     "agreement_lead": "校准、阈值和预测集合均在验证数据上拟合；只有当测试病例与验证病例相似时它们才适用。"

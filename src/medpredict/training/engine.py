@@ -1,8 +1,9 @@
 """The training loop shared by image, record and fused models.
 
 AdamW with a one-cycle or cosine schedule, class-balanced loss, early stopping on the
-validation AUC, a checkpoint after every epoch (``--resume`` continues from it), mixed
-precision on GPU only, and DistributedDataParallel when started by ``torchrun``.
+validation AUC, a checkpoint after every epoch (``--resume`` continues from it), bf16 autocast
+where the hardware runs it natively (a GPU, or a CPU with avx512_bf16 / AMX: see
+:mod:`medpredict.training.precision`), and DistributedDataParallel when started by ``torchrun``.
 
 Each epoch draws its randomness from generators seeded by ``(seed, epoch)``, so a run
 resumed from a checkpoint continues exactly as an uninterrupted run would have.
@@ -30,6 +31,7 @@ from medpredict.atomic import write_text
 from medpredict.config import TrainConfig
 from medpredict.data.datasets import ArrayDataset
 from medpredict.training.checkpoint import load_state, save_state
+from medpredict.training.precision import Precision, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = "completed"
     seconds: float = 0.0
+    precision: str = "fp32"
 
 
 def resolve_device(name: str, dist: Distributed | None = None) -> torch.device:
@@ -250,6 +253,7 @@ def fit(
     resume: bool = False,
     train_transform: BatchTransform | None = None,
     on_epoch: EpochCallback | None = None,
+    precision: Precision | None = None,
 ) -> FitResult:
     """Train ``model`` and return the best weights by validation score.
 
@@ -266,6 +270,8 @@ def fit(
             model holding that epoch's weights, after the checkpoint is written; an exception
             it raises (e.g. ``optuna.TrialPruned``) ends training. Its own time is not part
             of the epoch's ``seconds``.
+        precision: the training arithmetic; ``None`` chooses from ``config.amp`` and the
+            hardware (:func:`medpredict.training.precision.choose_precision`).
     """
     dist = Distributed.from_env()
     device = resolve_device(config.device, dist)
@@ -295,7 +301,8 @@ def fit(
     n_train = len(train_set)
     steps = math.ceil(math.ceil(n_train / dist.world_size) / per_rank_batch)
     scheduler = _scheduler(optimizer, config, steps * config.epochs)
-    use_amp = config.amp and device.type == "cuda"
+    precision = precision or choose_precision(config.amp, device)
+    log.info("Training arithmetic: %s%s.", precision.reason, ", channels-last" if channels_last else "")
 
     history: list[dict[str, Any]] = []
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -345,7 +352,7 @@ def fit(
             if channels_last:
                 inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
             target = target.to(device, non_blocking=True)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with precision.autocast():
                 logits = net(*inputs)
             out = logits.float().squeeze(1) if task == "regression" else logits.float()
             loss = loss_fn(out, target)
@@ -429,4 +436,5 @@ def fit(
         history=history,
         stopped=stopped,
         seconds=time.monotonic() - started,
+        precision=precision.name,
     )

@@ -91,7 +91,9 @@ def _rows(
     config = _run_config(predictor)
     if data is None and config is not None:
         manifest = load_data(config)
-        return manifest.split(split), manifest.split("val"), False
+        # a small-data model was post-fitted on out-of-fold predictions of train + validation
+        validation = ("train", "val") if _small_data(predictor) else ("val",)
+        return manifest.split(split), manifest.frame[manifest.frame["split"].isin(validation)], False
     if data is None:
         raise DataError("Give --data: this model has no training data of its own to evaluate on.")
     manifest = load_manifest(data, target=target or (config.data.target if config else "label"))
@@ -286,6 +288,7 @@ class _Collected:
     dataset: str
     external: bool
     cases: list[CasePrediction] | None = None
+    images: torch.Tensor | None = None  # (N, C, *size) uint8 as the model saw them (image models)
 
 
 def _run_config(predictor: Scorer) -> RunConfig | None:
@@ -302,10 +305,10 @@ def _collect_images(
     y = frame["target"].to_numpy().astype(int)
     val: dict[str, Any] = {}
     if val_frame is not None and len(val_frame):
-        val_scored = _predict_frame(predictor, val_frame, progress)
+        oof = _out_of_fold(predictor, val_frame)
         val = {
             "y_val": val_frame["target"].to_numpy().astype(int),
-            "probs_val": val_scored.probs,
+            "probs_val": oof if oof is not None else _predict_frame(predictor, val_frame, progress).probs,
             "groups_val": val_frame["patient_id"].to_numpy(),
         }
     shift = None
@@ -329,7 +332,27 @@ def _collect_images(
         shift=shift,
         dataset=Path(data or (config.data.source if config else "")).name,  # data is given when there is no config
         external=external,
+        images=images,
     )
+
+
+def _small_data(predictor: Scorer) -> bool:
+    """Whether the model is a small-data ensemble (``medpredict.training.crossfit``)."""
+    return bool((predictor.meta.get("training") or {}).get("small_data"))
+
+
+def _out_of_fold(predictor: Scorer, frame: pd.DataFrame) -> np.ndarray | None:
+    """A small-data model's out-of-fold validation probabilities (``val_predictions.csv``) for ``frame``'s rows."""
+    bundle = getattr(predictor, "bundle", None)
+    path = bundle.path.parent / "val_predictions.csv" if bundle is not None else None
+    if not _small_data(predictor) or path is None or not path.is_file():
+        return None
+    table = pd.read_csv(path).set_index("row")
+    columns = [f"p_{name}" for name in predictor.labels]
+    if not set(columns) <= set(table.columns) or not set(frame.index) <= set(table.index):
+        log.warning("%s does not cover this model's validation rows; scoring them again.", path)
+        return None
+    return table.loc[frame.index, columns].to_numpy(dtype=np.float64)
 
 
 def _collect_records(
@@ -478,11 +501,16 @@ def evaluate(
     subgroups: tuple[str, ...] = (),
     progress: bool = True,
     backend: str = "torch",
+    robustness: bool = False,
 ) -> EvaluationResult:
     """Evaluate a run's bundle (image, record or fused model) and write the report (see the module docstring).
 
+    ``robustness`` also scores an image model under the MedMNIST-C corruptions at five
+    severities (:mod:`medpredict.evaluation.robustness`): ``metrics.json["robustness"]``.
+
     Raises:
-        DataError: the split is empty, labels do not match the model, or a subgroup column is missing.
+        DataError: the split is empty, labels do not match the model, a subgroup column is
+            missing, or ``robustness`` for a model that does not take images.
     """
     loaded = load_predictor(run, backend=backend)
     if not callable(getattr(type(loaded), "cases", None)):  # the class, not the instance: no property runs
@@ -499,7 +527,10 @@ def evaluate(
     kind = kind_of(predictor.input_kind).name
     if kind != "image" and not isinstance(predictor, Predictor):
         raise DataError(f"{run} is a {kind} model outside a medpredict bundle; only bundles of that kind evaluate.")
+    if robustness and kind != "image":
+        raise DataError(f"--robustness corrupts images; {run} is a {kind} model.")
     got = COLLECTORS[kind](predictor, data, target, split, progress)  # type: ignore[arg-type]
+    robust = _robustness(predictor, got, progress) if robustness else None  # before columns are reordered
     missing = [c for c in subgroups if c not in got.frame.columns]
     if missing:
         raise DataError(
@@ -508,6 +539,8 @@ def evaluate(
     labels = _positive_last(got, predictor)
     evaluation = _assemble(predictor, got, labels, split=split, subgroups=subgroups, n_boot=n_boot)
     _add_point_of_care(evaluation, predictor, got)
+    if robust is not None:
+        evaluation["robustness"] = robust
     bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
     if out is not None:
         out_dir = Path(out)
@@ -615,6 +648,20 @@ def _provenance(predictor: Scorer) -> dict[str, str]:
     calibration = meta.get("calibration") or {}
     bundle = getattr(predictor, "bundle", None)
     guard = bundle.read_json("input_guard.json") if bundle is not None else None
+    if _small_data(predictor):  # cross-fitted: post-fit on out-of-fold predictions, not one split
+        folds = (meta.get("training") or {}).get("small_data", {}).get("folds")
+        where = f"the out-of-fold predictions of train + validation ({folds} folds, small-data mode)"
+        return {
+            "training": f"trained by medpredict as {folds} fold models of the train and validation splits of {data}",
+            "calibration": f"{calibration.get('method') or calibration.get('kind')} fitted on {where}"
+            if calibration else "none",
+            "threshold": f"{threshold['threshold']:.4f} fitted on {where} ({threshold.get('method')})"
+            if isinstance(threshold, dict) and threshold else "none (0.5 by default)",
+            "conformal": f"class-conditional prediction sets fitted on {where}" if meta.get("conformal") else "none",
+            "input_guard": "Mahalanobis distance on the fold models' pooled features (fitted outside one fold, "
+            "threshold on that fold)" if guard else "none",
+            "intended_use": predictor.intended_use.summary() if hasattr(predictor, "intended_use") else "not declared",
+        }
     return {
         "training": f"trained by medpredict on the train split of {data}",
         "calibration": f"{calibration.get('method') or calibration.get('kind')} fitted on the validation split by "
@@ -638,6 +685,35 @@ def _threshold_words(threshold: dict[str, Any] | None, provenance: dict[str, str
     if chosen_on == "given":
         return "given with the model, not fitted by medpredict"
     return "by default (no threshold was locked on validation)"
+
+
+def _robustness(predictor: Scorer, got: _Collected, progress: bool) -> dict[str, Any]:
+    """AUC and accuracy (at the locked threshold) under every MedMNIST-C corruption and severity."""
+    from sklearn.metrics import roc_auc_score
+
+    from medpredict.evaluation.robustness import robustness_table
+
+    if got.images is None:
+        raise DataError("--robustness needs the evaluated images; this model's collector keeps none.")
+
+    def score(batch: torch.Tensor) -> np.ndarray:
+        return np.concatenate([
+            predictor.calibrate(predictor.outputs(batch[i : i + 256])[0]) for i in range(0, len(batch), 256)
+        ])
+
+    def metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+        decided = predictor.rule.decisions(probs)
+        positive = predictor.positive_index
+        try:
+            if positive is not None:
+                auc = float(roc_auc_score(y == positive, probs[:, positive]))
+            else:
+                auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=range(probs.shape[1])))
+        except ValueError:  # one class only
+            auc = float("nan")
+        return {"auc": auc, "accuracy": float(np.mean(decided == y))}
+
+    return robustness_table(score, got.images, got.y, metrics=metrics, progress=progress)
 
 
 def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None:
