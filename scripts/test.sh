@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up medpredict with its test tools, the Debian servers its integration tests use
-# (Orthanc with DICOMweb, Chromium, dicom3tools' dciodvfy), and run the default test suite.
+# (Orthanc with DICOMweb, Chromium, dicom3tools' dciodvfy, PostgreSQL), and run the default test suite.
 # Extra arguments go to pytest (e.g. ./scripts/test.sh -m slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc orthanc-dicomweb)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)  # DICOM validator for the SR/overlay tests
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test: installing Debian packages: ${need[*]}"

@@ -1,6 +1,6 @@
 """Shared test configuration: where the real data is, and skipping for absent servers.
 
-Tests marked ``orthanc``, ``chromium`` or ``dciodvfy`` skip when the Debian package is missing, except
+Tests marked ``orthanc``, ``chromium``, ``dciodvfy`` or ``postgres`` skip when the Debian package is missing, except
 under CI (``MEDPREDICT_REQUIRE_SERVERS=1``), where a missing server is a failure.
 """
 
@@ -14,10 +14,18 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+
+def _postgres() -> bool:
+    from postgres_server import available
+
+    return available()
+
+
 _SERVERS = {
     "orthanc": lambda: shutil.which("Orthanc") is not None,
     "chromium": lambda: Path("/usr/bin/chromium").exists(),
     "dciodvfy": lambda: shutil.which("dciodvfy") is not None,
+    "postgres": _postgres,
 }
 
 

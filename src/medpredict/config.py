@@ -189,6 +189,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _range("train.epochs", self.epochs, 1, 10_000)
+        if str(self.small_data).lower() in ("true", "false"):  # YAML reads a bare on/off as a boolean
+            object.__setattr__(self, "small_data", "on" if str(self.small_data).lower() == "true" else "off")
         _choice("train.small_data", self.small_data, ("auto", "on", "off"))
         _range("train.folds", self.folds, 2, 20)
         _range("train.batch_size", self.batch_size, 1, 65_536)
