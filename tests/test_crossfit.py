@@ -24,7 +24,7 @@ from medpredict.training.crossfit import (
 )
 from medpredict.training.image import train
 
-FOLDS = 3
+FOLDS = 2
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_too_few_patients_for_the_folds_is_a_clear_error() -> None:
 @pytest.fixture(scope="module")
 def small_run(square_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = tiny_config(square_npz, tmp_path_factory.mktemp("small"), name="small", **{
-        "train.small_data": "auto", "train.folds": FOLDS, "train.epochs": 3,
+        "train.small_data": "auto", "train.folds": FOLDS, "train.epochs": 2,
     })
     return train(config, progress=False).run_dir
 
@@ -101,7 +101,7 @@ def test_small_validation_split_trains_an_ensemble_of_fold_models(small_run: Pat
     assert meta["val_metrics"]["n"] == 96 + 48
     assert meta["calibration"]["kind"] == "posthoc" and 0 < meta["threshold"]["threshold"] < 1
     # the settings used are the ones stored: the user's epochs kept, small-data batch size taken
-    assert meta["config"]["train"]["epochs"] == 3 and meta["config"]["train"]["batch_size"] == 32
+    assert meta["config"]["train"]["epochs"] == 2 and meta["config"]["train"]["batch_size"] == 32
 
 
 def test_ensemble_predicts_the_mean_of_its_members_logits(small_run: Path) -> None:
@@ -136,7 +136,7 @@ def test_resume_loads_finished_folds_instead_of_training_them(small_run: Path, s
     stamps = [p.stat().st_mtime_ns for p in done]
     before = json.loads((small_run / "model" / "bundle.json").read_text())
     config = tiny_config(square_npz, small_run.parent, name=small_run.name, **{
-        "train.small_data": "auto", "train.folds": FOLDS, "train.epochs": 3,
+        "train.small_data": "auto", "train.folds": FOLDS, "train.epochs": 2,
     })
     with pytest.raises(ConfigError, match="--resume"):  # a small-data run folder is a run too
         train(config, progress=False)

@@ -91,30 +91,27 @@ def test_forced_bf16_runs_autocast() -> None:
 
 
 @pytest.mark.slow
-def test_bf16_and_fp32_reach_the_same_validation_auc(shared_data: Path, tmp_path: Path) -> None:
-    """Two epochs of the default network on 1,500 PneumoniaMNIST images, bf16 autocast forced on vs
-    fp32 (bf16 is emulated on a CPU without avx512_bf16, so slower there, but the numbers are the same)."""
-    from medpredict.config import load_config
-    from medpredict.training import image
+def test_bf16_and_fp32_reach_the_same_validation_auc(tmp_path: Path) -> None:
+    """The default network, bf16 autocast forced on vs fp32, same seeded run on a task it cannot
+    learn perfectly (a faint square in noise): the validation AUCs agree within 0.005. bf16 is
+    emulated on CPUs without avx512_bf16 (slower there), but the arithmetic is the same."""
+    from conftest import make_square_npz
+    from medpredict.config import TrainConfig
+    from medpredict.data.datasets import ArrayDataset
+    from medpredict.models import build_model
+    from medpredict.training.engine import fit
 
+    with np.load(make_square_npz(tmp_path / "sq.npz", size=16, n=(600, 400, 2), seed=5)) as data:
+        x = {s: torch.from_numpy(data[f"{s}_images"][:, None]) for s in ("train", "val")}
+        y = {s: torch.from_numpy(data[f"{s}_labels"].reshape(-1).astype(np.int64)) for s in ("train", "val")}
     aucs = {}
     for bf16 in (False, True):
-        config = load_config(None, {
-            "name": f"bf16_{bf16}", "out_dir": str(tmp_path),
-            "data.source": str(shared_data / "medmnist" / "pneumoniamnist.npz"),
-            "data.max_per_split": 1500, "train.epochs": 2, "train.threads": 2, "train.small_data": "off",
-        })
-        manifest = image.load_data(config)
-        train_set = image.build_dataset(manifest.split("train"), config, manifest.task, progress=False)
-        val_set = image.build_dataset(manifest.split("val"), config, manifest.task, progress=False)
-        from medpredict.data.transforms import Normalisation
-        from medpredict.training.engine import fit
-
         torch.manual_seed(0)
-        model = image.build_network(config, 2, Normalisation.fit(train_set.inputs[0].float().div(255), "zscore"))
-        result = fit(model, train_set, val_set, task="binary", config=config.train, progress=False,
-                     class_counts=np.bincount(train_set.target.numpy()), precision=Precision.forced("cpu", bf16))
+        model = build_model("tiny-resnet", in_channels=1, num_classes=2)
+        config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, threads=2, patience=6)
+        result = fit(model, ArrayDataset((x["train"],), y["train"]), ArrayDataset((x["val"],), y["val"]),
+                     task="binary", config=config, progress=False, precision=Precision.forced("cpu", bf16))
         assert result.precision == ("bf16" if bf16 else "fp32")
         aucs[bf16] = result.best_score
-    assert aucs[False] > 0.9
+    assert 0.8 < aucs[False] < 0.999, aucs  # learned, and not trivially perfect
     assert abs(aucs[True] - aucs[False]) <= 0.005, aucs
