@@ -148,11 +148,14 @@ def run_train(subset: dict[str, Any], seed: int, workdir: Path, overrides: dict[
     started = time.monotonic()
     result = train(load_config(None, settings), progress=False)
     wall = time.monotonic() - started
-    m = evaluate(result.run_dir, split="test", n_boot=200, progress=False).metrics
+    evaluation = evaluate(result.run_dir, split="test", n_boot=200, progress=False)
+    m = evaluation.metrics
+    guard = json.loads(evaluation.metrics_path.read_text()).get("input_guard") or {}
     meta = json.loads((result.bundle_dir / "bundle.json").read_text())
     return {"auc": m["auc"], "accuracy": m["accuracy"], "sensitivity": m.get("sensitivity"),
             "specificity": m.get("specificity"), "auc_ci": m.get("auc_ci"), "minutes": wall / 60,
-            "small_data": (meta.get("training") or {}).get("small_data"), "oof_auc": meta["val_metrics"].get("auc")}
+            "small_data": (meta.get("training") or {}).get("small_data"), "oof_auc": meta["val_metrics"].get("auc"),
+            "test_ood_flagged_share": guard.get("ood_flagged_share")}
 
 
 def run_peer(subset: dict[str, Any], seed: int, workdir: Path, overrides: dict[str, Any], args: Any) -> dict[str, Any]:

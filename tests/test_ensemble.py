@@ -34,6 +34,7 @@ def test_two_seeds_join_into_one_bundle(tiny_run: Path, second_seed: Path, tmp_p
     np.testing.assert_allclose(joined, np.mean(singles, axis=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_runs_of_different_recipes_are_refused(
     tiny_run: Path, square_npz: Path, tmp_path: Path
 ) -> None:
