@@ -212,7 +212,7 @@ def to_markdown(payload: dict[str, Any]) -> str:
         lines += [f"## {task} — bar: {', '.join(f'{k} {v}' for k, v in bar.items() if k != 'source')} "
                   f"({bar['source']})", "",
                   "| lever | seeds | test AUC | accuracy | sensitivity | specificity | minutes | AUC vs baseline | "
-                  "AUC gap to bar |", "|---|---|---|---|---|---|---|---|---|"]
+                  "bar − AUC |", "|---|---|---|---|---|---|---|---|---|"]
         base_auc = np.mean([r["auc"] for r in levers.get("baseline", [])]) if levers.get("baseline") else None
         for lever, runs in levers.items():
             def mean(key: str, runs: list[dict[str, Any]] = runs) -> float | None:
