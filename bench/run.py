@@ -325,8 +325,11 @@ def section_cpu(args: argparse.Namespace) -> dict[str, Any]:
     log.info("cpu: short training fp32 vs bf16 (%d epochs)", args.cpu_auc_epochs)
     auc32 = _short_training_auc(False, epochs=args.cpu_auc_epochs, max_train=args.cpu_auc_max_train, threads=threads)
     auc16 = _short_training_auc(True, epochs=args.cpu_auc_epochs, max_train=args.cpu_auc_max_train, threads=threads)
+    from medpredict.training.precision import choose_precision, native_bf16
+
     return {"model": name, "size": size, "batch": batch, "training_gflop_per_image": flops / 1e9, "rows": rows,
-            "bf16_auc": {"epochs": args.cpu_auc_epochs, "fp32": auc32, "bf16": auc16, "change": auc16 - auc32}}
+            "bf16_auc": {"epochs": args.cpu_auc_epochs, "fp32": auc32, "bf16": auc16, "change": auc16 - auc32},
+            "native_bf16": native_bf16(), "engine_default": choose_precision(True, torch.device("cpu")).reason}
 
 
 # --- (c) Kermany 224 --------------------------------------------------------------------------
@@ -478,7 +481,9 @@ def to_markdown(payload: dict[str, Any]) -> str:
                              f"x{row['ratio_vs_fp32']:.2f} | {row['gflops']:.1f} | {row['percent_of_peak']:.1f} |")
         auc = b["bf16_auc"]
         lines += ["", f"Validation AUC after {auc['epochs']} epoch(s): fp32 {auc['fp32']:.4f}, bf16 autocast "
-                  f"{auc['bf16']:.4f} (change {auc['change']:+.4f}).", ""]
+                  f"{auc['bf16']:.4f} (change {auc['change']:+.4f}).",
+                  f"Native bf16 on this CPU: {'yes' if b.get('native_bf16') else 'no'}; the engine's default "
+                  f"(train.amp): {b.get('engine_default', 'n/a')}.", ""]
     c = payload.get("kermany")
     if c:
         lines += [f"## Kermany chest X-rays: {c['model']} at {c['size']} px, {c['epochs']} epochs "

@@ -26,4 +26,11 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 echo "setup: installing medpredict[$extras]"
 pip install -q -e ".[$extras]"
+case "$extras" in
+  all|dev|*robustness*)
+    # MedMNIST-C corruptions: without its declared dependencies, which would replace torch
+    # (and pull torchvision); the image libraries it needs come with the robustness extra.
+    echo "setup: installing medmnistc (--no-deps)"
+    pip install -q --no-deps "medmnistc==0.1.0" ;;
+esac
 .venv/bin/medpredict --version

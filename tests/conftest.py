@@ -1,7 +1,7 @@
 """Shared test configuration: where the real data is, and skipping for absent servers.
 
-Tests marked ``orthanc``, ``chromium``, ``dciodvfy`` or ``cjk_font`` skip when the Debian package is missing, except
-under CI (``MEDPREDICT_REQUIRE_SERVERS=1``), where a missing server is a failure.
+Tests marked ``orthanc``, ``chromium``, ``dciodvfy``, ``cjk_font`` or ``postgres`` skip when the Debian
+package is missing, except under CI (``MEDPREDICT_REQUIRE_SERVERS=1``), where a missing server is a failure.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+
+def _postgres() -> bool:
+    from postgres_server import available
+
+    return available()
+
+
 _SERVERS = {
     "orthanc": lambda: shutil.which("Orthanc") is not None,
     "chromium": lambda: Path("/usr/bin/chromium").exists(),
     "dciodvfy": lambda: shutil.which("dciodvfy") is not None,
     "cjk_font": lambda: _cjk_font_installed(),
+    "postgres": _postgres,
 }
 
 
@@ -88,6 +96,8 @@ def tiny_config(source: Path, out_dir: Path, name: str = "tiny", **overrides: ob
         "train.lr": 0.01,
         "train.patience": 10,
         "train.threads": 1,
+        # the synthetic validation splits are small: tests of small-data mode turn it on themselves
+        "train.small_data": "off",
     }
     settings.update(overrides)
     return load_config(None, settings)

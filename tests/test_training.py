@@ -165,8 +165,9 @@ def test_a_model_whose_validation_score_never_became_finite_is_not_saved(tmp_pat
     splits = (["train"] * 16 + ["val"] * 8) + ["train"] * 6
     manifest = png_manifest(tmp_path / "data", labels, splits)
     run = tmp_path / "runs" / "nan"
-    code = main(["-q", "train", "--data", str(manifest), "--model", "brief-cnn", "--image-size", "16", "--epochs", "2",
-                 "--set", "train.threads=1", "--set", "data.test_fraction=0", "--out", str(run)])
+    code = main(["-q", "train", "--data", str(manifest), "--model", "small-cnn", "--image-size", "16", "--epochs", "2",
+                 "--set", "train.threads=1", "--set", "data.test_fraction=0", "--set", "train.small_data=off",
+                 "--out", str(run)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err, err
     err = err.splitlines()[-1]  # above it: progress bars only

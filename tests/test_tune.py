@@ -1,4 +1,5 @@
-"""The budgeted search on the 16-px synthetic task: trials, pruning, budget, one look at test."""
+"""The budgeted search on the 16-px synthetic task: trials, pruning, budget, one look at test;
+cross-validated trials on small data; two workers sharing one study in a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import tiny_config
 from medpredict.errors import ConfigError
 from medpredict.inference.predictor import Predictor
 from medpredict.workflows import tune as tune_module
+from medpredict.workflows.study import FoldReporter, pruning_warmup
 from medpredict.workflows.tune import _EpochReporter, parse_budget, tune
 
 
@@ -170,3 +172,82 @@ def test_cli_tune_passes_budget_and_keeps_out_for_the_search(
     assert seen["out"] == str(tmp_path / "search")
     assert seen["config"].train.epochs == 2 and seen["config"].train.threads == 1
     assert seen["config"].out_dir == "runs"  # --out names the search folder, not a training run
+
+
+@pytest.mark.parametrize(
+    ("n_val", "epochs", "warmup"),
+    [
+        (5000, 20, 2),  # a large validation split: the median rule may act early
+        (524, 20, 4),  # PneumoniaMNIST's validation split
+        (300, 20, 7),  # at the small-data boundary
+        (78, 20, 10),  # tiny splits wait for half the epochs
+        (78, 3, 1),  # ... but never past them
+    ],
+)
+def test_pruning_waits_longer_on_smaller_validation_splits(n_val: int, epochs: int, warmup: int) -> None:
+    assert pruning_warmup(n_val, epochs) == warmup
+
+
+def test_fold_reporter_reports_the_running_mean_and_never_prunes_the_last_fold() -> None:
+    trial = _FakeTrial(prune_at=1)
+    reporter = FoldReporter(trial, folds=2)
+    with pytest.raises(optuna.TrialPruned):
+        reporter(0, 0.8, 0.8)
+    assert trial.reported == [(0.8, 0)]
+    last = FoldReporter(_FakeTrial(prune_at=1), folds=1)
+    last(0, 0.7, 0.7)  # a trial whose last fold is done is complete
+
+
+def test_small_data_trials_are_cross_validated_and_the_winner_is_kept_not_retrained(
+    square_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _spy_evaluate(monkeypatch, stub=True)
+    calls: list[str] = []
+    real_train = tune_module.train
+
+    def counting_train(config: Any, **kwargs: Any) -> Any:
+        calls.append(config.name)
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train", counting_train)
+    base = tiny_config(square_npz, tmp_path / "unused", **{
+        "train.small_data": "auto", "train.folds": 2, "train.epochs": 2,
+    })
+    result = tune(base, budget_minutes=10, n_trials=2, out=tmp_path / "tune", progress=False)
+    assert calls == ["trial-0000", "trial-0001"]  # one training per trial, none for the winner
+    payload = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert payload["small_data"] is True and payload["final"]["kept_not_retrained"] is True
+    assert "cross-validation" in result.scored_by
+    for trial in payload["trials"]:
+        assert len(trial["fold_scores"]) == 2 and trial["val_auc"] is not None
+    meta = json.loads((result.best_run_dir / "model" / "bundle.json").read_text())
+    assert meta["model"]["members"] == 2  # the winner's own fold ensemble
+    assert meta["training"]["small_data"]["oof_score"] == pytest.approx(result.best_val_auc, abs=1e-4)
+    assert not (tmp_path / "tune" / "trials" / f"trial-{payload['final']['best_trial']:04d}").exists()  # moved
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_postgresql_study(square_npz: Path, tmp_path: Path) -> None:
+    """Two worker processes (as on two machines) search one study in a real PostgreSQL on loopback."""
+    from medpredict.cli import main
+    from postgres_server import PostgresServer
+
+    with PostgresServer() as pg:
+        url = pg.create_database("tune")
+        code = main([
+            "tune", "--data", str(square_npz), "--model", "brief-cnn", "--image-size", "16", "--epochs", "1",
+            "--batch-size", "32", "--budget", "10m", "--trials", "3", "--workers", "2", "--storage", url,
+            "--study", "ci", "--out", str(tmp_path / "search"), "--set", "train.threads=1",
+            "--set", "train.small_data=off",
+        ])
+        assert code == 0
+        rows = pg.query("tune", "SELECT number, state FROM trials ORDER BY number")
+    assert [number for number, _ in rows] == [0, 1, 2]  # every trial recorded once
+    payload = json.loads((tmp_path / "search" / "tune.json").read_text())
+    assert [t["number"] for t in payload["trials"]] == [0, 1, 2]
+    assert len({t["worker"]["pid"] for t in payload["trials"]}) == 2  # both workers ran trials
+    best = payload["final"]["best_trial"]
+    assert payload["final"]["best_val_auc"] == max(t["val_auc"] for t in payload["trials"] if t["state"] == "COMPLETE")
+    predictor = Predictor.from_bundle(tmp_path / "search" / "best")  # the best trial's own bundle
+    params = next(t["params"] for t in payload["trials"] if t["number"] == best)
+    assert predictor.meta["config"]["train"]["lr"] == pytest.approx(params["train.lr"])

@@ -135,6 +135,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble-top", type=int, default=0, help="also report the top-K trials' average on test")
     p.add_argument("--tune-seed", type=int, default=0, help="seed of the search's sampler")
     p.add_argument("--out", default="runs/tune", help="output folder: tune.json and best/ (default runs/tune)")
+    p.add_argument("--storage", help="Optuna storage shared by the search's workers and machines, "
+                   "e.g. postgresql://user:password@host/db (default: in memory, or OUT/study.journal with --workers)")
+    p.add_argument("--study", help="study name in --storage; the same on every machine (default medpredict-tune)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--worker-index", type=int, help="this machine's index in a shared search (seeds its sampler)")
     p.set_defaults(handler=_tune)
 
 
@@ -145,7 +150,8 @@ def _tune(args: argparse.Namespace) -> int:
     overrides = train_overrides(argparse.Namespace(**{**vars(args), "out": None}))  # --out is the search folder
     return _done(tune(
         load_config(args.config, overrides), budget_minutes=parse_budget(args.budget), n_trials=args.trials,
-        out=args.out, ensemble_top=args.ensemble_top, seed=args.tune_seed,
+        out=args.out, ensemble_top=args.ensemble_top, seed=args.tune_seed, storage=args.storage,
+        study_name=args.study, workers=args.workers, worker_index=args.worker_index,
     ))
 
 
@@ -173,6 +179,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="move other results in --out aside instead of refusing")
     p.add_argument("--allow-training-overlap", action="store_true",
                    help="evaluate --data even when it holds rows or images the model was trained on (reported)")
+    p.add_argument("--robustness", action="store_true",
+                   help="also score the model under MedMNIST-C corruptions at 5 severities (image models)")
     p.set_defaults(handler=_evaluate)
 
 
@@ -183,6 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.run, data=args.data, target=args.target, split=args.split, out=args.out, lang=args.lang,
         n_boot=args.n_boot, subgroups=tuple(c.strip() for c in args.subgroups.split(",") if c.strip()),
         backend=args.backend, card=args.card, force=args.force, allow_training_overlap=args.allow_training_overlap,
+        robustness=args.robustness,
     ))
 
 

@@ -94,7 +94,9 @@ class AugmentConfig:
     """Random augmentation applied to training images only (MONAI transforms).
 
     ``strength`` scales every magnitude at once (0 turns augmentation off), which is
-    what the tuner searches over.
+    what the tuner searches over. ``corruptions`` names MedMNIST-C corruptions (the
+    ``medmnistc`` package, see ``medpredict.evaluation.robustness``) of which one, at a random
+    severity, is applied to a training image with ``corruption_probability``.
     """
 
     strength: float = 1.0
@@ -105,10 +107,13 @@ class AugmentConfig:
     noise_std: float = 0.02
     hflip: bool = False
     probability: float = 0.8
+    corruptions: tuple[str, ...] = ()
+    corruption_probability: float = 0.5
 
     def __post_init__(self) -> None:
         _range("augment.strength", self.strength, 0.0, 4.0)
         _range("augment.probability", self.probability, 0.0, 1.0)
+        _range("augment.corruption_probability", self.corruption_probability, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -163,11 +168,16 @@ class TrainConfig:
             where a fold's AUC is too coarse to steer by).
         deterministic: ask PyTorch for deterministic kernels (slower on GPU).
         device: ``auto`` picks CUDA when present, else CPU.
-        amp: mixed precision; only ever used on a GPU.
+        amp: bf16 autocast where the hardware runs it natively: a GPU, or a CPU with the
+            avx512_bf16 / AMX flags (detected; see ``medpredict.training.precision``); fp32 elsewhere.
         channels_last: train 2-D networks in channels-last memory layout (1.57x the fp32
             training rate of tiny-resnet on this 2-core CPU in bench/run.py).
         max_minutes: stop after this wall time (checkpoint kept); ``None`` for no limit.
         threads: CPU threads for PyTorch; ``None`` leaves PyTorch's default.
+        small_data: ``auto`` switches to k-fold cross-fitting (an ensemble of the fold models,
+            calibration on out-of-fold predictions; ``medpredict.training.crossfit``) when the
+            validation split is small (under 300 cases or 50 of a class); ``on`` / ``off`` force it.
+        folds: the number of folds of small-data mode.
     """
 
     epochs: int = 20
@@ -186,9 +196,15 @@ class TrainConfig:
     channels_last: bool = True
     max_minutes: float | None = None
     threads: int | None = None
+    small_data: str = "auto"
+    folds: int = 5
 
     def __post_init__(self) -> None:
         _range("train.epochs", self.epochs, 1, 10_000)
+        if str(self.small_data).lower() in ("true", "false"):  # YAML reads a bare on/off as a boolean
+            object.__setattr__(self, "small_data", "on" if str(self.small_data).lower() == "true" else "off")
+        _choice("train.small_data", self.small_data, ("auto", "on", "off"))
+        _range("train.folds", self.folds, 2, 20)
         _range("train.batch_size", self.batch_size, 1, 65_536)
         _range("train.lr", self.lr, 1e-7, 10.0)
         _range("train.weight_decay", self.weight_decay, 0.0, 10.0)

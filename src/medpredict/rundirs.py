@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 
 #: Files and folders that make a folder a run: its model, training state and results.
 TRAINING_STATE = "checkpoint.safetensors"
+#: The training state of small-data mode: one folder per fold (medpredict.training.crossfit.FOLDS_DIR).
+FOLDS_STATE = "folds"
 RUN_CONTENT = (
     "model",
     TRAINING_STATE,
+    FOLDS_STATE,
     "onnx",
     "metrics.json",
     "report.html",
@@ -122,8 +125,9 @@ def contents(path: str | os.PathLike[str]) -> str | None:
     kind = _model_kind(path)
     if kind is not None:
         return _KINDS.get(kind, "a model")
-    if (path / TRAINING_STATE).is_file():
-        return f"the training state of an unfinished run ({TRAINING_STATE})"
+    if (path / TRAINING_STATE).is_file() or (path / FOLDS_STATE).is_dir():
+        state = TRAINING_STATE if (path / TRAINING_STATE).is_file() else f"{FOLDS_STATE}/"
+        return f"the training state of an unfinished run ({state})"
     found = [name for name in RUN_CONTENT if (path / name).exists()]
     return f"results ({', '.join(found)})" if found else None
 
@@ -167,9 +171,10 @@ def claim_run_dir(
     check_writable(path, flag)
     refuse_sealed(path, flag)
     held = contents(path)
-    resumable = (path / TRAINING_STATE).is_file() and _model_kind(path) in (None, "image")
+    has_state = (path / TRAINING_STATE).is_file() or (path / FOLDS_STATE).is_dir()
+    resumable = has_state and _model_kind(path) in (None, "image")
     if resume:
-        if not (path / TRAINING_STATE).is_file():
+        if not has_state:
             raise ConfigError(
                 f"--resume: {path} holds no checkpoint ({TRAINING_STATE}) to continue"
                 + (f"; it holds {held}." if held else ".")
@@ -221,7 +226,9 @@ def claim_output_dir(
 
 
 @contextlib.contextmanager
-def removed_on_failure(path: str | os.PathLike[str], *, keep: Iterable[str] = (TRAINING_STATE,)) -> Iterator[Path]:
+def removed_on_failure(
+    path: str | os.PathLike[str], *, keep: Iterable[str] = (TRAINING_STATE, FOLDS_STATE)
+) -> Iterator[Path]:
     """Remove a folder this command created when the command fails before writing any of ``keep``.
 
     A failed run leaves no empty run folder with an empty log behind; one that wrote a

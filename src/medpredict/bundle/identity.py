@@ -58,6 +58,8 @@ class ModelIdentity:
         """The identity of a medpredict bundle from its ``bundle.json`` and the weights' digest."""
         model = meta.get("model") or {}
         architecture = str(model.get("name") or model.get("kind") or "")
+        if int(model.get("members") or 1) > 1:  # the fold models of small-data mode
+            architecture += f" x{int(model['members'])} ensemble"
         return cls(
             name=str(meta.get("name") or "model"),
             version=weights_sha256[:12] if weights_sha256 else "unversioned",

@@ -40,6 +40,9 @@ class ImageNet:
         name: a key of :data:`medpredict.models.MODELS` (or a former name, e.g. ``brief-cnn``).
         in_channels / num_classes / spatial_dims / dropout: the arguments of
             :func:`medpredict.models.build_model`.
+        members: 1 for one network; k > 1 for an ensemble of k such networks averaging their
+            logits (:class:`~medpredict.models.ensemble.EnsembleNet`, the fold models of
+            small-data mode), weights under ``members.<i>.``. Written only when > 1.
     """
 
     name: str
@@ -47,9 +50,17 @@ class ImageNet:
     num_classes: int
     spatial_dims: int = 2
     dropout: float = 0.0
+    members: int = 1
 
     def build(self) -> nn.Module:
         """The untrained network wrapped with its input normalisation (the weights hold mean/std)."""
+        if self.members > 1:
+            from medpredict.models.ensemble import EnsembleNet
+
+            return EnsembleNet([self._one() for _ in range(self.members)])
+        return self._one()
+
+    def _one(self) -> nn.Module:
         return InputNormalised(
             build_model(
                 self.name,
@@ -61,13 +72,16 @@ class ImageNet:
         )
 
     def fields(self) -> dict[str, Any]:
-        return {
+        values: dict[str, Any] = {
             "name": self.name,
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
             "spatial_dims": self.spatial_dims,
             "dropout": self.dropout,
         }
+        if self.members > 1:
+            values["members"] = self.members
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KINDS["image"].stored, **self.fields()}
@@ -80,6 +94,7 @@ class ImageNet:
             num_classes=int(values["num_classes"]),
             spatial_dims=int(values.get("spatial_dims", 2)),
             dropout=float(values.get("dropout", 0.0)),
+            members=int(values.get("members", 1)),
         )
 
 

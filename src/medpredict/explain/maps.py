@@ -46,7 +46,9 @@ def gradcam(model: nn.Module, image: torch.Tensor | np.ndarray, class_index: int
 
     Args:
         model: a network built by :func:`medpredict.models.build_model` (anything with a
-            ``gradcam_layer`` attribute naming a module with spatial output).
+            ``gradcam_layer`` attribute naming a module with spatial output), or an
+            :class:`~medpredict.models.ensemble.EnsembleNet`, whose map is the mean of its
+            members' maps.
         image: ``(C, H, W)`` / ``(1, C, H, W)``, or ``(C, D, H, W)`` / ``(1, C, D, H, W)`` for
             a 3-D model, float32, preprocessed exactly as for prediction.
         class_index: the class whose evidence to show.
@@ -61,6 +63,11 @@ def gradcam(model: nn.Module, image: torch.Tensor | np.ndarray, class_index: int
     """
     from monai.visualize import GradCAM
 
+    from medpredict.models.ensemble import EnsembleNet
+
+    if isinstance(model, EnsembleNet):  # the mean of the members' maps, rescaled to [0, 1]
+        maps = [gradcam(member, image, class_index) for member in model.members]
+        return _min_max(torch.from_numpy(np.mean(maps, axis=0))[None]).numpy()[0].astype(np.float32)
     layer_name = getattr(model, "gradcam_layer", None)
     layer = dict(model.named_modules()).get(layer_name) if isinstance(layer_name, str) else None
     if layer is None or not isinstance(layer_name, str):

@@ -468,6 +468,23 @@ def _agreement(ev: dict[str, Any], t: Translator) -> list[Block | None]:
 
 
 def _shift(ev: dict[str, Any], t: Translator, look: plots.Look) -> list[Block | None]:
+    """External validation and data shift, then the corruption table of ``evaluate --robustness``."""
+    return [*_shift_only(ev, t, look), *_robustness(ev, t)]
+
+
+def _robustness(ev: dict[str, Any], t: Translator) -> list[Block | None]:
+    """AUC and accuracy under MedMNIST-C corruptions (nothing when ``--robustness`` was not asked)."""
+    robust = ev.get("robustness")
+    if not robust or not robust.get("corruptions"):
+        return []
+    rows = [[data(r["name"]), r["severity"], num(r["auc"]), pct(r["accuracy"])] for r in robust["corruptions"]]
+    rows += [[data(u["name"]), "-", t("not_available"), data(u["reason"])] for u in robust.get("unavailable") or []]
+    lead = t("robustness_lead", clean=robust["clean"]["auc"], drop=robust["mean_auc_drop"])
+    return [h3(t("robustness_title")), p(lead),
+            table([t("robustness_corruption"), t("robustness_severity"), t("auc"), t("accuracy")], rows)]
+
+
+def _shift_only(ev: dict[str, Any], t: Translator, look: plots.Look) -> list[Block | None]:
     blocks = _agreement(ev, t)
     shift = ev.get("shift")
     if not shift:

@@ -3,7 +3,8 @@
 The optimisation policy (loss and class weights, AdamW parameter groups, one-cycle or
 cosine schedule) is :mod:`medpredict.training.policy`; this module runs it: early stopping
 on the validation AUC or loss, a checkpoint after every epoch (``--resume`` continues from
-it), mixed precision on GPU only, and DistributedDataParallel when started by ``torchrun``.
+it), bf16 autocast where the hardware runs it natively (a GPU, or a CPU with avx512_bf16 / AMX:
+see :mod:`medpredict.training.precision`), and DistributedDataParallel when started by ``torchrun``.
 
 Each epoch draws its randomness from generators seeded by ``(seed, epoch)``, so a run
 resumed from a checkpoint continues exactly as an uninterrupted run would have.
@@ -38,6 +39,7 @@ from medpredict.training.checkpoint import (
     load_weights_of_checkpoint,
     save_state,
 )
+from medpredict.training.precision import Precision, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = "completed"
     seconds: float = 0.0
+    precision: str = "fp32"  # the training arithmetic that ran (medpredict.training.precision)
 
 
 def learning_problem(result: FitResult, task: str) -> str | None:
@@ -251,12 +254,17 @@ class _Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per_rank_batch: int
     channels_last: bool
-    use_amp: bool
+    precision: Precision
     created_group: bool
 
 
 def _setup(
-    model: nn.Module, train_set: ArrayDataset, task: str, config: TrainConfig, class_counts: np.ndarray | None
+    model: nn.Module,
+    train_set: ArrayDataset,
+    task: str,
+    config: TrainConfig,
+    class_counts: np.ndarray | None,
+    precision: Precision | None,
 ) -> _Setup:
     dist = Distributed.from_env()
     device = resolve_device(config.device, dist)
@@ -277,6 +285,8 @@ def _setup(
     optim = policy.optimizer(model, config)
     per_rank_batch = max(1, config.batch_size // dist.world_size)
     steps = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
+    precision = precision or choose_precision(config.amp, device)
+    log.info("Training arithmetic: %s%s.", precision.reason, ", channels-last" if channels_last else "")
     return _Setup(
         dist=dist,
         device=device,
@@ -286,7 +296,7 @@ def _setup(
         scheduler=policy.scheduler(optim, config, steps * config.epochs),
         per_rank_batch=per_rank_batch,
         channels_last=channels_last,
-        use_amp=config.amp and device.type == "cuda",
+        precision=precision,
         created_group=created_group,
     )
 
@@ -355,7 +365,7 @@ def _train_epoch(
         if setup.channels_last:
             inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
         target = target.to(setup.device, non_blocking=True)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=setup.use_amp):
+        with setup.precision.autocast():
             logits = setup.net(*inputs)
         out = logits.float().squeeze(1) if task == "regression" else logits.float()
         loss = setup.loss_fn(out, target)
@@ -440,6 +450,7 @@ def fit(
     train_transform: BatchTransform | None = None,
     on_epoch: EpochCallback | None = None,
     fingerprint: dict[str, Any] | None = None,
+    precision: Precision | None = None,
 ) -> FitResult:
     """Train ``model`` (image, record or fused network) and keep the best epoch's weights.
 
@@ -467,6 +478,8 @@ def fit(
         fingerprint: what the run trains on (data, model, preprocessing; JSON values), stored
             in the checkpoint; resuming refuses a checkpoint whose fingerprint differs
             (:func:`medpredict.training.checkpoint.check_fingerprint`).
+        precision: the training arithmetic; ``None`` chooses from ``config.amp`` and the
+            hardware (:func:`medpredict.training.precision.choose_precision`).
 
     Raises:
         ConfigError: resuming a checkpoint of other data, another model or preprocessing.
@@ -479,7 +492,8 @@ def fit(
             torch.manual_seed(config.seed)
             return _fit(model, train_set, val_set, task=task, config=config, run_dir=run_dir,
                         class_counts=class_counts, progress=progress, resume=resume,
-                        train_transform=train_transform, on_epoch=on_epoch, fingerprint=fingerprint)
+                        train_transform=train_transform, on_epoch=on_epoch, fingerprint=fingerprint,
+                        precision=precision)
     finally:
         torch.set_num_threads(threads)
 
@@ -498,9 +512,10 @@ def _fit(
     train_transform: BatchTransform | None,
     on_epoch: EpochCallback | None,
     fingerprint: dict[str, Any] | None,
+    precision: Precision | None,
 ) -> FitResult:
     run_dir = Path(run_dir) if run_dir is not None else None
-    setup = _setup(model, train_set, task, config, class_counts)
+    setup = _setup(model, train_set, task, config, class_counts, precision)
     writes = run_dir is not None and setup.dist.is_main
     state = _resume(model, setup, run_dir / CHECKPOINT if run_dir else None, resume, config.epochs, fingerprint)
     if writes and run_dir is not None:
@@ -545,4 +560,5 @@ def _fit(
         torch.distributed.destroy_process_group()
     model.load_state_dict(state.best_state)
     return FitResult(best_state=state.best_state, best_epoch=state.best_epoch + 1, best_score=state.best_score,
-                     history=state.history, stopped=stopped, seconds=time.monotonic() - started)
+                     history=state.history, stopped=stopped, seconds=time.monotonic() - started,
+                     precision=setup.precision.name)

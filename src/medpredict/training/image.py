@@ -40,14 +40,23 @@ from medpredict.data.datasets import ArrayDataset, load_images, target_tensor
 from medpredict.data.intended_use import declare
 from medpredict.data.manifest import Manifest, load_manifest
 from medpredict.data.splits import assign_splits, require_no_leakage
+from medpredict.data.tokens import label_variants
 from medpredict.data.transforms import BatchAugment, Normalisation
 from medpredict.errors import ConfigError, DataError
 from medpredict.evaluation.metrics import classification_metrics
 from medpredict.evaluation.subgroups import reference_statistics
-from medpredict.records.tables import label_variants
 from medpredict.rundirs import claim_run_dir, removed_on_failure, set_aside_stale_results
 from medpredict.training import policy
+from medpredict.training.crossfit import (
+    FoldCallback,
+    cross_fit,
+    fold_assignment,
+    pool,
+    small_data_config,
+    small_data_reason,
+)
 from medpredict.training.engine import (
+    BatchTransform,
     Distributed,
     EpochCallback,
     FitResult,
@@ -151,7 +160,7 @@ def build_network(config: RunConfig, num_outputs: int, normalisation: Normalisat
     return InputNormalised(net, normalisation.mean, normalisation.std)
 
 
-def image_net(config: RunConfig, num_outputs: int) -> ImageNet:
+def image_net(config: RunConfig, num_outputs: int, *, members: int = 1) -> ImageNet:
     """The bundle's network entry: what rebuilds the network before its weights are loaded."""
     return ImageNet(
         name=config.model.name,
@@ -159,6 +168,7 @@ def image_net(config: RunConfig, num_outputs: int) -> ImageNet:
         num_classes=num_outputs,
         spatial_dims=config.preprocess.spatial_dims,
         dropout=config.model.dropout,
+        members=members,
     )
 
 
@@ -196,11 +206,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
+    on_fold: FoldCallback | None = None,
     force: bool = False,
 ) -> TrainResult:
     """Train one model as configured and write its run folder (see the module docstring).
 
-    ``on_epoch`` is passed to :func:`medpredict.training.engine.fit` (called after every epoch).
+    ``on_epoch`` is passed to :func:`medpredict.training.engine.fit` (called after every epoch);
+    in small-data mode (:mod:`medpredict.training.crossfit`) ``on_fold`` is called after every fold.
     A run folder that already holds a run is refused (:func:`medpredict.rundirs.claim_run_dir`)
     unless ``resume`` continues its checkpoint or ``force`` moves it aside; a run that fails
     before its first checkpoint leaves no folder behind.
@@ -215,6 +227,7 @@ def train(
         command = {"record": "medpredict records train", "fused": "medpredict fusion train"}[config.kind]
         raise ConfigError(f"This config is for a {config.kind} run, not an image run; train it with '{command}'.")
     check_input_size(config.model.name, config.preprocess.image_size)  # before any data is read or file written
+    training_augment(config)  # unknown corruption names fail here, before any data is read
     dist = Distributed.from_env()
     resolve_device(config.train.device, dist)  # a GPU asked for where there is none: refused now
     run_dir = config.run_dir
@@ -223,12 +236,44 @@ def train(
     with removed_on_failure(run_dir) if dist.is_main else contextlib.nullcontext():
         run_dir.mkdir(parents=True, exist_ok=True)
         with _log_to(run_dir / "train.log") if dist.is_main else contextlib.nullcontext():
-            return _train(config, run_dir, resume=resume, progress=progress, dist=dist, on_epoch=on_epoch)
+            return _train(
+                config, run_dir, resume=resume, progress=progress, dist=dist, on_epoch=on_epoch, on_fold=on_fold
+            )
+
+
+def training_augment(config: RunConfig) -> BatchTransform:
+    """The training batch augmentation: MONAI geometry and intensity, then MedMNIST-C corruptions if asked.
+
+    Raises:
+        ConfigError: an unknown corruption name (with the known ones).
+    """
+    augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
+    if not config.augment.corruptions:
+        return lambda inputs, g: (augment(inputs[0], g),)
+    from medpredict.evaluation.robustness import CorruptionAugment
+
+    corrupt = CorruptionAugment(config.augment.corruptions, config.augment.corruption_probability)
+    return lambda inputs, g: (corrupt(augment(inputs[0], g), g),)
+
+
+@dataclass
+class _Fitted:
+    """A trained network and what post-fit needs: the logits and classes it is fitted on."""
+
+    model: torch.nn.Module
+    result: FitResult
+    logits: torch.Tensor
+    y: np.ndarray
+    frame: pd.DataFrame  # the rows of ``logits``
+    counts: np.ndarray | None
+    normalisation: Normalisation
+    guard: dict[str, Any] | None
+    small_data: dict[str, Any] | None = None
 
 
 def _train(
     config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, dist: Distributed,
-    on_epoch: EpochCallback | None,
+    on_epoch: EpochCallback | None, on_fold: FoldCallback | None,
 ) -> TrainResult:
     started = time.monotonic()
     if dist.is_main:
@@ -257,53 +302,53 @@ def _train(
         write_text(run_dir / "splits.csv", split_table.to_csv(index=False))
     train_set = build_dataset(parts["train"], config, task, progress=progress)
     val_set = build_dataset(parts["val"], config, task, progress=progress)
-    normalisation = Normalisation.fit(train_set.inputs[0].float().div(255), config.preprocess.normalize)
     num_outputs = 1 if task == "regression" else len(manifest.labels)
-    torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
-    model = build_network(config, num_outputs, normalisation)
-    counts = policy.class_counts(train_set.target, task, num_outputs)
-    augment = BatchAugment(config.augment, config.preprocess.spatial_dims)
-    result = fit(
-        model,
-        train_set,
-        val_set,
-        task=task,
-        config=config.train,
-        run_dir=run_dir,
-        class_counts=counts,
-        progress=progress,
-        resume=resume,
-        train_transform=lambda inputs, g: (augment(inputs[0], g),),
-        on_epoch=on_epoch,
-        fingerprint=run_fingerprint(frame, config, manifest.labels),
-    )
+    reason = _small_data(config, val_set, task, dist)
+    if reason is not None:
+        config, changed = small_data_config(config)
+        log.info(
+            "Small-data mode (%s): %d-fold cross-fitting on training + validation cases%s.",
+            reason, config.train.folds,
+            "; " + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()) if changed else "",
+        )
+        if dist.is_main:
+            write_text(run_dir / "config.yaml", config.to_yaml())  # the settings actually used
+        fitted = _fit_small(
+            config, parts, train_set, val_set, task, num_outputs, run_dir,
+            progress=progress, resume=resume, on_epoch=on_epoch, on_fold=on_fold, reason=reason,
+        )
+    else:
+        fitted = _fit_one(
+            config, parts, train_set, val_set, task, num_outputs, run_dir,
+            progress=progress, resume=resume, on_epoch=on_epoch,
+            fingerprint=run_fingerprint(frame, config, manifest.labels),
+        )
+    model, result, counts, normalisation = fitted.model, fitted.result, fitted.counts, fitted.normalisation
     problem = learning_problem(result, task)
     if problem is not None:
         raise DataError(f"No model was saved from {config.data.source}: {problem}. {class_coverage(parts, manifest)}")
-    val_logits = predict_logits(model, val_set)
-    y_val = val_set.target.numpy()
     single_label = task in ("binary", "multiclass")
     fields, val_probs = post_fit(
-        val_logits,
-        y_val,
+        fitted.logits,
+        fitted.y,
         task,
         manifest.labels,
         class_weights=policy.class_weights(counts, config.train.class_weighting) if single_label else None,
         positive_index=positive,
         seed=config.train.seed,
     )
-    guard = _input_guard(model, train_set, val_set, config.train.seed)
+    guard = fitted.guard
     intended = declare(
         dataclasses.asdict(config.intended_use), parts["train"]["image_path"].tolist(), channels=config.data.channels
     )
-    val_metrics = _val_metrics(y_val, val_probs, task, manifest.labels, fields)
+    val_metrics = _val_metrics(fitted.y, val_probs, task, manifest.labels, fields)
     meta = BundleMeta(
         name=config.name,
         kind="image",
         task=task,
         labels=tuple(manifest.labels),
         config=config,
-        model=image_net(config, num_outputs),
+        model=image_net(config, num_outputs, members=config.train.folds if fitted.small_data else 1),
         image=image_input(config, normalisation),
         **fields,
         positive_label=manifest.labels[positive] if task == "binary" else None,
@@ -321,14 +366,17 @@ def _train(
             "patients": {k: int(v["patient_id"].nunique()) for k, v in parts.items()},
             "prevalence": {k: _prevalence(v, task) for k, v in parts.items() if len(v)},
         },
-        training=training_summary(result, started, model),
+        training={
+            **training_summary(result, started, model),
+            **({"small_data": fitted.small_data} if fitted.small_data else {}),
+        },
     )
     bundle_dir = run_dir / "model"
     if dist.is_main:
         if resume:
             set_aside_stale_results(run_dir)
         write_bundle(bundle_dir, meta, state_dict=model.state_dict(), guard=guard)
-        _write_val_predictions(run_dir, parts["val"], val_probs, manifest.labels, task)
+        _write_val_predictions(run_dir, fitted.frame, val_probs, manifest.labels, task)
         log.info(
             "Bundle written to %s (validation score %.4f at epoch %d).",
             bundle_dir,
@@ -337,6 +385,78 @@ def _train(
         )
     return TrainResult(
         run_dir=run_dir, bundle_dir=bundle_dir, val_metrics=val_metrics, fit=result, model_name=config.model.name
+    )
+
+
+def _small_data(config: RunConfig, val_set: ArrayDataset, task: str, dist: Distributed) -> str | None:
+    """Why this run trains in small-data mode, or None (never under torchrun)."""
+    reason = small_data_reason(config, val_set.target.numpy(), task)
+    if reason is not None and dist.enabled:
+        if config.train.small_data == "on":
+            raise ConfigError(
+                "Small-data mode trains its fold models one after another in one process; run it without "
+                "torchrun, or set train.small_data=off."
+            )
+        log.info("The validation split is small (%s), but under torchrun the run trains as usual.", reason)
+        return None
+    return reason
+
+
+def _fit_one(
+    config: RunConfig, parts: dict[str, pd.DataFrame], train_set: ArrayDataset, val_set: ArrayDataset, task: str,
+    num_outputs: int, run_dir: Path, *, progress: bool, resume: bool, on_epoch: EpochCallback | None,
+    fingerprint: dict[str, Any],
+) -> _Fitted:
+    """One network, early-stopped on the validation split, post-fitted on it."""
+    normalisation = Normalisation.fit(train_set.inputs[0].float().div(255), config.preprocess.normalize)
+    torch.manual_seed(config.train.seed)  # weight initialisation is part of the run's seeded randomness
+    model = build_network(config, num_outputs, normalisation)
+    counts = policy.class_counts(train_set.target, task, num_outputs)
+    result = fit(
+        model,
+        train_set,
+        val_set,
+        task=task,
+        config=config.train,
+        run_dir=run_dir,
+        class_counts=counts,
+        progress=progress,
+        resume=resume,
+        train_transform=training_augment(config),
+        on_epoch=on_epoch,
+        fingerprint=fingerprint,
+    )
+    return _Fitted(
+        model=model, result=result, logits=predict_logits(model, val_set), y=val_set.target.numpy(),
+        frame=parts["val"], counts=counts, normalisation=normalisation,
+        guard=_input_guard(model, train_set, val_set, config.train.seed),
+    )
+
+
+def _fit_small(
+    config: RunConfig, parts: dict[str, pd.DataFrame], train_set: ArrayDataset,
+    val_set: ArrayDataset, task: str, num_outputs: int, run_dir: Path, *, progress: bool, resume: bool,
+    on_epoch: EpochCallback | None, on_fold: FoldCallback | None, reason: str,
+) -> _Fitted:
+    """Small-data mode: the fold models of train + validation as one ensemble, post-fitted out of fold."""
+    pooled = pool(train_set, val_set)
+    frame = pd.concat([parts["train"], parts["val"]])
+    keys = frame["sha256"] if "sha256" in frame.columns else None
+    folds = fold_assignment(frame, pooled.target.numpy(), config.train.folds, config.train.seed, keys)
+    normalisation = Normalisation.fit(pooled.inputs[0].float().div(255), config.preprocess.normalize)
+
+    def build(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_network(config, num_outputs, normalisation)
+
+    fitted = cross_fit(
+        config, pooled, folds, task=task, build=build, run_dir=run_dir, progress=progress, resume=resume,
+        train_transform=training_augment(config), on_epoch=on_epoch, on_fold=on_fold,
+    )
+    return _Fitted(
+        model=fitted.model, result=fitted.result, logits=fitted.oof_logits, y=fitted.y, frame=frame,
+        counts=policy.class_counts(pooled.target, task, num_outputs), normalisation=normalisation, guard=fitted.guard,
+        small_data=fitted.summary(reason),
     )
 
 

@@ -97,7 +97,9 @@ def _rows(
     config = _run_config(predictor)
     if data is None and config is not None:
         manifest = load_data(config)
-        return manifest.split(split), manifest.split("val"), False
+        # a small-data model was post-fitted on out-of-fold predictions of train + validation
+        validation = ("train", "val") if _small_data(predictor) else ("val",)
+        return manifest.split(split), manifest.frame[manifest.frame["split"].isin(validation)], False
     if data is None:
         raise DataError("Give --data: this model has no training data of its own to evaluate on.")
     manifest = load_manifest(data, target=target or (config.data.target if config else "label"))
@@ -292,6 +294,7 @@ class _Collected:
     dataset: str
     external: bool
     cases: list[CasePrediction] | None = None
+    images: torch.Tensor | None = None  # (N, C, *size) uint8 as the model saw them (image models)
 
 
 def _run_config(predictor: Scorer) -> RunConfig | None:
@@ -308,10 +311,10 @@ def _collect_images(
     y = frame["target"].to_numpy().astype(int)
     val: dict[str, Any] = {}
     if val_frame is not None and len(val_frame):
-        val_scored = _predict_frame(predictor, val_frame, progress)
+        oof = _out_of_fold(predictor, val_frame)
         val = {
             "y_val": val_frame["target"].to_numpy().astype(int),
-            "probs_val": val_scored.probs,
+            "probs_val": oof if oof is not None else _predict_frame(predictor, val_frame, progress).probs,
             "groups_val": val_frame["patient_id"].to_numpy(),
         }
     shift = None
@@ -335,7 +338,27 @@ def _collect_images(
         shift=shift,
         dataset=Path(data or (config.data.source if config else "")).name,  # data is given when there is no config
         external=external,
+        images=images,
     )
+
+
+def _small_data(predictor: Scorer) -> bool:
+    """Whether the model is a small-data ensemble (``medpredict.training.crossfit``)."""
+    return bool((predictor.meta.get("training") or {}).get("small_data"))
+
+
+def _out_of_fold(predictor: Scorer, frame: pd.DataFrame) -> np.ndarray | None:
+    """A small-data model's out-of-fold validation probabilities (``val_predictions.csv``) for ``frame``'s rows."""
+    bundle = getattr(predictor, "bundle", None)
+    path = bundle.path.parent / "val_predictions.csv" if bundle is not None else None
+    if not _small_data(predictor) or path is None or not path.is_file():
+        return None
+    table = pd.read_csv(path).set_index("row")
+    columns = [f"p_{name}" for name in predictor.labels]
+    if not set(columns) <= set(table.columns) or not set(frame.index) <= set(table.index):
+        log.warning("%s does not cover this model's validation rows; scoring them again.", path)
+        return None
+    return table.loc[frame.index, columns].to_numpy(dtype=np.float64)
 
 
 def _collect_records(
@@ -487,6 +510,7 @@ def evaluate(
     card: str | os.PathLike[str] | dict[str, Any] | None = None,
     force: bool = False,
     allow_training_overlap: bool = False,
+    robustness: bool = False,
 ) -> EvaluationResult:
     """Evaluate a run's bundle (image, record or fused model) and write the report (see the module docstring).
 
@@ -500,10 +524,14 @@ def evaluate(
     Rows of ``data`` whose content was in the model's training or validation data are
     reported and, unless ``allow_training_overlap``, refused.
 
+    ``robustness`` also scores an image model under the MedMNIST-C corruptions at five
+    severities (:mod:`medpredict.evaluation.robustness`): ``metrics.json["robustness"]``.
+
     Raises:
         ConfigError: an unknown language or card key, a bad ``n_boot`` or output folder.
         DataError: the split is empty, labels do not match the model, a subgroup column is
-            missing, or ``data`` holds training rows (without ``allow_training_overlap``).
+            missing, ``data`` holds training rows (without ``allow_training_overlap``), or
+            ``robustness`` for a model that does not take images.
     """
     translator(lang)  # a bad language or card file is refused before minutes of prediction
     card_info = load_card_info(card)
@@ -524,11 +552,14 @@ def evaluate(
     kind = kind_of(predictor.input_kind).name
     if kind != "image" and not isinstance(predictor, Predictor):
         raise DataError(f"{run} is a {kind} model outside a medpredict bundle; only bundles of that kind evaluate.")
+    if robustness and kind != "image":
+        raise DataError(f"--robustness corrupts images; {run} is a {kind} model.")
     bundle = getattr(predictor, "bundle", None)  # None for a bring-your-own ONNX model
     signature = {"data": str(Path(data).expanduser().resolve()) if data else None, "split": split}
     out_dir = _output_dir(bundle.path.parent if bundle is not None else None, out, signature, force=force)
     got = COLLECTORS[kind](predictor, data, target, split, progress)  # type: ignore[arg-type]
     overlap = check_training_overlap(predictor, got, allowed=allow_training_overlap) if got.external else None
+    robust = _robustness(predictor, got, progress) if robustness else None  # before columns are reordered
     missing = [c for c in subgroups if c not in got.frame.columns]
     if missing:
         raise DataError(
@@ -545,6 +576,8 @@ def evaluate(
                 "(evaluated anyway, as asked): these figures overstate performance on new patients."
             )
     _add_point_of_care(evaluation, predictor, got)
+    if robust is not None:
+        evaluation["robustness"] = robust
     report_path = build_report(out_dir, evaluation, lang=lang, card=card_info)
     if got.cases:
         _write_cases(out_dir / CASES_FILE, got.cases, got.y if labels == list(predictor.labels) else 1 - got.y)
@@ -720,6 +753,20 @@ def _provenance(predictor: Scorer) -> dict[str, str]:
     calibration = meta.get("calibration") or {}
     bundle = getattr(predictor, "bundle", None)
     guard = bundle.read_json("input_guard.json") if bundle is not None else None
+    if _small_data(predictor):  # cross-fitted: post-fit on out-of-fold predictions, not one split
+        folds = (meta.get("training") or {}).get("small_data", {}).get("folds")
+        where = f"the out-of-fold predictions of train + validation ({folds} folds, small-data mode)"
+        return {
+            "training": f"trained by medpredict as {folds} fold models of the train and validation splits of {data}",
+            "calibration": f"{calibration.get('method') or calibration.get('kind')} fitted on {where}"
+            if calibration else "none",
+            "threshold": f"{threshold['threshold']:.4f} fitted on {where} ({threshold.get('method')})"
+            if isinstance(threshold, dict) and threshold else "none (0.5 by default)",
+            "conformal": f"class-conditional prediction sets fitted on {where}" if meta.get("conformal") else "none",
+            "input_guard": "Mahalanobis distance on the fold models' pooled features (fitted outside one fold, "
+            "threshold on that fold)" if guard else "none",
+            "intended_use": predictor.intended_use.summary() if hasattr(predictor, "intended_use") else "not declared",
+        }
     return {
         "training": f"trained by medpredict on the train split of {data}",
         "calibration": f"{calibration.get('method') or calibration.get('kind')} fitted on the validation split by "
@@ -759,6 +806,35 @@ def _card_facts(predictor: Any, meta: dict[str, Any]) -> dict[str, Any]:
         "identity": identity.to_dict() if identity is not None else None,
         "intended_use_spec": meta.get("intended_use"),
     }
+
+
+def _robustness(predictor: Scorer, got: _Collected, progress: bool) -> dict[str, Any]:
+    """AUC and accuracy (at the locked threshold) under every MedMNIST-C corruption and severity."""
+    from sklearn.metrics import roc_auc_score
+
+    from medpredict.evaluation.robustness import robustness_table
+
+    if got.images is None:
+        raise DataError("--robustness needs the evaluated images; this model's collector keeps none.")
+
+    def score(batch: torch.Tensor) -> np.ndarray:
+        return np.concatenate([
+            predictor.calibrate(predictor.outputs(batch[i : i + 256])[0]) for i in range(0, len(batch), 256)
+        ])
+
+    def metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+        decided = predictor.rule.decisions(probs)
+        positive = predictor.positive_index
+        try:
+            if positive is not None:
+                auc = float(roc_auc_score(y == positive, probs[:, positive]))
+            else:
+                auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=range(probs.shape[1])))
+        except ValueError:  # one class only
+            auc = float("nan")
+        return {"auc": auc, "accuracy": float(np.mean(decided == y))}
+
+    return robustness_table(score, got.images, got.y, metrics=metrics, progress=progress)
 
 
 def _write_cases(path: Path, cases: list[CasePrediction], y: np.ndarray) -> None:
