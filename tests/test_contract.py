@@ -124,11 +124,7 @@ def test_load_and_predict(runs: dict[str, Path], kind: str, backend: str) -> Non
         ("image", "torch"),  # Grad-CAM
         ("image", "onnx"),  # occlusion: no gradients through ONNX
         ("fused", "torch"),  # Grad-CAM of the image branch
-        pytest.param(
-            "fused", "onnx",
-            marks=pytest.mark.xfail(strict=True, reason="occlusion feeds one input to the fused graph's three; "
-                                                        "inference/ is to take the record along (issue 11)"),
-        ),
+        ("fused", "onnx"),  # occlusion of the image with the record absent, as the graph's three inputs
     ],
 )
 def test_explain_an_image(runs: dict[str, Path], kind: str, backend: str) -> None:

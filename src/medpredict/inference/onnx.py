@@ -791,7 +791,11 @@ class OnnxBundlePredictor(Predictor):
         return logits, features
 
     def explain(self, image: Any, class_index: int | None = None) -> np.ndarray:
-        """Occlusion map ``(H, W)`` float32 in [0, 1] at the model's input size."""
+        """Occlusion map ``(H, W)`` float32 in [0, 1] at the model's input size.
+
+        A fused graph takes (image, record, present): its image is explained with the record
+        absent (masked zeros), as Grad-CAM explains the PyTorch model's image branch.
+        """
         import torch
 
         from medpredict.explain.maps import occlusion
@@ -800,12 +804,26 @@ class OnnxBundlePredictor(Predictor):
         if class_index is None:
             class_index = self.decided_index(prepared)
         return occlusion(
-            lambda batch: self.predict_proba(torch.from_numpy(np.asarray(batch, np.float32))),
+            lambda batch: self._image_probabilities(torch.from_numpy(np.asarray(batch, np.float32))),
             prepared.numpy(),
             class_index,
             spatial_dims=self.spatial_dims,
             progress=False,
         )
+
+    def decided_index(self, prepared: Any) -> int:
+        """The class decided for one prepared image (a fused graph's with the record absent)."""
+        return int(self.rule.decisions(self._image_probabilities(prepared[None]))[0])
+
+    def _image_probabilities(self, batch: Any) -> np.ndarray:
+        """Calibrated probabilities of a batch of prepared images (for a fused graph: no records)."""
+        if self.input_kind != "fusion":
+            return self.predict_proba(batch)
+        from medpredict.models.fusion import prepare_fusion_batch
+
+        width = len(self.cleaner.feature_names_) if self.cleaner is not None else None
+        inputs = prepare_fusion_batch(batch, None, len(batch), record_width=width)
+        return self.calibrate(self.model(*inputs).float().cpu().numpy())
 
 
 def verify_export(onnx_file: Path, bundle: Any, *, required: bool = True) -> None:
