@@ -57,7 +57,7 @@ def train_tiny_run(root: Path) -> Path:
             "out_dir": str(root / "runs"),
             "data": {"source": str(root / "data")},
             "model": {"name": "tiny-resnet"},
-            "train": {"epochs": 2, "batch_size": 16, "threads": 1, "amp": False, "patience": 2},
+            "train": {"epochs": 2, "batch_size": 16, "threads": 1, "amp": False, "patience": 2, "small_data": "off"},
         }
     )
     return train(config, progress=False).run_dir
