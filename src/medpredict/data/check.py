@@ -164,9 +164,7 @@ def check_images(
         if manifest.task in ("binary", "multiclass")
         else []
     )
-    report["target_proxies"] = [
-        {**proxy.to_dict(), "description": proxy.describe(manifest.target_column or "the target")} for proxy in proxies
-    ]
+    report["target_proxies"] = [{**proxy.to_dict(), "target": manifest.target_column or "label"} for proxy in proxies]
     english = translator("en")
     problems = [english(key, **fields) for key, fields in _problem_items(report)]
     warnings = [english(key, **fields) for key, fields in _warning_items(report)]
@@ -204,7 +202,10 @@ def _warning_items(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if report.get("rows_without_target"):
         items.append(("check.warning_no_target", {"n": report["rows_without_target"]}))
     for proxy in report.get("target_proxies", []):
-        items.append(("check.warning_proxy", {"description": proxy["description"]}))
+        items.append(("check.warning_proxy", {
+            "column": proxy["column"], "target": proxy["target"], "score": f"{proxy['balanced_accuracy']:.3f}",
+            "rows": proxy["rows"],
+        }))
     return items
 
 
