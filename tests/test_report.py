@@ -432,3 +432,32 @@ def test_bad_card_files_are_refused_before_anything_is_written(binary_evaluation
 def test_missing_card_file_names_itself(binary_evaluation, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Model-card file not found: .*nope.yaml"):
         build_report(tmp_path / "out", binary_evaluation, card=tmp_path / "nope.yaml")
+
+
+@pytest.mark.chromium
+def test_english_pages_fit_a_phone_in_chromium(tmp_path: Path) -> None:
+    """The English report and model card at 390 px (and 1280 px) scroll down only, never sideways."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from test_report_zh import rich_evaluation
+
+    build_report(tmp_path / "en", rich_evaluation(), lang="en")
+    overflow = {}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        try:
+            for name in ("report.html", "model_card.html"):
+                for width in (390, 1280):
+                    page = browser.new_page(viewport={"width": width, "height": 900})
+                    page.goto((tmp_path / "en" / name).as_uri())
+                    overflow[name, width] = page.evaluate(
+                        "() => document.documentElement.scrollWidth - window.innerWidth"
+                    )
+                    page.screenshot(path=str(tmp_path / f"{name}_{width}.png"), full_page=True)
+                    page.close()
+        finally:
+            browser.close()
+    assert all(value <= 0 for value in overflow.values()), overflow
+    shot = np.asarray(Image.open(tmp_path / "report.html_390.png").convert("L"), dtype=np.float32)
+    assert shot.shape[1] == 390 and shot.shape[0] > 4000 and shot.std() > 20  # a long page with content
