@@ -444,7 +444,8 @@ def test_english_pages_fit_a_phone_in_chromium(tmp_path: Path) -> None:
     overflow = {}
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         try:
             for name in ("report.html", "model_card.html"):
