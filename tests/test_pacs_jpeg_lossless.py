@@ -50,10 +50,29 @@ def jpeg_lossless_copy(source: Path, folder: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def chest_run(tiny_run: Path, tmp_path: Path) -> Path:
+    """The session's tiny model re-saved with the chest-radiograph intended use (CR/DX, chest, PA/AP)."""
+    import json
+    import shutil
+
+    from medpredict.bundle.store import load_bundle, save_bundle
+    from medpredict.data.intended_use import CHEST_RADIOGRAPH
+
+    run = tmp_path / "chest-run"
+    shutil.copytree(tiny_run, run)
+    bundle = load_bundle(run / "model")
+    extra = {p.name: json.loads(p.read_text()) for p in (run / "model").glob("*.json")
+             if p.name not in ("bundle.json", "checksums.json")}
+    save_bundle(run / "model", state_dict=bundle.state_dict, meta={**bundle.meta, "intended_use": CHEST_RADIOGRAPH},
+                json_files=extra)
+    return run
+
+
 @pytest.mark.orthanc
 @pytest.mark.skipif(not CHEST_CR.is_file(), reason="shared chest CR RG1_J2KI.dcm is missing")
 def test_pacs_stores_an_sr_for_a_jpeg_lossless_chest_cr(
-    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    chest_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import pydicom
 
@@ -69,7 +88,7 @@ def test_pacs_stores_an_sr_for_a_jpeg_lossless_chest_cr(
     pixels = read_dicom(path).pixels
     # Lossless: the same display pixels as the JPEG 2000 original.
     np.testing.assert_array_equal(pixels, read_dicom(CHEST_CR).pixels)
-    predictor = Predictor.from_bundle(tiny_run)  # conftest's session model: brief-cnn on 16 px squares
+    predictor = Predictor.from_bundle(chest_run)  # conftest's session model, declared for chest radiographs
     expected = predictor.predict(images=[pixels])[0]
 
     with orthanc_server.OrthancServer(tmp_path / "orthanc") as orthanc:
@@ -79,9 +98,9 @@ def test_pacs_stores_an_sr_for_a_jpeg_lossless_chest_cr(
         ) as response:
             assert response.read().decode() == JPEG_LOSSLESS_SV1  # Orthanc keeps the encoding as sent
 
-        # the session model (squares) declares no intended use: the CR is chosen explicitly
-        code = main(["pacs", str(tiny_run), "--url", orthanc.dicomweb_url, "--modality", "CR",
-                     "--ignore-intended-use", "--ledger", str(tmp_path / "ledger.json")])  # fmt: skip
+        # the bundle's intended use (chest CR/DX) chooses the study: no --modality, no override
+        code = main(["pacs", str(chest_run), "--url", orthanc.dicomweb_url,
+                     "--ledger", str(tmp_path / "ledger.json")])  # fmt: skip
 
         assert code == 0
         assert "1 processed, 0 skipped, 0 quarantined, 0 failed" in capsys.readouterr().out
