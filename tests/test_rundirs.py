@@ -123,6 +123,14 @@ def test_an_unwritable_out_is_one_clear_error(tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_a_folder_even_root_cannot_write_is_one_clear_error() -> None:
+    """The unwritable case under any user (the chmod test above skips as root): sysfs refuses new folders."""
+    with pytest.raises(ConfigError, match=r"--out /sys/medpredict-run cannot be written \(Permission denied\)"):
+        check_writable(Path("/sys/medpredict-run"))
+    assert not Path("/sys/medpredict-run").exists()
+
+
 def test_output_inside_a_bundle_or_a_run_folder_is_refused(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "run")
     with pytest.raises(ConfigError, match="inside .*model.*checksums"):
