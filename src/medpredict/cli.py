@@ -469,6 +469,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-docs", action="store_true",
                    help="serve the web page and the API docs without the key (the page then asks for it); "
                         "by default every route but /health needs the key")
+    p.add_argument("--lang", default="en", choices=("en", "zh"),
+                   help="language of the web page (default en); a user can switch with /?lang=en or /?lang=zh")
     p.set_defaults(handler=_serve)
 
 
@@ -480,7 +482,7 @@ def _serve(args: argparse.Namespace) -> int:
     serve(args.run, host=args.host, port=args.port, api_key=args.api_key, max_upload_mb=args.max_upload_mb,
           audit_path=args.audit, modalities=tuple(args.modality), backend=args.backend,
           ignore_intended_use=args.ignore_intended_use, workers=args.workers, queue=args.queue,
-          public_docs=args.public_docs)
+          public_docs=args.public_docs, lang=args.lang)
     return 0
 
 

@@ -142,6 +142,11 @@ def _log_unknown(start: str) -> None:
     log.warning("No translation for the message starting %r; it is shown in English.", start)
 
 
+def table_keys(prefix: str = "") -> list[str]:
+    """The table's keys that start with ``prefix``, in the file's order."""
+    return [key for key in _table() if key.startswith(prefix)]
+
+
 def translator(lang: str = "en") -> Translator:
     """Return the :class:`Translator` for ``lang``.
 

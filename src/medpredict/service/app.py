@@ -10,14 +10,16 @@ for how a browser sends it, and ``public_docs`` for opening the page and docs):
   ``?fhir=true`` adds a FHIR R4 Bundle.
 * ``POST /api/v1/predict/record``  JSON body ``{"record": {...}}`` for record models.
 * ``POST /api/v1/predict/batch``   multipart: several ``files``; no heat maps.
-* ``GET  /``                       the web page; ``/docs`` (Swagger UI, served offline) and
+* ``GET  /``                       the web page, in the server's language or ``?lang=en|zh``
+  (:mod:`medpredict.service.page`); ``/docs`` (Swagger UI, served offline) and
   ``/openapi.json`` the API docs (:mod:`medpredict.service.docs`).
 
 An answer holds ``prediction`` (the prediction contract, its ``source`` naming the file
 and, for DICOM, the series and study description), ``model`` (the identity, with its
 ``text``), ``input`` (format, modality, original size) for images, ``record_check``
 (``imputed`` and ``clipped`` fields, see :mod:`medpredict.service.records`) for records,
-and with an explanation ``explanation`` (the map's caption) and display-sized PNGs
+and with an explanation ``explanation`` (the map's caption; ``explanation_of`` its ``method``
+and ``class_label``) and display-sized PNGs
 ``image_png``, ``heatmap_png`` and ``overlay_png``.
 
 Safety: bodies are counted while they stream in (413 past the limit); prediction requests
@@ -45,13 +47,14 @@ from typing import Any
 # signatures need its types at definition time. ``medpredict.service`` imports this module
 # only on first use, after checking that the ``serve`` extra is installed.
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from medpredict.errors import ConfigError, MedpredictError, require_extra
 from medpredict.service.audit import AuditLog, input_digest
 from medpredict.service.auth import ApiKeyMiddleware
 from medpredict.service.docs import add_offline_docs
+from medpredict.service.page import HTML_LANG, check_language, render_index
 from medpredict.service.pipeline import Inputs, Pipeline, Upload, jsonable, warm_up
 from medpredict.service.pool import AdmissionMiddleware, Busy, WorkerPool
 from medpredict.service.server import ConnectionLimits
@@ -85,6 +88,7 @@ class ServiceSettings:
         public_docs: serve the web page, its files and the API docs without the key.
         decode_memory_mb: memory the workers' decoded images may take together; a large image
             waits for it (one larger than all of it decodes alone).
+        lang: the web page's language unless its address asks for another (``"en"`` or ``"zh"``).
     """
 
     api_key: str
@@ -101,6 +105,7 @@ class ServiceSettings:
     queue_wait_s: float = 30.0
     public_docs: bool = False
     decode_memory_mb: int = 768
+    lang: str = "en"
 
     def __post_init__(self) -> None:
         if not self.api_key or len(self.api_key) < 8:
@@ -115,6 +120,7 @@ class ServiceSettings:
             raise ConfigError(f"decode_memory_mb = {self.decode_memory_mb} is too small; use at least 16.")
         if not self.queue_wait_s > 0:
             raise ConfigError(f"queue_wait_s = {self.queue_wait_s} must be positive.")
+        check_language(self.lang)
 
 
 class _Service:
@@ -217,7 +223,7 @@ def create_app(predictor: Any, settings: ServiceSettings) -> Any:
 
     _add_model_routes(app, service)
     _add_predict_routes(app, service)
-    _add_page_routes(app)
+    _add_page_routes(app, settings.lang)
     add_offline_docs(app)
     # Added innermost first: a request meets the key check, then the body limit (a declared
     # oversize is 413 at once), then admission to the worker pool (503 when full).
@@ -292,14 +298,16 @@ def _add_predict_routes(app: Any, service: _Service) -> None:
         return await service.answer("predict/batch", inputs, explain=False, fhir=fhir, batch=True)
 
 
-def _add_page_routes(app: Any) -> None:
+def _add_page_routes(app: Any, default_lang: str) -> None:
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Any:
         return Response(status_code=204)
 
     @app.get("/", include_in_schema=False)
-    def index() -> Any:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    def index(lang: str | None = None) -> Any:
+        """The page in ``lang`` (en or zh), else the server's language; another language is 422."""
+        chosen = check_language(lang) if lang else default_lang
+        return HTMLResponse(render_index(chosen), headers={"Content-Language": HTML_LANG[chosen]})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -320,6 +328,7 @@ def serve(
     public_docs: bool = False,
     limits: ConnectionLimits | None = None,
     warm: bool = True,
+    lang: str = "en",
 ) -> None:
     """Load ``model`` (run folder, bundle or BYO-model YAML), warm it up, and serve it with uvicorn.
 
@@ -327,6 +336,7 @@ def serve(
     audit log defaults to ``audit.sqlite`` beside the model. Unless ``warm`` is False, one
     prediction with an explanation runs before the server accepts requests, so the first
     request is not slow. ``limits`` are the connection deadlines (:class:`ConnectionLimits`).
+    ``lang`` is the web page's language unless its address asks for another (``/?lang=zh``).
 
     Raises:
         ConfigError: no API key, a port outside 1-65535, or a host that is not a loopback
@@ -360,9 +370,11 @@ def serve(
         workers=workers,
         queue=queue,
         public_docs=public_docs,
+        lang=lang,
     )
     app = create_app(predictor, settings)
     if warm:
         logger.info("Warm-up prediction with explanation took %.2f s", warm_up(app.state.pipeline))
+        render_index(lang)  # a Chinese page subsets its font once, here rather than on the first visit
     logger.info("Serving %s on http://%s:%d (audit log %s)", predictor.identity.text(), host, port, audit)
     uvicorn.Server(server_config(app, host=host, port=port, limits=limits or ConnectionLimits())).run()

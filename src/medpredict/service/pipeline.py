@@ -139,6 +139,8 @@ class Pipeline:
             body.update(pictures(prepared[0].display, None if explanation is None else explanation.heatmap))
             if explanation is not None:
                 body["explanation"] = explanation.caption()
+                # the caption's parts, so that the web page can word it in its language
+                body["explanation_of"] = {"method": explanation.method, "class_label": explanation.class_label}
         return body
 
     def _check_kinds(self, images: bool, record: dict[str, Any] | None) -> None:

@@ -1,15 +1,56 @@
 // The medpredict web page: load the model card, send an upload, show the result with its uncertainty
 // in plain words and the heat map beside the original. Every new request or error clears the last result.
+// Every word shown comes from the page's language table (S, put into the page by the server from the
+// web.js.* keys of report/strings.yaml); values of the user's data are shown as they are, marked
+// translate="no".
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const S = JSON.parse($("page-strings").textContent);
 let model = null;
 let typedKey = "";     // only when the page is public (--public-docs); otherwise the browser's login is used
 let previewUrl = null;
 
-function setStatus(text, isError) {
+// A value of the user's data (file name, class label, the model's identity): shown as it is.
+function data(value) {
+  const span = document.createElement("span");
+  span.translate = false;
+  span.textContent = String(value);
+  return span;
+}
+
+// Values of the user's data, one after the other, separated as the language separates a list.
+function dataList(values) {
+  const out = document.createDocumentFragment();
+  values.forEach((value, i) => {
+    if (i) out.append(S.list_separator);
+    out.append(data(value));
+  });
+  return out;
+}
+
+// The wording of `key` with its {fields} filled in, as nodes (a field may be a node, e.g. data(...)).
+// A key missing from the table shows as itself, which the untranslated-text test catches.
+function say(key, fields = {}) {
+  const out = document.createDocumentFragment();
+  for (const part of (S[key] ?? key).split(/(\{\w+\})/)) {
+    const field = /^\{(\w+)\}$/.exec(part);
+    const value = field && field[1] in fields ? fields[field[1]] : part;
+    if (value instanceof Node) out.append(value);
+    else if (value !== "") out.append(String(value));
+  }
+  return out;
+}
+
+// The same as plain text, for a field inside another sentence.
+function sayText(key, fields = {}) { return say(key, fields).textContent; }
+
+// A term of the service's answers (referral reason, heat-map method) in the page's language; as sent if unknown.
+function term(kind, value) { return S[`${kind}:${value}`] ?? value; }
+
+function setStatus(content, isError) {
   const el = $("status");
-  el.textContent = text;
+  el.replaceChildren(content || "");
   el.className = isError ? "error" : "muted";
 }
 
@@ -22,22 +63,23 @@ async function loadModel() {
   try {
     res = await fetch("/api/v1/model", { headers: authHeaders(), credentials: "same-origin" });
   } catch (err) {
-    setStatus("The service did not answer.", true);
+    setStatus(say("no_answer"), true);
     return;
   }
   if (res.status === 401) {
     model = null;
     $("key-block").hidden = false;
-    $("model-line").textContent = "Enter the API key to load the model.";
-    if (typedKey) setStatus("The API key was refused.", true);
+    $("model-line").replaceChildren(say("enter_key"));
+    if (typedKey) setStatus(say("key_refused"), true);
     return;
   }
-  if (!res.ok) { setStatus("Could not load the model.", true); return; }
+  if (!res.ok) { setStatus(say("model_failed"), true); return; }
   model = await res.json();
   if (typedKey) sessionStorage.setItem("medpredict-key", typedKey);
   const threshold = model.threshold == null || !model.positive_label ? "" :
-    ` · ${model.positive_label} at ${pct(model.threshold)} or more`;
-  $("model-line").textContent = `Model ${model.identity} · classes: ${model.labels.join(", ")}${threshold}`;
+    say("model_threshold", { label: data(model.positive_label), threshold: pct(model.threshold) });
+  $("model-line").replaceChildren(
+    say("model_line", { identity: data(model.identity), labels: dataList(model.labels), threshold }));
   $("record-block").hidden = !(model.input_kind === "table" || model.input_kind === "fusion");
   if ($("status").className === "error") setStatus("");
 }
@@ -75,27 +117,27 @@ function showPreview() {
   if (!file) return;
   const browserCanShow = /^image\/(png|jpeg)$/.test(file.type);
   $("preview").hidden = !browserCanShow;
+  let key = "chosen_other";
   if (browserCanShow) {
     previewUrl = URL.createObjectURL(file);
     $("preview").src = previewUrl;
-    $("preview-caption").textContent = `Chosen: ${file.name}`;
+    key = "chosen";
   } else if (/\.dcm$/i.test(file.name) || file.type === "application/dicom") {
-    $("preview-caption").textContent = `Chosen: ${file.name}. A browser cannot show DICOM; the image appears with the result.`;
-  } else {
-    $("preview-caption").textContent = `Chosen: ${file.name}. Not a PNG or JPEG by its name; the service checks its content.`;
+    key = "chosen_dicom";
   }
+  $("preview-caption").replaceChildren(say(key, { name: data(file.name) }));
 }
 
 function item(list, term, value, help) {
   const dt = document.createElement("dt");
-  dt.textContent = term;
+  dt.append(term);
   const dd = document.createElement("dd");
   const strong = document.createElement("span");
   strong.className = "value";
-  strong.textContent = value;
+  strong.append(value);
   const explain = document.createElement("span");
   explain.className = "help";
-  explain.textContent = help;
+  explain.append(help);
   dd.append(strong, explain);
   list.append(dt, dd);
 }
@@ -104,71 +146,70 @@ function item(list, term, value, help) {
 function renderUncertainty(p) {
   const list = $("uncertainty");
   if (p.threshold != null && p.positive_label) {
-    item(list, "Decision threshold (locked at validation)",
-      `${p.positive_label} when its probability is ${pct(p.threshold)} or more`,
-      "This cut-off was chosen once, on the validation cases, before the model was tested, and is never " +
-      "adjusted afterwards: the sensitivity and specificity reported for the model hold at this cut-off.");
+    item(list, say("threshold_term"),
+      say("threshold_value", { label: data(p.positive_label), threshold: pct(p.threshold) }),
+      say("threshold_help"));
   }
   const u = p.uncertainty || {};
   if (typeof u.entropy === "number") {
-    item(list, "Entropy", `${u.entropy.toFixed(2)} (0 = certain, 1 = no preference)`,
-      "How evenly the probability is spread over the classes. Near 0: the model strongly favours one class. " +
-      "Near 1: it cannot tell the classes apart.");
+    item(list, say("entropy_term"), say("entropy_value", { entropy: u.entropy.toFixed(2) }), say("entropy_help"));
   }
   if (Array.isArray(p.prediction_set) && typeof p.set_coverage === "number") {
     const coverage = Math.round(100 * p.set_coverage);
-    item(list, `Plausible classes (${coverage} % coverage)`,
-      p.prediction_set.length ? p.prediction_set.join(", ") : "none",
-      `The classes the model cannot rule out for this image. For cases like those it was validated on, ` +
-      `the true class is in this set about ${coverage} times in 100. One class: a clear answer. ` +
-      "Two or more: the model cannot decide between them. None: no class fits well.");
+    item(list, say("set_term", { coverage }),
+      p.prediction_set.length ? dataList(p.prediction_set) : say("set_none"),
+      say("set_help", { coverage }));
   }
   const check = p.input_check || {};
   if (check.status) {
     const score = typeof check.ood_score === "number" && typeof check.ood_threshold === "number" ?
-      ` (score ${check.ood_score.toFixed(1)}, limit ${check.ood_threshold.toFixed(1)})` : "";
-    item(list, "Input check", `${check.status}${score}`,
-      "Whether this image resembles the images the model was validated on. 'unusual': a different kind of " +
-      "image, device or quality, so the answer may be unreliable. 'not checked': this model has no such check.");
+      sayText("check_score", { score: check.ood_score.toFixed(1), limit: check.ood_threshold.toFixed(1) }) : "";
+    const verdict = S[`check.${check.status}`] ? say(`check.${check.status}`) : data(check.status);
+    const value = document.createDocumentFragment();
+    value.append(verdict, score);
+    item(list, say("check_term"), value, say("check_help"));
   }
-  item(list, "Referral", p.refer ? "yes: refer for clinician review" : "no",
-    "A case is referred when the plausible classes are not exactly the model's finding, or when the input " +
-    "check finds the image unusual. The reasons, if any, are listed at the top of the result.");
+  item(list, say("referral_term"), say(p.refer ? "referral_yes" : "referral_no"), say("referral_help"));
 }
 
 function renderRecordCheck(check) {
   if (!check) return;
   const lines = [];
-  for (const name of check.imputed || []) {
-    lines.push(`${name}: no value, so the value typical of the training data was used.`);
-  }
+  for (const name of check.imputed || []) lines.push(say("record_imputed", { name: data(name) }));
   for (const c of check.clipped || []) {
-    lines.push(`${c.field}: ${c.value} is beyond the values seen in training; ${c.used} was used.`);
+    lines.push(say("record_clipped", { name: data(c.field), value: data(c.value), used: data(c.used) }));
   }
-  if (!lines.length) lines.push("Every value was used as sent.");
+  if (!lines.length) lines.push(say("record_as_sent"));
   for (const line of lines) {
     const li = document.createElement("li");
-    li.textContent = line;
+    li.append(line);
     $("record-list").append(li);
   }
   $("record-notes").hidden = false;
 }
 
+function mapCaption(body) {
+  const of = body.explanation_of;
+  if (!of) return body.explanation ? data(body.explanation) : say("no_map");
+  return say("map_caption", { method: term("method", of.method), label: data(of.class_label) });
+}
+
 function showResult(body, fileName) {
   const p = body.prediction;
   const positive = p.positive_label || (model && model.positive_label);
-  $("result-source").textContent = p.source || fileName || "the record sent";
+  $("result-source").replaceChildren(p.source || fileName || sayText("record_sent"));
   const label = $("result-label");
   label.textContent = p.decision || p.label;
   label.className = positive ? (label.textContent === positive ? "positive" : "negative") : "";
-  $("result-score").textContent = p.score == null ? "" : `Probability of ${positive || p.label}: ${pct(p.score)}`;
+  $("result-score").replaceChildren(p.score == null ? "" :
+    say("score", { label: data(positive || p.label), probability: pct(p.score) }));
   const rows = document.querySelector("#probabilities tbody");
   for (const [name, prob] of Object.entries(p.probabilities || {})) {
     const tr = document.createElement("tr");
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.style.width = `${(100 * prob).toFixed(1)}%`;
-    const cells = [name, pct(prob), bar].map((content) => {
+    const cells = [data(name), pct(prob), bar].map((content) => {
       const td = document.createElement("td");
       td.append(content);
       return td;
@@ -180,7 +221,7 @@ function showResult(body, fileName) {
   $("refer-banner").hidden = p.refer !== true;
   for (const reason of p.referral_reasons || []) {
     const li = document.createElement("li");
-    li.textContent = reason;
+    li.textContent = term("reason", reason);
     $("refer-reasons").append(li);
   }
   renderUncertainty(p);
@@ -189,18 +230,23 @@ function showResult(body, fileName) {
     $("original").src = body.image_png;
     $("overlay-base").src = body.image_png;
     if (body.heatmap_png) $("heatmap").src = body.heatmap_png;
-    $("map-caption").textContent = body.explanation || "No heat map for this model";
+    $("map-caption").replaceChildren(mapCaption(body));
     $("pictures").hidden = false;
   }
   const identity = body.model && (body.model.text || `${body.model.name} ${body.model.version}`);
-  $("result-meta").textContent = `Model ${identity} · request ${body.request_id} · ${body.latency_ms} ms`;
+  $("result-meta").replaceChildren(
+    say("result_meta", { identity: data(identity), request: data(body.request_id), ms: body.latency_ms }));
   $("result").hidden = false;
 }
 
+// An error in the page's language, chosen by the status; the service's own detail (it names the
+// file or field, in English) follows it as it was sent.
 function errorText(status, body) {
   const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
-  if (status === 503) return `The service is busy; try again in a moment. (${detail || "503"})`;
-  return `Not accepted (${status}): ${detail || "no reason given"}`;
+  const sent = detail ? data(detail) : say("no_reason");
+  if (status === 503) return say("busy", { detail: detail ? sent : "503" });
+  const reason = S[`reason.${status}`] ? `reason.${status}` : "reason.other";
+  return say("not_accepted", { status, reason: say(reason), detail: sent });
 }
 
 async function predict(event) {
@@ -213,10 +259,10 @@ async function predict(event) {
   if (file) form.append("file", file);
   const record = $("record").value.trim();
   if (!$("record-block").hidden && record) form.append("record", record);
-  if (!file && !record) { setStatus("Choose an image first.", true); return; }
-  const name = file ? file.name : "the record";
+  if (!file && !record) { setStatus(say("choose_first"), true); return; }
+  const name = file ? data(file.name) : say("the_record");
   $("predict-button").disabled = true;
-  setStatus(`Predicting for ${name}…`);
+  setStatus(say("predicting", { name }));
   try {
     const res = await fetch("/api/v1/predict", {
       method: "POST", headers: authHeaders(), body: form, credentials: "same-origin",
@@ -225,11 +271,13 @@ async function predict(event) {
     if (!res.ok) { setStatus(errorText(res.status, body), true); return; }
     showResult(body, file ? file.name : null);
     const p = body.prediction;
-    const score = p.score == null ? "" : ` (probability ${pct(p.score)})`;
-    setStatus(`Result for ${p.source || name}: ${p.decision || p.label}${score}.` +
-      (p.refer ? " Referred for clinician review." : ""));
+    const score = p.score == null ? "" : sayText("result_status_score", { probability: pct(p.score) });
+    const source = p.source ? data(p.source) : file ? data(file.name) : say("the_record");
+    const done = say("result_status", { source, decision: data(p.decision || p.label), score });
+    if (p.refer) done.append(say("referred_status"));
+    setStatus(done);
   } catch (err) {
-    setStatus("The service did not answer.", true);
+    setStatus(say("no_answer"), true);
   } finally {
     $("predict-button").disabled = false;
   }
