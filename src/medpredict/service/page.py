@@ -5,7 +5,7 @@ the product's one translation table (:mod:`medpredict.report.i18n`, English and 
 by side). The server renders ``templates/index.html.j2`` with the markup's wording and puts
 the script's wording into the page as JSON (``<script type="application/json"
 id="page-strings">``), so the page is in its language at first paint and needs no second
-request. A Chinese page embeds the subset of Noto Sans CJK its characters need
+request. The page embeds the subset of Noto Sans CJK its Chinese characters need
 (:func:`medpredict.report.fonts.font_face_css`, as the Chinese report does), so it renders on
 a workstation without a CJK font and fetches nothing from elsewhere; without the font it is
 served all the same, and a warning is logged.
@@ -101,8 +101,7 @@ def render_index(lang: str) -> str:
         "font_face": "",
     }
     page = env.get_template("index.html.j2").render(**context)
-    if lang != "en":
-        # the font is chosen from the finished page, script wording included, so it holds every character shown
-        context["font_face"] = Markup(fonts.font_face_css(page))
-        page = env.get_template("index.html.j2").render(**context)
-    return page
+    # the font is chosen from the finished page, script wording included, so it holds every
+    # character shown (the English page needs it for the link "中文" only)
+    context["font_face"] = Markup(fonts.font_face_css(page))
+    return env.get_template("index.html.j2").render(**context)

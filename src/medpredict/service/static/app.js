@@ -29,14 +29,15 @@ function dataList(values) {
   return out;
 }
 
-// The wording of `key` with its {fields} filled in, as nodes (a field may be a node, e.g. data(...)).
-// A key missing from the table shows as itself, which the untranslated-text test catches.
+// The wording of `key` with its {fields} filled in, as nodes (a field may be a node, e.g. data(...),
+// copied at each place: a language may name it twice). A key missing from the table shows as
+// itself, which the untranslated-text test catches.
 function say(key, fields = {}) {
   const out = document.createDocumentFragment();
   for (const part of (S[key] ?? key).split(/(\{\w+\})/)) {
     const field = /^\{(\w+)\}$/.exec(part);
     const value = field && field[1] in fields ? fields[field[1]] : part;
-    if (value instanceof Node) out.append(value);
+    if (value instanceof Node) out.append(value.cloneNode(true));
     else if (value !== "") out.append(String(value));
   }
   return out;
