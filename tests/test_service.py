@@ -341,7 +341,10 @@ def test_cli_passes_the_pool_and_docs_flags_to_serve(run_dir, monkeypatch):
     seen = {}
     monkeypatch.setattr(service_app, "serve", lambda run, **kwargs: seen.update(run=run, **kwargs))
     assert cli.main(["serve", str(run_dir), "--workers", "3", "--queue", "0", "--public-docs"]) == 0
-    assert (seen["workers"], seen["queue"], seen["public_docs"]) == (3, 0, True)
+    assert (seen["workers"], seen["queue"], seen["public_docs"], seen["lang"]) == (3, 0, True, "en")
+    assert cli.main(["serve", str(run_dir), "--lang", "zh"]) == 0 and seen["lang"] == "zh"
+    with pytest.raises(ConfigError, match="page language 'fr'"):
+        ServiceSettings(api_key=KEY, lang="fr")
 
 
 def test_warm_up_predicts_once_with_an_explanation_and_audits_nothing(predictor):

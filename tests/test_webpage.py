@@ -102,14 +102,20 @@ def public_server(predictor):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
+    """One Playwright per module: a second sync session in the same thread is refused."""
     with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture
@@ -424,19 +430,18 @@ def test_without_a_cjk_font_the_chinese_page_is_still_served(predictor, monkeypa
 
 
 @pytest.fixture(scope="module")
-def bare_browser(tmp_path_factory):
+def bare_browser(playwright, tmp_path_factory):
     """Chromium that knows no CJK font (fontconfig limited to DejaVu): Chinese shows only if the page brings it."""
     home = tmp_path_factory.mktemp("bare-chromium")
     conf = home / "fonts.conf"
     conf.write_text('<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
                     f"<dir>/usr/share/fonts/truetype/dejavu</dir><cachedir>{home / 'fc'}</cachedir></fontconfig>")
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), env={"FONTCONFIG_FILE": str(conf), "HOME": str(home)},
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
+    chromium = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), env={"FONTCONFIG_FILE": str(conf), "HOME": str(home)},
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+    yield chromium
+    chromium.close()
 
 
 def _no_english_shown(page, stage: str) -> list[str]:
