@@ -411,3 +411,17 @@ def test_chinese_pages_render_their_glyphs_and_fit_a_phone_in_chromium(zh_report
         assert got["overflow"] <= 0, (name, width, got)
     shot = np.asarray(Image.open(tmp_path / "report.html_390.png").convert("L"), dtype=np.float32)
     assert shot.shape[1] == 390 and shot.shape[0] > 4000 and shot.std() > 20
+
+
+def test_a_declared_intended_use_is_worded_in_chinese_around_the_owners_words() -> None:
+    """The bundle's intended use (the demo's, as evaluate writes it): tag names and the fixed sentence translated."""
+    from medpredict.report.i18n import translator
+
+    sentence = ("frontal chest radiographs of children (PneumoniaMNIST, 28 px); modality CR/DX; body part CHEST; "
+                "view PA/AP. Research and decision support only: flags cases for a clinician's review; "
+                "not a diagnosis.")
+    zh = translator("zh").message(sentence)
+    assert zh.startswith("frontal chest radiographs of children (PneumoniaMNIST, 28 px)")  # the owner's own words
+    assert "成像方式 CR/DX" in zh and "身体部位 CHEST" in zh and "体位 PA/AP" in zh and "不构成诊断" in zh
+    assert not {"modality", "body part", "view", "Research"} & set(re.findall(r"[A-Za-z]+(?: part)?", zh))
+    assert translator("en").message(sentence) == sentence

@@ -56,6 +56,8 @@ MESSAGES: tuple[tuple[str, str], ...] = (
      "msg.shift_columns"),
     (r"Research and decision support only: flags cases for a clinician's review; not a diagnosis\.",
      "msg.intended_use_evaluate"),
+    (r"(?P<declared>.+?)\.? Research and decision support only: flags cases for a clinician's review; "
+     r"not a diagnosis\.", "msg.intended_use_declared"),
     (r"predicted probability (?P<p>[\d.]+)", "msg.predicted_probability"),
     (r"decision (?P<decision>.+); p\((?P<positive>.+)\) = (?P<p>[\d.]+)", "msg.decision_score"),
     (r"decision (?P<decision>.+); p = (?P<p>[\d.]+)", "msg.decision_probability"),
@@ -117,12 +119,29 @@ class Translator:
         return out
 
 
+def _declared_use(text: str, t: Translator) -> str:
+    """``"DESCRIPTION; modality CR/DX; body part CHEST; view PA/AP"`` with its tag names in ``t``'s language.
+
+    The description is the model owner's own words and stays as written.
+    """
+    names = {"modality": "intended.modality", "body part": "intended.body_part", "view": "intended.view"}
+    parts = []
+    for part in text.split("; "):
+        label, _, values = part.partition(" ")
+        if part.startswith("body part "):
+            label, values = "body part", part[len("body part "):]
+        parts.append(t(names[label], values=values) if label in names and values else part)
+    return t("punct.semicolon").join(parts)
+
+
 def _reword(text: str, t: Translator) -> str | None:
     for pattern, key in _compiled():
         match = pattern.fullmatch(text.strip())
         if match:
             fields = {name: (t.term(name, value) if name in _TERM_GROUPS else value)
                       for name, value in match.groupdict().items()}
+            if "declared" in fields:  # the bundle's intended use: its owner's words, then the tags it names
+                fields["declared"] = _declared_use(fields["declared"], t)
             return t(key, **fields)
     # a caption such as "true positive: predicted probability 0.93" is reworded part by part
     if ": " in text:
