@@ -8,14 +8,10 @@ skips the same studies: ``tests/test_pacs.py``.)
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from medpredict.data.intended_use import CHEST_RADIOGRAPH
 
 KEY = "k" * 32
 NON_CHEST = {  # file under ../shared/data/dicom -> the tag the refusal names
@@ -30,17 +26,9 @@ CHEST = "pydicom_data/RG1_J2KI.dcm"
 @pytest.fixture(scope="module")
 def chest_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's tiny run, copied and re-saved with the chest-radiograph intended use."""
-    from medpredict.bundle.store import load_bundle, save_bundle
-    from test_service import tiny_run
+    from test_service import chest_radiograph_copy, tiny_run
 
-    run = tmp_path_factory.mktemp("chest") / "run"
-    shutil.copytree(tiny_run(tmp_path_factory), run)
-    bundle = load_bundle(run / "model")
-    extra = {p.name: json.loads(p.read_text()) for p in (run / "model").glob("*.json")
-             if p.name not in ("bundle.json", "checksums.json")}
-    save_bundle(run / "model", state_dict=bundle.state_dict, meta={**bundle.meta, "intended_use": CHEST_RADIOGRAPH},
-                json_files=extra)
-    return run
+    return chest_radiograph_copy(tiny_run(tmp_path_factory), tmp_path_factory.mktemp("chest") / "run")
 
 
 def test_predict_refuses_each_non_chest_dicom_and_answers_the_chest_cr(

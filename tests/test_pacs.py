@@ -183,17 +183,9 @@ def _serve(status: int) -> tuple[http.server.ThreadingHTTPServer, type]:
 @pytest.fixture(scope="module")
 def chest_run(tmp_path_factory):
     """The session's tiny run, copied and re-saved with the chest-radiograph intended use."""
-    from medpredict.bundle.store import load_bundle, save_bundle
-    from test_service import tiny_run
+    from test_service import chest_radiograph_copy, tiny_run
 
-    run = tmp_path_factory.mktemp("chest") / "run"
-    shutil.copytree(tiny_run(tmp_path_factory), run)
-    bundle = load_bundle(run / "model")
-    extra = {p.name: json.loads(p.read_text()) for p in (run / "model").glob("*.json")
-             if p.name not in ("bundle.json", "checksums.json")}
-    save_bundle(run / "model", state_dict=bundle.state_dict, meta={**bundle.meta, "intended_use": CHEST_RADIOGRAPH},
-                json_files=extra)
-    return run
+    return chest_radiograph_copy(tiny_run(tmp_path_factory), tmp_path_factory.mktemp("chest") / "run")
 
 
 @pytest.mark.parametrize(

@@ -53,20 +53,9 @@ def jpeg_lossless_copy(source: Path, folder: Path) -> Path:
 @pytest.fixture
 def chest_run(tiny_run: Path, tmp_path: Path) -> Path:
     """The session's tiny model re-saved with the chest-radiograph intended use (CR/DX, chest, PA/AP)."""
-    import json
-    import shutil
+    from test_service import chest_radiograph_copy
 
-    from medpredict.bundle.store import load_bundle, save_bundle
-    from medpredict.data.intended_use import CHEST_RADIOGRAPH
-
-    run = tmp_path / "chest-run"
-    shutil.copytree(tiny_run, run)
-    bundle = load_bundle(run / "model")
-    extra = {p.name: json.loads(p.read_text()) for p in (run / "model").glob("*.json")
-             if p.name not in ("bundle.json", "checksums.json")}
-    save_bundle(run / "model", state_dict=bundle.state_dict, meta={**bundle.meta, "intended_use": CHEST_RADIOGRAPH},
-                json_files=extra)
-    return run
+    return chest_radiograph_copy(tiny_run, tmp_path / "chest-run")
 
 
 @pytest.mark.orthanc

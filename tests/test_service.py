@@ -35,6 +35,22 @@ def tiny_run(tmp_path_factory) -> Path:
     return _TRAINED["run"]
 
 
+def chest_radiograph_copy(run: Path, dest: Path) -> Path:
+    """``run`` copied to ``dest`` and re-saved declaring the chest-radiograph intended use (CR/DX, chest, PA/AP)."""
+    import shutil
+
+    from medpredict.bundle.store import load_bundle, save_bundle
+    from medpredict.data.intended_use import CHEST_RADIOGRAPH
+
+    shutil.copytree(run, dest)
+    bundle = load_bundle(dest / "model")
+    extra = {p.name: json.loads(p.read_text()) for p in (dest / "model").glob("*.json")
+             if p.name not in ("bundle.json", "checksums.json")}
+    save_bundle(dest / "model", state_dict=bundle.state_dict, meta={**bundle.meta, "intended_use": CHEST_RADIOGRAPH},
+                json_files=extra)
+    return dest
+
+
 def train_tiny_run(root: Path) -> Path:
     """Train a 2-epoch tiny-resnet on 28 px synthetic 'X-rays' through the library; return the run folder."""
     from medpredict.config import from_dict
