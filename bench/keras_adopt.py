@@ -10,7 +10,9 @@
 4. compares: test AUC of the evaluation with Keras's own, probabilities of the graph with
    Keras's, ECE of the calibrated model with the graph's own, where the threshold and sets
    came from, the report's provenance lines, and the input check on images that are not
-   chest radiographs (``bench/point_of_care.py``'s set).
+   chest radiographs (``bench/point_of_care.py``'s set);
+5. diagnoses a miss across splits: the same post-fit cross-fitted within validation and
+   within test (``medpredict.calibration.refit``), where nothing shifts.
 
     .venv/bin/python bench/keras_adopt.py --keras-python /tmp/keras-venv/bin/python \\
         [--data ../shared/data] [--epochs 3] [--out bench/results/keras_adopt]
@@ -102,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medpredict-bench-") as tmp:
         other = _other_inputs(args.out / "run", args.data, Path(tmp))
     keras_auc = float(roc_auc_score(y_test, keras["test"][:, 1]))
+    from medpredict.calibration.refit import cross_fitted_refit
+
+    with np.load(npz) as data:
+        y_val = data["val_labels"].reshape(-1).astype(int)
+    # adopt's post-fit cross-fitted within one split: does the fitting work where nothing shifts?
+    within = {split: cross_fitted_refit(keras[split], labels)
+              for split, labels in (("val", y_val), ("test", y_test))}
     figures = {
         "keras": info,
         "double_softmax_descriptor": refusal,
@@ -112,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "ece_test_keras_own": float(calibration_summary(y_test, keras["test"][:, 1])["ece"]),
         "ece_test_graph_own_in_report": metrics["calibration"]["test_uncalibrated"]["ece"],
         "ece_test_calibrated": metrics["calibration"]["test"]["ece"],
+        "same_post_fit_cross_fitted_within_one_split": within,
         "calibrator": metrics["calibration"]["method"],
         "threshold": metrics["threshold"],
         "conformal": {k: metrics["conformal"][k] for k in ("method", "qhat", "target_coverage", "coverage",
