@@ -125,7 +125,7 @@ def assign_splits(
         frame.loc[sub.index[held], "split"] = "val"
     frame["split"] = frame["split"].fillna("train")
     counts = frame.groupby("split")["patient_id"].nunique().to_dict()
-    log.info("Splits by patient: %s", counts)
+    log.info("Splits (%ss per split): %s", manifest.units, counts)
     return dataclasses.replace(manifest, frame=frame)
 
 

@@ -31,7 +31,8 @@ Evaluation dict (``schema_version`` 1). Every value is JSON-safe except the arra
     referral        {source: "entropy"|"given", rows: referral_curve()}
     subgroups       subgroup_table() rows | None
     shift           shift_diagnostics() | None
-    agreement       validation_agreement(): {rows, flags} | None     with validation data only
+    agreement       validation_agreement(): {rows, flags, refit_here} | None   with validation data only;
+                    refit_here: calibration.refit.cross_fitted_refit() on test (+ flag) | None
     explanations    {examples: [{title, caption, image: array|PNG path, heatmap: array,
                                  shortcut: shortcut_flag()}],
                      checks: explanation_sanity() | None,
@@ -297,6 +298,10 @@ def assemble_evaluation(
             coverage={**conformal_test, "n": int(y_arr.size)} if conformal_test else None,
             ece_change=None if reduction is None else -reduction, n_boot=min(n_boot, 500), seed=seed,
         )
+        refit = _refit_here(y_arr, probs_uncalibrated, calibration, evaluation, conformal_alpha, seed)
+        evaluation["agreement"]["refit_here"] = refit
+        if refit and refit.get("flag"):
+            evaluation["agreement"]["flags"].append(refit["flag"])
         warnings_.extend(evaluation["agreement"]["flags"])
     both_classes = binary and np.unique(y_arr).size == 2
     if both_classes:
@@ -315,6 +320,42 @@ def assemble_evaluation(
     if explanations:
         evaluation["explanations"] = _explanations_section(explanations)
     return evaluation
+
+
+def _refit_here(
+    y: np.ndarray, probs_uncal: Any, calibration: dict[str, Any] | None, evaluation: dict[str, Any],
+    alpha: float, seed: int,
+) -> dict[str, Any] | None:
+    """The bundle's post-fit cross-fitted on these cases (:mod:`medpredict.calibration.refit`).
+
+    When validation-fitted calibration or sets miss here, says whether refitting on cases
+    like these would reach the targets — a shift, not a fault of the fitting.
+    """
+    from scipy.stats import binomtest
+
+    from medpredict.calibration.refit import cross_fitted_refit
+    from medpredict.evaluation.subgroups import ECE_WORSE_FLAG
+
+    if probs_uncal is None or calibration is None:
+        return None
+    refit = cross_fitted_refit(probs_uncal, y, offsets=calibration.get("offsets"), alpha=alpha, seed=seed)
+    if refit is None:
+        return None
+    conformal_missed = any(r["metric"] == "conformal coverage" and not r["agrees"]
+                           for r in evaluation["agreement"]["rows"])
+    reduction = evaluation["calibration"]["ece_reduction"]
+    ece_worse = reduction is not None and -reduction > ECE_WORSE_FLAG
+    hits = int(round(refit["coverage"] * refit["n"]))
+    reaches = binomtest(hits, refit["n"]).proportion_ci(method="wilson").high >= refit["target_coverage"]
+    if (conformal_missed or ece_worse) and reaches and refit["ece"] < evaluation["calibration"]["test"]["ece"]:
+        refit["flag"] = (
+            f"Refitted on these test cases instead ({refit['folds']}-fold cross-fitted: fitted on all folds but "
+            f"one, scored on the one left out), calibration and prediction sets reach ECE {refit['ece']:.3f} and "
+            f"coverage {refit['coverage']:.1%}: the fitting works, and it is validation that differs from these "
+            "cases. Refit calibration and sets on cases from the deployment population before relying on "
+            "probabilities and sets there."
+        )
+    return refit
 
 
 def _skeleton(

@@ -45,6 +45,11 @@ MESSAGES: tuple[tuple[str, str], ...] = (
     (r"Calibration fitted on validation raised the test ECE by (?P<change>[\d.]+): validation and test disagree "
      r"on how confident the model should be; recalibrate on data like the deployment population\.",
      "msg.agreement_ece"),
+    (r"Refitted on these test cases instead \((?P<folds>\d+)-fold cross-fitted: fitted on all folds but one, "
+     r"scored on the one left out\), calibration and prediction sets reach ECE (?P<ece>[\d.]+) and coverage "
+     r"(?P<coverage>[\d.]+%): the fitting works, and it is validation that differs from these cases\. Refit "
+     r"calibration and sets on cases from the deployment population before relying on probabilities and sets "
+     r"there\.", "msg.agreement_refit"),
     (r"Prevalence differs from the development data \((?P<there>[\d.]+%) there, (?P<here>[\d.]+%) here\): "
      r"predictive values \(PPV/NPV\) will differ\.", "msg.shift_prevalence"),
     (r"The model (?P<direction>under|over)-estimates risk on average by (?P<amount>[\d.]+%) here "
