@@ -338,6 +338,7 @@ def _refit_here(
 
     if probs_uncal is None or calibration is None:
         return None
+    alpha = float((evaluation["conformal"] or {}).get("alpha", alpha))  # the bundle's target, when it has sets
     refit = cross_fitted_refit(probs_uncal, y, offsets=calibration.get("offsets"), alpha=alpha, seed=seed)
     if refit is None:
         return None
