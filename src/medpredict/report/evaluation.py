@@ -298,10 +298,7 @@ def assemble_evaluation(
             coverage={**conformal_test, "n": int(y_arr.size)} if conformal_test else None,
             ece_change=None if reduction is None else -reduction, n_boot=min(n_boot, 500), seed=seed,
         )
-        refit = _refit_here(y_arr, probs_uncalibrated, calibration, evaluation, conformal_alpha, seed)
-        evaluation["agreement"]["refit_here"] = refit
-        if refit and refit.get("flag"):
-            evaluation["agreement"]["flags"].append(refit["flag"])
+        _refit_here(y_arr, probs_uncalibrated, calibration, evaluation, conformal_alpha, seed)
         warnings_.extend(evaluation["agreement"]["flags"])
     both_classes = binary and np.unique(y_arr).size == 2
     if both_classes:
@@ -325,25 +322,29 @@ def assemble_evaluation(
 def _refit_here(
     y: np.ndarray, probs_uncal: Any, calibration: dict[str, Any] | None, evaluation: dict[str, Any],
     alpha: float, seed: int,
-) -> dict[str, Any] | None:
+) -> None:
     """The bundle's post-fit cross-fitted on these cases (:mod:`medpredict.calibration.refit`).
 
-    When validation-fitted calibration or sets miss here, says whether refitting on cases
-    like these would reach the targets — a shift, not a fault of the fitting.
+    Sets ``evaluation["agreement"]["refit_here"]``. When validation-fitted calibration or sets
+    miss here and refitting on cases like these reaches the targets (a shift, not a fault of
+    the fitting), adds a flag that says so.
     """
     from scipy.stats import binomtest
 
     from medpredict.calibration.refit import cross_fitted_refit
     from medpredict.evaluation.subgroups import ECE_WORSE_FLAG
 
+    agreement = evaluation["agreement"]
+    agreement["refit_here"] = None
     if probs_uncal is None or calibration is None:
-        return None
+        return
     alpha = float((evaluation["conformal"] or {}).get("alpha", alpha))  # the bundle's target, when it has sets
     refit = cross_fitted_refit(probs_uncal, y, offsets=calibration.get("offsets"), alpha=alpha, seed=seed)
+    agreement["refit_here"] = refit
     if refit is None:
-        return None
+        return
     conformal_missed = any(r["metric"] == "conformal coverage" and not r["agrees"]
-                           for r in evaluation["agreement"]["rows"])
+                           for r in agreement["rows"])
     reduction = evaluation["calibration"]["ece_reduction"]
     ece_worse = reduction is not None and -reduction > ECE_WORSE_FLAG
     hits = int(round(refit["coverage"] * refit["n"]))
@@ -356,7 +357,7 @@ def _refit_here(
             "cases. Refit calibration and sets on cases from the deployment population before relying on "
             "probabilities and sets there."
         )
-    return refit
+        agreement["flags"].append(refit["flag"])
 
 
 def _skeleton(
