@@ -21,6 +21,9 @@ def test_own_test_split_report_metrics_and_model_card_in_bundle(tiny_run: Path, 
     result = evaluate(run, n_boot=200, progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["metrics"]["n"] == 48  # the 48 test images of the synthetic set
+    # an npz names no patients: every figure and line says images, none says patients
+    assert metrics["units"] == "image" and metrics["metrics"]["bootstrap_unit"] == "image"
+    assert result.summary().startswith("n=48 images (image-level") and "patients" not in result.summary()
     assert 0.5 < result.metrics["auc"] <= 1.0 and len(result.metrics["auc_ci"]) == 2
     locked = json.loads((run / "model" / "bundle.json").read_text())["threshold"]["threshold"]
     assert result.metrics["threshold"] == pytest.approx(locked)  # never re-tuned on test

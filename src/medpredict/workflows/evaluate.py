@@ -82,7 +82,10 @@ class EvaluationResult:
             value, ci = m.get(name), m.get(f"{name}_ci")
             if isinstance(value, float):
                 parts.append(f"{name} {value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
-        head = f"n={m.get('n')} ({m.get('n_patients')} patients)"
+        if m.get("bootstrap_unit") == "image":  # no patient ids: each image is its own unit
+            head = f"n={m.get('n')} images (image-level: no patient ids)"
+        else:
+            head = f"n={m.get('n')} ({m.get('n_patients')} patients)"
         if m.get("threshold") is not None:
             head += f", threshold {m['threshold']:.3f} {self.threshold_source}"
         return "\n".join(
@@ -876,6 +879,8 @@ def _add_point_of_care(evaluation: dict[str, Any], predictor: Scorer, got: _Coll
     choice, input guard, referral reasons (the same cases ``predict``/``serve``/``pacs`` give)."""
     data = predictor.meta.get("data") or {}
     evaluation["units"] = data.get("units", "patient") if not got.external else _units_of(got.groups)
+    if evaluation["units"] == "image":  # every image stood for its own "patient" in the bootstrap
+        evaluation["metrics"]["bootstrap_unit"] = "image"
     evaluation["positive_label"] = predictor.positive_label
     stored = predictor.meta.get("calibration") or {}
     calibration = evaluation.setdefault("calibration", {})
