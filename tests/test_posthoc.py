@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medpredict.calibration.posthoc import PostHocCalibrator, load_calibration, prior_offsets
+from medpredict.calibration.posthoc import CANDIDATES, PostHocCalibrator, load_calibration, prior_offsets
 from medpredict.calibration.scalers import TemperatureScaler, calibration_summary
 from medpredict.errors import DataError
 
@@ -42,8 +42,25 @@ def test_chooses_the_calibrator_with_the_lowest_cross_validated_log_loss() -> No
     logits, y, weights = _weighted_model(2, 3000, prevalence=0.2)
     fitted = PostHocCalibrator(class_weights=weights).fit(logits, y)
     losses = {m: v for m, v in fitted.cv_log_loss_.items() if m != "none"}
-    assert set(losses) == {"temperature", "platt", "isotonic"}
+    assert set(losses) == {"temperature", "platt"}  # isotonic only when asked for
     assert fitted.method_ == min(losses, key=losses.get)
+    asked = PostHocCalibrator(class_weights=weights, candidates=CANDIDATES).fit(logits, y)
+    assert set(asked.cv_log_loss_) - {"none"} == {"temperature", "platt", "isotonic"}
+
+
+def test_the_default_calibration_keeps_the_networks_ranking() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    logits, y, weights = _weighted_model(5, 3000, prevalence=0.3)
+    test_logits, y_test, _ = _weighted_model(6, 3000, prevalence=0.3)
+    network = roc_auc_score(y_test, test_logits[:, 1])
+    fitted = PostHocCalibrator(class_weights=weights).fit(logits, y)
+    assert roc_auc_score(y_test, fitted.transform(test_logits)[:, 1]) == pytest.approx(network, abs=1e-12)
+    # isotonic regression, asked for, is a step function: ties cost discrimination
+    isotonic = PostHocCalibrator(class_weights=weights, candidates=("isotonic",)).fit(logits, y)
+    stepped = isotonic.transform(test_logits)[:, 1]
+    assert len(np.unique(stepped)) < len(stepped) / 10
+    assert roc_auc_score(y_test, stepped) < network
 
 
 def test_small_validation_leaves_isotonic_out_and_round_trips() -> None:

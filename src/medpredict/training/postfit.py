@@ -3,7 +3,7 @@
 One path for image, record and fused models:
 
 1. calibration — prior correction for the training class weights, then the calibrator
-   (temperature / Platt / isotonic) with the lowest cross-validated validation log-loss
+   (temperature / Platt) with the lowest cross-validated validation log-loss
    (:class:`~medpredict.calibration.posthoc.PostHocCalibrator`);
 2. the operating threshold on the positive class, locked here (Youden's J by default);
 3. class-conditional conformal prediction sets (:class:`~medpredict.calibration.conformal.SplitConformal`);

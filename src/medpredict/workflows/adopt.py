@@ -5,7 +5,7 @@ it and read it, :mod:`medpredict.inference.onnx`) and labelled data with a valid
 split, :func:`adopt` fits on that split only — with the same code as after training
 (:func:`medpredict.training.postfit.post_fit`, no class weights to undo):
 
-1. calibration: temperature, Platt or isotonic, chosen by cross-validated log-loss;
+1. calibration: temperature or Platt, chosen by cross-validated log-loss;
 2. the locked threshold on the positive class (Youden's J), or the descriptor's own
    threshold kept as given (``threshold_from="descriptor"``);
 3. class-conditional conformal prediction sets (90% target coverage);
