@@ -16,7 +16,9 @@ become settings of the model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,18 @@ log = logging.getLogger(__name__)
 #: Fewest cases of each class for a cross-fitted refit (each training fold then holds
 #: enough of every class for Platt scaling and a 90% conformal quantile).
 MIN_PER_CLASS = 50
+
+
+@contextlib.contextmanager
+def _quiet_fits() -> Iterator[None]:
+    """Keep the per-fold fits' INFO lines (calibrator chosen, quantiles) out of the log."""
+    package = logging.getLogger("medpredict.calibration")
+    level = package.level
+    package.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        package.setLevel(level)
 
 
 def _ece(y: np.ndarray, probs: np.ndarray) -> float:
@@ -80,12 +94,14 @@ def cross_fitted_refit(
     chosen: list[str] = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     try:
-        for train, held in splitter.split(z, labels):
-            calibrator = PostHocCalibrator(class_weights=weights, seed=seed).fit(z[train], labels[train])
-            chosen.append(calibrator.method_)
-            probs[held] = calibrator.transform(z[held])
-            sets = SplitConformal(alpha=alpha, method="mondrian").fit(calibrator.transform(z[train]), labels[train])
-            covered[held] = sets.predict_sets(probs[held])[np.arange(len(held)), labels[held]]
+        with _quiet_fits():
+            for train, held in splitter.split(z, labels):
+                calibrator = PostHocCalibrator(class_weights=weights, seed=seed).fit(z[train], labels[train])
+                chosen.append(calibrator.method_)
+                probs[held] = calibrator.transform(z[held])
+                conformal = SplitConformal(alpha=alpha, method="mondrian")
+                conformal.fit(calibrator.transform(z[train]), labels[train])
+                covered[held] = conformal.predict_sets(probs[held])[np.arange(len(held)), labels[held]]
     except (DataError, ConfigError) as exc:
         log.info("No cross-fitted refit: %s", exc)
         return None
