@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     info = _train_in_keras(args.keras_python, npz, keras_dir, args.epochs, args.dense, args.seed)
     keras = np.load(keras_dir / "keras_probs.npz")
     with np.load(npz) as data:
+        y_val = data["val_labels"].reshape(-1).astype(int)
         y_test = data["test_labels"].reshape(-1).astype(int)
         test_images = data["test_images"]
     descriptor = keras_dir / "model.yaml"
@@ -106,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     keras_auc = float(roc_auc_score(y_test, keras["test"][:, 1]))
     from medpredict.calibration.refit import cross_fitted_refit
 
-    with np.load(npz) as data:
-        y_val = data["val_labels"].reshape(-1).astype(int)
     # adopt's post-fit cross-fitted within one split: does the fitting work where nothing shifts?
     within = {split: cross_fitted_refit(keras[split], labels)
               for split, labels in (("val", y_val), ("test", y_test))}

@@ -329,8 +329,6 @@ def _refit_here(
     miss here and refitting on cases like these reaches the targets (a shift, not a fault of
     the fitting), adds a flag that says so.
     """
-    from scipy.stats import binomtest
-
     from medpredict.calibration.refit import cross_fitted_refit
     from medpredict.evaluation.subgroups import ECE_WORSE_FLAG
 
@@ -347,8 +345,8 @@ def _refit_here(
                            for r in agreement["rows"])
     reduction = evaluation["calibration"]["ece_reduction"]
     ece_worse = reduction is not None and -reduction > ECE_WORSE_FLAG
-    hits = int(round(refit["coverage"] * refit["n"]))
-    reaches = binomtest(hits, refit["n"]).proportion_ci(method="wilson").high >= refit["target_coverage"]
+    interval = wilson_interval(int(round(refit["coverage"] * refit["n"])), refit["n"])
+    reaches = interval is not None and interval[1] >= refit["target_coverage"]
     if (conformal_missed or ece_worse) and reaches and refit["ece"] < evaluation["calibration"]["test"]["ece"]:
         refit["flag"] = (
             f"Refitted on these test cases instead ({refit['folds']}-fold cross-fitted: fitted on all folds but "
